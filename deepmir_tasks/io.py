@@ -1,0 +1,156 @@
+"""Reading and writing images and tables safely.
+
+Every reader here turns a user's mistake (missing file, corrupt gzip, 4-D image, NaNs, empty
+image, zero voxel size) into one :class:`InputError` whose message names the file and the problem
+in one line. Every writer writes to a temporary name in the same folder and renames it into place,
+so a file only ever appears under its final name when it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "InputError",
+    "load_image",
+    "load_volume",
+    "atomic_path",
+    "save_nifti",
+    "write_json",
+    "write_tsv",
+]
+
+
+class InputError(ValueError):
+    """A problem with a user's input file; ``str(err)`` is one line naming the file."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def load_image(path, *, what: str = "image", allow_empty: bool = False, squeeze_4d: bool = True):
+    """Load a 3-D NIfTI image with nibabel and check it; return the ``nibabel`` image.
+
+    ``what`` names the role of the file (``"T2w"``, ``"QSM"``...) in messages.
+    A 4-D image with a single volume is accepted as 3-D when ``squeeze_4d`` is true.
+    Data are read (and checked for finite values) once here; the returned image holds them.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, f"{what} file does not exist")
+    if path.is_dir():
+        raise InputError(path, f"{what} path is a folder, not a NIfTI file")
+    if path.stat().st_size == 0:
+        raise InputError(path, f"{what} file is empty (0 bytes)")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except (gzip.BadGzipFile, zlib.error, EOFError) as err:
+        raise InputError(path, f"{what} file is not a readable gzip (truncated or corrupt: {err})") from None
+    except nib.filebasedimages.ImageFileError as err:
+        raise InputError(path, f"{what} file is not a readable NIfTI image ({_first_line(err)})") from None
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"{what} file could not be read ({_first_line(err)})") from None
+
+    if data.ndim == 4 and squeeze_4d and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(path, f"{what} must be a 3-D image, got {data.ndim}-D with shape {tuple(data.shape)}")
+    if min(data.shape) < 2:
+        raise InputError(path, f"{what} has a degenerate shape {tuple(data.shape)}")
+    if not np.issubdtype(data.dtype, np.number):
+        raise InputError(path, f"{what} has a non-numeric data type {data.dtype}")
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+        raise InputError(path, f"{what} has invalid voxel sizes {tuple(zooms.round(4))}")
+    affine = img.affine
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise InputError(path, f"{what} has a singular or non-finite affine")
+    data = np.asarray(data, dtype=np.float32)
+    n_bad = int(np.count_nonzero(~np.isfinite(data)))
+    if n_bad:
+        raise InputError(path, f"{what} contains {n_bad} non-finite voxels (NaN or Inf)")
+    if not allow_empty and not np.any(data):
+        raise InputError(path, f"{what} is empty (every voxel is zero)")
+    out = nib.Nifti1Image(data, affine, img.header)
+    out.set_data_dtype(np.float32)
+    return out
+
+
+def load_volume(path, **kwargs):
+    """Load and check a 3-D image; return ``(data float32 array, affine)``."""
+    img = load_image(path, **kwargs)
+    return np.asarray(img.dataobj, dtype=np.float32), img.affine
+
+
+@contextlib.contextmanager
+def atomic_path(final_path):
+    """Yield a temporary path beside ``final_path``; rename it into place only on success."""
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final_path.suffixes) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{final_path.name.split('.')[0]}.", suffix=suffix,
+                               dir=final_path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, final_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_nifti(data, affine, path, *, dtype=None, header=None):
+    """Write ``data`` as NIfTI under ``path`` atomically; return the path."""
+    import nibabel as nib
+
+    data = np.asarray(data)
+    if dtype is not None:
+        data = data.astype(dtype)
+    img = nib.Nifti1Image(data, affine, header)
+    img.set_data_dtype(data.dtype)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return Path(path)
+
+
+def write_json(obj, path, **kwargs):
+    """Write ``obj`` as indented JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default, **kwargs) + "\n")
+    return Path(path)
+
+
+def write_tsv(df, path, **kwargs):
+    """Write a pandas DataFrame as TSV atomically (``n/a`` for missing values, as BIDS asks)."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", **kwargs)
+    return Path(path)
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _first_line(err) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
