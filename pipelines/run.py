@@ -12,15 +12,17 @@ copied out under BIDS-derivatives names.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepmir_tasks import __version__
-from deepmir_tasks.io import InputError
+from deepmir_tasks.io import InputError, write_json
 
 from . import bids, derivatives
 
@@ -102,49 +104,108 @@ def run_cohort(
     runnable = []
     for subj in subjects:
         if subj.missing:
-            statuses[subj.key] = SubjectStatus(subj, STATUS_FAILED, "missing input: " + ", ".join(
-                f"{subj.key}_{m}.nii.gz" for m in subj.missing))
+            statuses[subj.key] = SubjectStatus(subj, STATUS_FAILED, "; ".join(
+                f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in subj.missing))
         else:
             runnable.append(subj)
 
     params = dict(threshold=threshold, voxel_size=voxel_size, tta=tta, report=report)
-    # Threads per subject: all cores when subjects run one at a time, else shared out.
+    # Threads per subject (not a task input, so the cache does not depend on it): all cores when
+    # subjects run one at a time, else shared out between the subjects running side by side.
     threads = max(1, n_procs // max(1, min(len(runnable), n_procs))) if worker == "cf" else n_procs
-    tasks = {s.key: _subject_task(s, model_path, params, threads) for s in runnable}
+    os.environ["DEEPMIR_THREADS"] = str(threads)
+    tasks = {s.key: _subject_task(s, model_path, params) for s in runnable}
     already = {k for k, t in tasks.items() if _finished(_load(t, cache_dir))}
-
-    t0 = time.perf_counter()
-    to_run = [k for k in tasks if k not in already]
-    if to_run:
-        _submit([s for s in runnable if s.key in to_run], model_path=model_path, params=params,
-                threads=threads, worker=worker, n_procs=n_procs, cache_dir=cache_dir,
-                sbatch_args=sbatch_args)
-    elapsed = time.perf_counter() - t0
 
     derivatives.write_dataset_description(
         output_dir, model_file=model_path, model_sha256=derivatives.sha256_file(model_path),
         parameters=params, source_dataset=Path(bids_dir).absolute())
-    for subj in runnable:
+    for key in statuses:  # subjects refused before submission
+        _record(output_dir, statuses[key], progress)
+
+    t0 = time.perf_counter()
+
+    def collect(subj, final: bool) -> bool:
+        """Copy out a finished subject's results; on the final sweep, record failures too."""
         task = tasks[subj.key]
         result = _load(task, cache_dir)
-        if result is None or result.errored:
-            reason = _error_reason(cache_dir / task._checksum) if result is not None else "did not run"
+        if _finished(result):
+            outputs = {n: _as_path(getattr(result.outputs, n)) for n in _output_names(result.outputs)}
+            status = STATUS_CACHED if subj.key in already else STATUS_DONE
+            files = derivatives.write_subject(outputs, output_dir, subj)
+            statuses[subj.key] = SubjectStatus(subj, status, files=files,
+                                               seconds=0.0 if status == STATUS_CACHED else time.perf_counter() - t0)
+        elif final:
+            reason = _error_reason(cache_dir / task._checksum)
             statuses[subj.key] = SubjectStatus(subj, STATUS_FAILED, reason)
         else:
-            outputs = {name: _as_path(getattr(result.outputs, name)) for name in _output_names(result.outputs)}
-            files = derivatives.write_subject(outputs, output_dir, subj)
-            status = STATUS_CACHED if subj.key in already else STATUS_DONE
-            statuses[subj.key] = SubjectStatus(subj, status, files=files,
-                                               seconds=0.0 if status == STATUS_CACHED else elapsed)
-        if progress:
-            s = statuses[subj.key]
-            progress(s.subject.key, s.status, s.reason)
+            return False
+        _record(output_dir, statuses[subj.key], progress)
+        return True
+
+    for subj in runnable:  # results already in the cache are reported at once
+        if subj.key in already:
+            collect(subj, final=False)
+    pending = [s for s in runnable if s.key not in already]
+    if pending:
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(pending, collect, stop), daemon=True)
+        watcher.start()
+        try:
+            _submit(pending, model_path=model_path, params=params, worker=worker,
+                    n_procs=n_procs, cache_dir=cache_dir, sbatch_args=sbatch_args)
+        finally:
+            stop.set()
+            watcher.join()
+        for subj in pending:
+            if subj.key not in statuses:
+                collect(subj, final=True)
+
     ordered = [statuses[s.key] for s in subjects]
-    group = derivatives.write_group_tables(output_dir, [s.files for s in ordered if s.status != STATUS_FAILED])
-    result = CohortResult(output_dir, ordered, group)
-    if report:
-        _cohort_report(result)
+    result = CohortResult(output_dir, ordered)
+    result.group = run_group(output_dir, report=report)
     return result
+
+
+def _watch(pending, collect, stop, interval: float = 2.0):
+    """Report subjects as they finish, while the submission is still running."""
+    remaining = list(pending)
+    while remaining and not stop.wait(interval):
+        remaining = [s for s in remaining if not collect(s, final=False)]
+
+
+def _record(output_dir, status: SubjectStatus, progress):
+    """Write ``logs/<key>_status.json`` (read by the group level) and tell the caller."""
+    write_json({"participant_id": status.subject.participant_id, "session_id": status.subject.session_id,
+                "status": status.status, "reason": status.reason, "seconds": round(status.seconds, 1),
+                "version": __version__},
+               Path(output_dir) / "logs" / f"{status.subject.key}_status.json")
+    if progress:
+        progress(status.subject.key, status.status, status.reason)
+
+
+def run_group(output_dir, *, report: bool = True) -> dict:
+    """Build ``group/lesions.tsv``, ``group/summary.tsv`` and ``report.html`` from every subject
+    already in ``output_dir`` (the ``group`` analysis level; also run after each participant run)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise InputError(output_dir, "output folder does not exist: run the participant level first")
+    written = []
+    for status_file in sorted((output_dir / "logs").glob("*_status.json")):
+        st = json.loads(status_file.read_text())
+        key = status_file.name.removesuffix("_status.json")
+        anat = output_dir / f"sub-{st['participant_id']}"
+        if st.get("session_id"):
+            anat = anat / f"ses-{st['session_id']}"
+        anat = anat / "anat"
+        files = {name: anat / tmpl.format(key=key) for name, tmpl in derivatives.DERIVATIVE_NAMES.items()
+                 if name in ("lesions", "summary") and (anat / tmpl.format(key=key)).exists()}
+        written.append((key, st, files))
+    group = derivatives.write_group_tables(output_dir, [files for _, st, files in written
+                                                         if st["status"] != STATUS_FAILED])
+    if report:
+        _cohort_report(output_dir, written, group)
+    return group
 
 
 def _subject_inputs(subj) -> dict:
@@ -152,13 +213,13 @@ def _subject_inputs(subj) -> dict:
                 participant_id=subj.participant_id, session_id=subj.session_id or "")
 
 
-def _subject_task(subj, model_path, params, threads):
+def _subject_task(subj, model_path, params):
     from workflows.subject import SubjectPipeline
 
-    return SubjectPipeline(model=model_path, threads=threads, **params, **_subject_inputs(subj))
+    return SubjectPipeline(model=model_path, **params, **_subject_inputs(subj))
 
 
-def _submit(subjects, *, model_path, params, threads, worker, n_procs, cache_dir, sbatch_args):
+def _submit(subjects, *, model_path, params, worker, n_procs, cache_dir, sbatch_args):
     """Run the subject workflows.
 
     Under ``cf`` and ``slurm`` the subject workflow is split over subjects at the outer level
@@ -178,10 +239,9 @@ def _submit(subjects, *, model_path, params, threads, worker, n_procs, cache_dir
 
         worker = slurm_worker(sbatch_args=sbatch_args)
     if worker == "debug":
-        jobs = [_subject_task(s, model_path, params, threads) for s in subjects]
+        jobs = [_subject_task(s, model_path, params) for s in subjects]
     else:
-        jobs = [CohortPipeline([_subject_inputs(s) for s in subjects], model=model_path,
-                               threads=threads, **params)]
+        jobs = [CohortPipeline([_subject_inputs(s) for s in subjects], model=model_path, **params)]
     with Submitter(worker=worker, cache_root=cache_dir, **kwargs) as sub:
         for job in jobs:
             try:
@@ -240,24 +300,21 @@ def _as_path(value):
     return Path(getattr(value, "fspath", value))
 
 
-def _cohort_report(result: CohortResult):
-    try:
-        from deepmir_tasks.report import render_cohort_report
-    except ImportError:
-        return None
-    rows = []
+def _cohort_report(output_dir, written, group):
     import pandas as pd
 
-    for s in result.subjects:
-        n_cmb = n_iron = 0
-        iron_vol = 0.0
-        if s.files.get("lesions"):
-            table = pd.read_csv(s.files["lesions"], sep="\t", na_values="n/a")
-            n_cmb = int((table.get("label") == "cmb").sum()) if len(table) else 0
-            n_iron = int((table.get("label") == "iron").sum()) if len(table) else 0
-            iron_vol = float(table.loc[table["label"] == "iron", "volume_mm3"].sum()) if len(table) else 0.0
-        rows.append(dict(participant_id=s.subject.key.removeprefix("sub-"), status=s.status,
-                         reason=s.reason, n_cmb=n_cmb, n_iron=n_iron, iron_volume_mm3=iron_vol,
-                         report=f"{s.subject.key}.html" if s.files.get("report") else None))
-    return render_cohort_report(result.output_dir / "report.html", rows,
-                                group_lesions_tsv=result.group.get("lesions"))
+    try:
+        from deepmir_tasks.report import render_cohort_report
+    except ImportError:  # reports are optional for the tables
+        return None
+    rows = []
+    for key, st, files in written:
+        table = (pd.read_csv(files["lesions"], sep="\t", na_values="n/a", keep_default_na=False)
+                 if "lesions" in files else pd.DataFrame(columns=["label", "volume_mm3"]))
+        is_iron = table["label"] == "iron"
+        html = Path(output_dir) / f"{key}.html"
+        rows.append(dict(participant_id=key.removeprefix("sub-"), status=st["status"], reason=st["reason"],
+                         n_cmb=int((table["label"] == "cmb").sum()), n_iron=int(is_iron.sum()),
+                         iron_volume_mm3=float(table.loc[is_iron, "volume_mm3"].sum()),
+                         report=html.name if html.exists() else None))
+    return render_cohort_report(Path(output_dir) / "report.html", rows, group_lesions_tsv=group.get("lesions"))

@@ -1,0 +1,65 @@
+"""``deepmir run BIDS_DIR OUTPUT_DIR {participant,group}``: the BIDS-App entry point."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(p):
+    p.add_argument("bids_dir", type=Path, help="the BIDS dataset (T2w, swi and Chimap images under anat/)")
+    p.add_argument("output_dir", type=Path, help="where the BIDS-derivatives dataset is written")
+    p.add_argument("analysis_level", choices=["participant", "group"],
+                   help="participant: run subjects; group: rebuild cohort tables and report from "
+                        "existing subject derivatives")
+    p.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to run (with or without 'sub-'); default all")
+    p.add_argument("--session-label", "--session_label", nargs="+", metavar="LABEL",
+                   help="sessions to run (with or without 'ses-'); default all")
+    p.add_argument("--worker", choices=["cf", "slurm", "debug"], default="cf",
+                   help="cf: local processes (default); slurm: one SLURM job per task; "
+                        "debug: in this process, one subject at a time")
+    p.add_argument("--n-procs", type=int, default=None, help="local processes/threads (default: all cores)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="pydra cache (default OUTPUT_DIR/sourcedata/deepmir_cache); reruns resume from it")
+    p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the bundled model)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for a lesion (default 0.5)")
+    p.add_argument("--voxel-size", type=float, default=1.0, help="working grid voxel size in mm (default 1)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, steadier)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML reports")
+    p.add_argument("--sbatch-args", default="", help='extra sbatch options for --worker slurm, e.g. "-p short --mem=8G"')
+
+
+def run(args) -> int:
+    from pipelines.run import run_cohort, run_group
+
+    if args.analysis_level == "group":
+        result = run_group(args.output_dir)
+        print(f"group tables: {result['lesions']} and {result['summary']}")
+        return 0
+
+    t0 = time.perf_counter()
+
+    def progress(key, status, reason):
+        extra = f" ({reason})" if reason else ""
+        print(f"[{time.perf_counter() - t0:7.1f} s] {key}: {status}{extra}", flush=True)
+
+    result = run_cohort(
+        args.bids_dir, args.output_dir,
+        participant_labels=args.participant_label, session_labels=args.session_label,
+        worker=args.worker, n_procs=args.n_procs, cache_dir=args.cache_dir, model=args.model,
+        threshold=args.threshold, voxel_size=args.voxel_size, tta=args.tta,
+        report=not args.no_report, sbatch_args=args.sbatch_args, progress=progress,
+    )
+    print(f"\nDEEPMIR finished in {time.perf_counter() - t0:.1f} s; derivatives in {result.output_dir}")
+    for line in result.summary_lines():
+        print(line)
+    if result.group.get("lesions"):
+        print(f"cohort lesion table: {result.group['lesions']}")
+    if (result.output_dir / "report.html").exists():
+        print(f"cohort report: {result.output_dir / 'report.html'}")
+    if not result.ok:
+        print(f"deepmir run: {len(result.failed)} subject(s) failed", file=sys.stderr)
+        return 1
+    return 0
