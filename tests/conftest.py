@@ -1,0 +1,54 @@
+"""Shared fixtures: small simulated subjects and cohorts with known truth, and the worker matrix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+# Tests share two cores with whatever else runs: keep every library to one thread unless a test
+# says otherwise.
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+os.environ.setdefault("DEEPMIR_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def small_subject():
+    """One small simulated subject (``deepmir_tasks.simulate.SimulatedSubject``), seed 11."""
+    from deepmir_tasks.simulate import simulate_subject
+
+    return simulate_subject(11, size="small")
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory):
+    """A BIDS dataset of two small simulated subjects with annotations; returns its folder."""
+    from deepmir_tasks.simulate import write_bids_cohort
+
+    root = tmp_path_factory.mktemp("bids_small") / "bids"
+    write_bids_cohort(root, 2, seed=101, size="small")
+    return root
+
+
+@pytest.fixture
+def copy_cohort(small_cohort, tmp_path):
+    """A private, writable copy of :func:`small_cohort` (for tests that break inputs)."""
+    dst = tmp_path / "bids"
+    shutil.copytree(small_cohort, dst)
+    return dst
+
+
+def _workers():
+    params = ["debug", "cf"]
+    params.append(pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.skipif(
+        shutil.which("sbatch") is None, reason="sbatch not on PATH: start scripts/slurm/start_cluster.sh")]))
+    return params
+
+
+@pytest.fixture(params=_workers())
+def worker(request):
+    """Run a test under each pydra worker: debug, cf and (where sbatch exists) slurm."""
+    return request.param
