@@ -1,0 +1,318 @@
+"""Inference: load a model once, predict many subjects.
+
+:class:`Predictor` normalises the inputs as the model record says, crops to the brain, and runs
+the network either on the whole (padded) volume when it fits under a voxel budget, or in sliding
+windows whose overlaps are blended with Gaussian weights. Optional test-time augmentation averages
+the predictions over mirrored copies. It returns float32 class probabilities of shape
+``(n_classes, X, Y, Z)`` and, with :meth:`Predictor.labels`, a label map.
+
+:func:`segment_subject` is the file-level entry point used by the Pydra task: it writes
+``probseg`` maps for CMB and iron and a ``dseg`` (0 background, 1 CMB, 2 iron) atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deepmir_tasks.io import InputError, load_image, save_nifti, write_json
+
+__all__ = ["Predictor", "MissingModalityError", "segment_subject", "gaussian_window", "DSEG_LABELS"]
+
+log = logging.getLogger(__name__)
+
+#: label values of the dseg written by :func:`segment_subject` (and of the annotations)
+DSEG_LABELS = {"background": 0, "cmb": 1, "iron": 2}
+MODALITY_NAMES = {"t2": "T2w", "swi": "SWI", "qsm": "QSM"}
+
+
+class MissingModalityError(InputError):
+    """The subject lacks a modality the model was trained on."""
+
+
+def gaussian_window(shape, sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian weights for blending windows (peak 1 at the centre, floor 1e-3)."""
+    w = np.ones(shape, np.float32)
+    for ax, n in enumerate(shape):
+        x = np.arange(n, dtype=np.float32) - (n - 1) / 2
+        g = np.exp(-0.5 * (x / max(n * sigma_scale, 1e-3)) ** 2)
+        w = w * g.reshape([-1 if i == ax else 1 for i in range(len(shape))])
+    return np.maximum(w / w.max(), 1e-3).astype(np.float32)
+
+
+class Predictor:
+    """A loaded model ready to segment subjects.
+
+    Args:
+        net: the network (``deepmir_tasks.model.unet.UNet``).
+        record: its model record (see ``modelfile``).
+        source: where the model came from (for messages).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        threads: torch CPU threads (``torch.set_num_threads``) during prediction; None leaves it.
+        tta: average over mirrored copies (the three axes) by default.
+        max_voxels: whole-volume inference when the padded brain box has at most this many voxels
+            (about 0.4 GB per million voxels at 5 levels / base 16); otherwise sliding windows.
+        window: sliding-window edge in voxels (rounded up to the network's multiple).
+        overlap: fraction of overlap between neighbouring windows.
+    """
+
+    def __init__(self, net, record: dict, *, source="model", device="cpu", threads: int | None = None,
+                 tta: bool = False, max_voxels: int = 7_000_000, window: int = 96, overlap: float = 0.5):
+        import torch
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.record = record
+        self.source = str(source)
+        self.threads = threads
+        self.tta = tta
+        self.max_voxels = int(max_voxels)
+        m = net.required_multiple
+        self.window = int(np.ceil(window / m) * m)
+        self.overlap = float(overlap)
+        self.modalities = list(record["modalities"])
+        self.classes = list(record["classes"])
+        self.normalization = record["normalization"]
+        self.slices = int(record["architecture"].get("slices", 1)) if net.dim == 2 else 1
+
+    @classmethod
+    def from_file(cls, path=None, **kwargs) -> "Predictor":
+        """Load a model file (``None`` = the bundled default model) and its record."""
+        from deepmir_tasks.model.modelfile import DEFAULT_MODEL, load_model
+
+        path = Path(path) if path is not None else DEFAULT_MODEL
+        net, rec = load_model(path)
+        return cls(net, rec, source=path, **kwargs)
+
+    # ------------------------------------------------------------------ prediction
+    def check_modalities(self, available) -> None:
+        """Raise :class:`MissingModalityError` if a modality the model needs is not available."""
+        missing = [m for m in self.modalities if m not in available]
+        if missing:
+            names = ", ".join(MODALITY_NAMES.get(m, m) for m in missing)
+            need = "+".join(MODALITY_NAMES.get(m, m) for m in self.modalities)
+            raise MissingModalityError(
+                self.source, f"this model was trained on {need} and needs {names}, which the subject "
+                             f"lacks; give the missing image or use a model trained without it")
+
+    def predict(self, volumes: dict, mask: np.ndarray | None = None, *, tta: bool | None = None) -> np.ndarray:
+        """Class probabilities, float32, shape ``(n_classes, X, Y, Z)``; background 1 outside ``mask``."""
+        import torch
+
+        self.check_modalities({k for k, v in volumes.items() if v is not None})
+        shape = np.shape(volumes[self.modalities[0]])
+        for m in self.modalities:
+            if np.shape(volumes[m]) != shape:
+                raise ValueError(f"modality {m} has shape {np.shape(volumes[m])}, expected {shape}")
+        if mask is not None:
+            mask = np.asarray(mask) > 0
+            if mask.shape != shape:
+                raise ValueError(f"mask has shape {mask.shape}, expected {shape}")
+        from deepmir_tasks.model.normalize import normalize_stack
+
+        x = normalize_stack(volumes, mask, self.modalities, self.normalization)
+        probs = np.zeros((len(self.classes),) + tuple(shape), np.float32)
+        probs[0] = 1.0
+        if mask is not None:
+            if not mask.any():
+                return probs
+            idx = np.argwhere(mask)
+            lo = np.maximum(idx.min(0) - 4, 0)
+            hi = np.minimum(idx.max(0) + 5, shape)
+        else:
+            lo, hi = np.zeros(3, int), np.array(shape)
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        xb = np.ascontiguousarray(x[(slice(None),) + box])
+        old_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(int(self.threads))
+        try:
+            with torch.inference_mode():
+                pb = self._predict_tta(xb, self.tta if tta is None else tta)
+        finally:
+            if self.threads:
+                torch.set_num_threads(old_threads)
+        probs[(slice(None),) + box] = pb
+        if mask is not None:
+            probs[:, ~mask] = 0.0
+            probs[0, ~mask] = 1.0
+        return probs
+
+    def labels(self, probs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Label map (indices into ``classes``): argmax, or per-class thresholds from the record.
+
+        With ``record["inference"]["thresholds"] = {"cmb": t1, "iron": t2}`` a voxel takes the most
+        probable foreground class whose probability reaches its threshold, background otherwise.
+        """
+        thr = (self.record.get("inference") or {}).get("thresholds")
+        if not thr:
+            lab = np.argmax(probs, axis=0).astype(np.uint8)
+        else:
+            fg = probs[1:].copy()
+            for i, name in enumerate(self.classes[1:]):
+                fg[i][fg[i] < float(thr.get(name, 0.5))] = -1.0
+            best = np.argmax(fg, axis=0)
+            lab = np.where(np.take_along_axis(fg, best[None], 0)[0] >= 0, best + 1, 0).astype(np.uint8)
+        if mask is not None:
+            lab[np.asarray(mask) == 0] = 0
+        return lab
+
+    # ------------------------------------------------------------------ internals
+    def _predict_tta(self, x: np.ndarray, tta: bool) -> np.ndarray:
+        out = self._predict_box(x)
+        if not tta:
+            return out
+        for ax in (1, 2, 3):
+            flipped = np.ascontiguousarray(np.flip(x, ax))
+            out += np.flip(self._predict_box(flipped), ax)
+        return out / 4.0
+
+    def _predict_box(self, x: np.ndarray) -> np.ndarray:
+        if self.net.dim == 2:
+            return self._predict_slices(x)
+        m = self.net.required_multiple
+        shape = np.array(x.shape[1:])
+        padded = np.ceil(shape / m).astype(int) * m
+        if np.prod(padded) <= self.max_voxels:
+            return self._run_whole(x, padded)
+        return self._run_windows(x)
+
+    def _forward(self, arr: np.ndarray) -> np.ndarray:
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(arr[None])).to(self.device)
+        return torch.softmax(self.net(t), dim=1)[0].float().cpu().numpy()
+
+    def _run_whole(self, x: np.ndarray, padded) -> np.ndarray:
+        shape = x.shape[1:]
+        pad = [(0, 0)] + [(0, int(p - s)) for p, s in zip(padded, shape)]
+        out = self._forward(np.pad(x, pad))
+        return out[(slice(None),) + tuple(slice(0, s) for s in shape)]
+
+    def _run_windows(self, x: np.ndarray) -> np.ndarray:
+        shape = np.array(x.shape[1:])
+        win = np.minimum(self.window, np.ceil(shape / self.net.required_multiple).astype(int)
+                         * self.net.required_multiple)
+        padded = np.maximum(shape, win)
+        xp = np.pad(x, [(0, 0)] + [(0, int(p - s)) for p, s in zip(padded, shape)])
+        step = np.maximum((win * (1 - self.overlap)).astype(int), 1)
+        starts = []
+        for n, w, s in zip(padded, win, step):
+            st = list(range(0, max(n - w, 0) + 1, s))
+            if st[-1] != n - w:
+                st.append(n - w)
+            starts.append(st)
+        weight = gaussian_window(tuple(win))
+        acc = np.zeros((len(self.classes),) + tuple(padded), np.float32)
+        wsum = np.zeros(tuple(padded), np.float32)
+        for i in starts[0]:
+            for j in starts[1]:
+                for k in starts[2]:
+                    sl = (slice(i, i + win[0]), slice(j, j + win[1]), slice(k, k + win[2]))
+                    p = self._forward(xp[(slice(None),) + sl])
+                    acc[(slice(None),) + sl] += p * weight
+                    wsum[sl] += weight
+        acc /= wsum
+        return acc[(slice(None),) + tuple(slice(0, s) for s in shape)]
+
+    def _predict_slices(self, x: np.ndarray) -> np.ndarray:
+        """2.5-D: each axial slice with ``slices`` neighbours of every modality as channels."""
+        import torch
+
+        m = self.net.required_multiple
+        c, nx, ny, nz = x.shape
+        half = self.slices // 2
+        px, py = int(np.ceil(nx / m) * m), int(np.ceil(ny / m) * m)
+        xp = np.pad(x, [(0, 0), (0, px - nx), (0, py - ny), (half, half)])
+        out = np.zeros((len(self.classes), nx, ny, nz), np.float32)
+        batch = 8
+        for z0 in range(0, nz, batch):
+            zs = range(z0, min(z0 + batch, nz))
+            stack = np.stack([xp[:, :, :, z:z + self.slices].transpose(0, 3, 1, 2).reshape(-1, px, py)
+                              for z in zs])
+            t = torch.from_numpy(np.ascontiguousarray(stack)).to(self.device)
+            p = torch.softmax(self.net(t), dim=1).float().cpu().numpy()
+            out[:, :, :, z0:z0 + len(zs)] = p[:, :, :nx, :ny].transpose(1, 2, 3, 0)
+        return out
+
+
+# ---------------------------------------------------------------------- file level
+def _prefix_from(t2_file) -> str:
+    name = Path(t2_file).name
+    ents = re.findall(r"(sub-[A-Za-z0-9]+|ses-[A-Za-z0-9]+)", name.split(".")[0])
+    return "_".join(ents) if ents and ents[0].startswith("sub-") else "deepmir"
+
+
+def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=None, *,
+                    tta: bool = False, threads: int | None = None, prefix: str | None = None,
+                    predictor: Predictor | None = None) -> dict:
+    """Segment one preprocessed subject; write probability maps and a label map.
+
+    All inputs are on one grid (the working grid of ``preprocess_subject``). A modality the model
+    does not use may be ``None``; one it needs may not. Writes, in ``out_dir``,
+    ``{prefix}_space-T2w_label-CMB_probseg.nii.gz``, ``..._label-iron_probseg.nii.gz`` (all zeros
+    for a class the model does not have) and ``{prefix}_space-T2w_desc-deepmir_dseg.nii.gz``
+    (uint8: 0 background, 1 CMB, 2 iron) with a JSON sidecar naming the model.
+    ``prefix`` defaults to the ``sub-``/``ses-`` entities of the T2w file name.
+
+    Returns ``{"probseg_cmb": Path, "probseg_iron": Path, "dseg": Path}``.
+    """
+    t0 = time.perf_counter()
+    pred = predictor or Predictor.from_file(model_file, tta=tta, threads=threads)
+    files = {"t2": t2_file, "swi": swi_file, "qsm": qsm_file}
+    pred.check_modalities({m for m, f in files.items() if f is not None})
+    what = {"t2": "T2w", "swi": "SWI", "qsm": "QSM"}
+    ref = load_image(files[pred.modalities[0]], what=what[pred.modalities[0]])
+    volumes = {}
+    for m in pred.modalities:
+        img = ref if m == pred.modalities[0] else load_image(files[m], what=what[m])
+        if img.shape != ref.shape or not np.allclose(img.affine, ref.affine, atol=1e-3):
+            raise InputError(files[m], f"{what[m]} is not on the same grid as "
+                                       f"{Path(files[pred.modalities[0]]).name} (shape {img.shape} vs "
+                                       f"{ref.shape}); give preprocessed images in one space")
+        volumes[m] = np.asarray(img.dataobj, dtype=np.float32)
+    mask = None
+    if mask_file is not None:
+        mimg = load_image(mask_file, what="brain mask")
+        if mimg.shape != ref.shape:
+            raise InputError(mask_file, f"brain mask shape {mimg.shape} differs from the images' {ref.shape}")
+        mask = np.asarray(mimg.dataobj) > 0
+    probs = pred.predict(volumes, mask, tta=tta)
+    lab = pred.labels(probs, mask)
+    dseg = np.zeros(lab.shape, np.uint8)
+    for i, name in enumerate(pred.classes):
+        if name in DSEG_LABELS:
+            dseg[lab == i] = DSEG_LABELS[name]
+
+    out_dir = Path(out_dir)
+    prefix = prefix or _prefix_from(t2_file)
+    affine = ref.affine
+    out = {}
+    for name, label in (("cmb", "CMB"), ("iron", "iron")):
+        p = probs[pred.classes.index(name)] if name in pred.classes else np.zeros(lab.shape, np.float32)
+        out[f"probseg_{name}"] = save_nifti(p.astype(np.float32), affine,
+                                            out_dir / f"{prefix}_space-T2w_label-{label}_probseg.nii.gz")
+    out["dseg"] = save_nifti(dseg, affine, out_dir / f"{prefix}_space-T2w_desc-deepmir_dseg.nii.gz")
+    rec = pred.record
+    write_json({
+        "Description": "DEEPMIR lesion segmentation: 0 background, 1 cerebral microbleed, 2 iron deposit",
+        "Labels": {str(v): k for k, v in DSEG_LABELS.items()},
+        "ModelClasses": pred.classes,
+        "ModelWeightsSHA256": rec.get("weights_sha256"),
+        "ModelFile": Path(pred.source).name,
+        "TestTimeAugmentation": bool(pred.tta if tta is None else tta),
+        "PackageVersion": _version(),
+        "ElapsedSeconds": round(time.perf_counter() - t0, 2),
+    }, out_dir / f"{prefix}_space-T2w_desc-deepmir_dseg.json")
+    return out
+
+
+def _version() -> str:
+    from deepmir_tasks import __version__
+    return __version__

@@ -1,0 +1,62 @@
+"""Pydra task around :func:`deepmir_tasks.model.predictor.segment_subject`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fileformats.generic import File
+from fileformats.medimage import NiftiGz
+from pydra.compose import python
+
+from deepmir_tasks import __version__
+
+__all__ = ["SegmentLesions"]
+
+
+@python.define
+class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
+    """Segment CMBs and iron deposits with a DEEPMIR model (U-Net on T2w, SWI and QSM).
+
+    Args:
+        t2: preprocessed T2w (working grid)
+        swi: preprocessed SWI on the same grid (None if the model does not use SWI)
+        qsm: preprocessed QSM in ppm on the same grid (None if the model does not use QSM)
+        mask: brain mask on the same grid
+        model: model weights (.safetensors with its .json record beside it); None = bundled default
+        tta: average predictions over mirrored copies (4× the time)
+        threads: torch CPU threads; 0 = from DEEPMIR_THREADS / SLURM_CPUS_PER_TASK / all cores
+        version: package version, so that a new release is a new cache entry
+    """
+
+    t2: NiftiGz
+    swi: NiftiGz | None = None
+    qsm: NiftiGz | None = None
+    mask: NiftiGz | None = None
+    model: File | None = None
+    tta: bool = False
+    threads: int = 0
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        probseg_cmb: NiftiGz
+        probseg_iron: NiftiGz
+        dseg: NiftiGz
+
+    @staticmethod
+    def function(t2, swi, qsm, mask, model, tta, threads, version):
+        import os
+
+        from deepmir_tasks.model.predictor import segment_subject
+
+        try:
+            from deepmir_tasks.threads import n_threads
+        except ImportError:  # pragma: no cover - older tree without the shared helper
+            def n_threads():
+                return os.cpu_count() or 1
+
+        def fspath(f):
+            return None if f is None else Path(str(f.fspath if hasattr(f, "fspath") else f))
+
+        out = segment_subject(fspath(t2), fspath(swi), fspath(qsm), fspath(mask), Path.cwd(),
+                              model_file=fspath(model), tta=tta, threads=threads or n_threads())
+        return out["probseg_cmb"], out["probseg_iron"], out["dseg"]
