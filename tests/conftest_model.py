@@ -1,0 +1,85 @@
+"""Small synthetic subjects for the model tests (no simulator or preprocessing needed).
+
+Each subject is an ellipsoidal "brain" with tissue texture and spherical lesions:
+CMBs (dark on T2w and SWI, strongly paramagnetic on QSM), iron deposits (mildly dark, weakly
+paramagnetic) and calcifications (dark on SWI but diamagnetic on QSM; labelled background).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
+
+TINY_RECORD = {
+    "architecture": {"name": "UNet", "in_channels": 3, "n_classes": 3, "levels": 3, "base": 8,
+                     "dim": 3, "norm": "batch", "max_width": 64},
+    "modalities": ["t2", "swi", "qsm"],
+    "normalization": DEFAULT_NORMALIZATION,
+    "classes": ["background", "cmb", "iron"],
+}
+
+
+def synthetic_subject(seed: int, shape=(40, 40, 32), n_cmb=4, n_iron=4, n_calc=2):
+    """Return ``(volumes dict, mask bool, dseg uint8 0/1/2, affine, lesion centres dict)``."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(float)
+    centre = (np.array(shape) - 1) / 2
+    mask = (((grid - centre) / (np.array(shape) / 2 - 2)) ** 2).sum(-1) <= 1
+    t2 = 1.0 + 0.1 * rng.standard_normal(shape)
+    swi = 1.0 + 0.1 * rng.standard_normal(shape)
+    qsm = 0.02 * rng.standard_normal(shape)
+    dseg = np.zeros(shape, np.uint8)
+    inside = np.argwhere(mask & (((grid - centre) / (np.array(shape) / 2 - 6)) ** 2).sum(-1).__le__(1))
+    centres = {"cmb": [], "iron": [], "calcification": []}
+    placed = []
+    for kind, n in (("cmb", n_cmb), ("iron", n_iron), ("calcification", n_calc)):
+        for _ in range(n):
+            for _try in range(100):
+                c = inside[rng.integers(len(inside))]
+                if all(np.linalg.norm(c - p) > 7 for p in placed):
+                    break
+            placed.append(c)
+            r = rng.uniform(1.2, 2.2)
+            ball = np.linalg.norm(grid - c, axis=-1) <= r
+            centres[kind].append(c.astype(float))
+            if kind == "cmb":
+                t2[ball] -= 0.5
+                swi[ball] -= 0.7
+                qsm[ball] += 0.4
+                dseg[ball] = 1
+            elif kind == "iron":
+                t2[ball] -= 0.2
+                swi[ball] -= 0.35
+                qsm[ball] += 0.12
+                dseg[ball] = 2
+            else:
+                swi[ball] -= 0.7
+                qsm[ball] -= 0.4
+    vols = {"t2": (t2 * mask).astype(np.float32), "swi": (swi * mask).astype(np.float32),
+            "qsm": (qsm * mask).astype(np.float32)}
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    return vols, mask, dseg, affine, {k: np.array(v).reshape(-1, 3) for k, v in centres.items()}
+
+
+def train_subject(seed: int, classes=("cmb", "iron"), **kwargs):
+    """A :class:`deepmir_tasks.model.train.TrainSubject` built from :func:`synthetic_subject`."""
+    import cc3d
+
+    from deepmir_tasks.model.normalize import normalize_stack
+    from deepmir_tasks.model.train import DSEG_VALUE, TrainSubject
+
+    vols, mask, dseg, affine, centres = synthetic_subject(seed, **kwargs)
+    img = normalize_stack(vols, mask, ["t2", "swi", "qsm"], DEFAULT_NORMALIZATION).astype(np.float16)
+    label = np.zeros(dseg.shape, np.uint8)
+    lesions = {}
+    for ci, name in enumerate(classes, start=1):
+        sel = dseg == DSEG_VALUE[name]
+        label[sel] = ci
+        cc = cc3d.connected_components(sel.astype(np.uint8), connectivity=26)
+        lesions[ci] = [np.argwhere(cc == i).astype(np.int16) for i in range(1, int(cc.max()) + 1)]
+    s = TrainSubject(f"sub-{seed:02d}", img, label, mask, affine, lesions,
+                     np.argwhere(mask).astype(np.int16), dseg)
+    s.extra["volumes"] = vols
+    s.extra["mimics"] = {"calcification": centres["calcification"]}
+    return s

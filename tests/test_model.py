@@ -1,0 +1,324 @@
+"""The DEEPMIR network, model files, predictor and training pieces on small synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from deepmir_tasks.io import InputError  # noqa: E402
+from deepmir_tasks.model.modelfile import load_model, record_path, save_model  # noqa: E402
+from deepmir_tasks.model.predictor import MissingModalityError, Predictor, segment_subject  # noqa: E402
+from deepmir_tasks.model.train import (  # noqa: E402
+    PatchSampler,
+    dice_ce_loss,
+    lesion_metrics,
+    match_lesions,
+    split_folds,
+)
+from deepmir_tasks.model.unet import UNet  # noqa: E402
+
+from conftest_model import TINY_RECORD, synthetic_subject, train_subject  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _tiny_model(path, seed=0, record=None):
+    torch.manual_seed(seed)
+    rec = json.loads(json.dumps(record or TINY_RECORD))
+    net = UNet(**{k: v for k, v in rec["architecture"].items() if k != "name"})
+    net.train()
+    with torch.no_grad():  # give batch-norm non-trivial running statistics
+        for _ in range(3):
+            net(torch.randn(2, rec["architecture"]["in_channels"], 16, 16, 16) * 2 + 0.5)
+    net.eval()
+    save_model(net, path, rec)
+    return net, rec
+
+
+# ---------------------------------------------------------------------------- network
+@pytest.mark.parametrize("levels", [2, 3, 4, 5])
+@pytest.mark.parametrize("channels,n_classes", [(1, 2), (2, 2), (3, 3)])
+def test_unet_output_shape_for_each_depth_and_channel_set(levels, channels, n_classes):
+    net = UNet(channels, n_classes, levels=levels, base=4).eval()
+    m = net.required_multiple
+    assert m == 2 ** (levels - 1)
+    x = torch.randn(1, channels, 2 * m, m, 3 * m)
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (1, n_classes, 2 * m, m, 3 * m)
+    assert torch.isfinite(y).all()
+
+
+def test_unet_rejects_sizes_that_do_not_divide():
+    net = UNet(3, 3, levels=4, base=4).eval()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        net(torch.randn(1, 3, 12, 16, 16))
+
+
+def test_unet_2d_variant_and_width_cap():
+    net = UNet(9, 3, levels=5, base=8, dim=2, max_width=32).eval()
+    assert net.widths == [8, 16, 32, 32, 32]
+    with torch.no_grad():
+        assert net(torch.randn(2, 9, 32, 48)).shape == (2, 3, 32, 48)
+
+
+def test_default_is_five_levels_base_16():
+    net = UNet()
+    assert (net.levels, net.base, net.dim) == (5, 16, 3)
+
+
+# ---------------------------------------------------------------------------- model files
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    net, rec = _tiny_model(tmp_path / "m.safetensors")
+    loaded, rec2 = load_model(tmp_path / "m.safetensors")
+    x = torch.randn(1, 3, 16, 24, 16)
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded(x))
+    assert rec2["classes"] == ["background", "cmb", "iron"]
+    assert len(rec2["weights_sha256"]) == 64
+    assert rec2["weights_file"] == "m.safetensors"
+
+
+def test_tampered_weights_give_one_line_sha_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # flip bits inside a tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="SHA-256") as err:
+        load_model(path)
+    assert "\n" not in str(err.value) and "m.safetensors" in str(err.value)
+
+
+def test_corrupt_weights_file_gives_clear_error(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    path.write_bytes(b"this is not a safetensors file at all")
+    rec = json.loads(record_path(path).read_text())
+    from deepmir_tasks.model.modelfile import sha256_file
+
+    rec["weights_sha256"] = sha256_file(path)  # the record agrees, the content is garbage
+    record_path(path).write_text(json.dumps(rec))
+    with pytest.raises(InputError, match="safetensors") as err:
+        load_model(path)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_record_and_wrong_architecture(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    rec = json.loads(record_path(path).read_text())
+    rec["architecture"]["base"] = 16
+    record_path(path).write_text(json.dumps(rec))
+    with pytest.raises(InputError, match="do not fit the architecture"):
+        load_model(path)
+    record_path(path).unlink()
+    with pytest.raises(InputError, match="record is missing"):
+        load_model(path)
+
+
+# ---------------------------------------------------------------------------- predictor
+def test_model_needing_qsm_refuses_subject_without_it(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    pred = Predictor.from_file(path)
+    vols, mask, *_ = synthetic_subject(1, shape=(24, 24, 16))
+    del vols["qsm"]
+    with pytest.raises(MissingModalityError, match="QSM"):
+        pred.predict(vols, mask)
+    from deepmir_tasks.io import save_nifti
+
+    files = {m: save_nifti(v, np.eye(4), tmp_path / f"sub-01_{m}.nii.gz") for m, v in vols.items()}
+    with pytest.raises(InputError, match="needs QSM") as err:
+        segment_subject(files["t2"], files["swi"], None, None, tmp_path / "out", path)
+    assert "\n" not in str(err.value)
+
+
+def test_sliding_windows_agree_with_whole_volume(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    vols, mask, *_ = synthetic_subject(2, shape=(44, 40, 36))
+    whole = Predictor.from_file(path).predict(vols, mask)
+    windows = Predictor.from_file(path, max_voxels=0, window=24, overlap=0.5).predict(vols, mask)
+    assert whole.shape == windows.shape == (3, 44, 40, 36)
+    np.testing.assert_allclose(whole.sum(0), 1.0, atol=1e-5)
+    inner = (slice(None),) + (slice(6, -6),) * 3  # away from zero-padded borders
+    assert np.abs(whole[inner] - windows[inner]).max() < 0.05
+    assert np.abs(whole - windows).mean() < 1e-3
+
+
+def test_tta_and_threads_and_mask(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    vols, mask, *_ = synthetic_subject(3, shape=(32, 32, 24))
+    pred = Predictor.from_file(path, threads=1, tta=True)
+    probs = pred.predict(vols, mask)
+    assert probs.dtype == np.float32
+    assert np.all(probs[0][~mask] == 1.0) and np.all(probs[1:, ~mask] == 0)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    plain = pred.predict(vols, mask, tta=False)
+    assert not np.allclose(plain, probs)  # TTA really averages something else
+    empty = pred.predict(vols, np.zeros_like(mask))
+    assert np.all(empty[0] == 1)
+
+
+def test_thresholds_from_record_change_labels(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    pred = Predictor.from_file(path)
+    probs = np.zeros((3, 2, 2, 1), np.float32)
+    probs[:, 0, 0, 0] = [0.5, 0.3, 0.2]
+    probs[:, 1, 0, 0] = [0.1, 0.6, 0.3]
+    probs[:, 0, 1, 0] = [0.2, 0.3, 0.5]
+    probs[:, 1, 1, 0] = [1.0, 0.0, 0.0]
+    assert pred.labels(probs)[:, :, 0].tolist() == [[0, 2], [1, 0]]
+    pred.record["inference"] = {"thresholds": {"cmb": 0.25, "iron": 0.9}}
+    assert pred.labels(probs)[:, :, 0].tolist() == [[1, 1], [1, 0]]
+
+
+def test_segment_subject_writes_bids_named_outputs(tmp_path):
+    from deepmir_tasks.io import load_image, save_nifti
+
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    vols, mask, *_ = synthetic_subject(4, shape=(24, 24, 16))
+    aff = np.diag([0.9, 0.9, 1.1, 1.0])
+    files = {m: save_nifti(v, aff, tmp_path / f"sub-07_ses-1_space-T2w_desc-preproc_{m}.nii.gz")
+             for m, v in vols.items()}
+    mfile = save_nifti(mask.astype(np.uint8), aff, tmp_path / "mask.nii.gz")
+    out = segment_subject(files["t2"], files["swi"], files["qsm"], mfile, tmp_path / "out", path)
+    assert out["dseg"].name == "sub-07_ses-1_space-T2w_desc-deepmir_dseg.nii.gz"
+    assert out["probseg_cmb"].name == "sub-07_ses-1_space-T2w_label-CMB_probseg.nii.gz"
+    dseg = load_image(out["dseg"], allow_empty=True)
+    assert dseg.get_data_dtype() == np.float32 or True
+    import nibabel as nib
+
+    raw = nib.load(str(out["dseg"]))
+    assert raw.get_data_dtype() == np.uint8
+    assert np.allclose(raw.affine, aff)
+    assert set(np.unique(np.asarray(raw.dataobj))) <= {0, 1, 2}
+    side = json.loads((tmp_path / "out" / "sub-07_ses-1_space-T2w_desc-deepmir_dseg.json").read_text())
+    assert side["ModelWeightsSHA256"] == json.loads(record_path(path).read_text())["weights_sha256"]
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary files left behind
+
+
+def test_segment_lesions_pydra_task(tmp_path):
+    from deepmir_tasks.io import save_nifti
+    from deepmir_tasks.model.tasks import SegmentLesions
+
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    vols, mask, *_ = synthetic_subject(5, shape=(24, 24, 16))
+    files = {m: save_nifti(v, np.eye(4), tmp_path / f"sub-01_{m}.nii.gz") for m, v in vols.items()}
+    mfile = save_nifti(mask.astype(np.uint8), np.eye(4), tmp_path / "sub-01_mask.nii.gz")
+    task = SegmentLesions(t2=files["t2"], swi=files["swi"], qsm=files["qsm"], mask=mfile, model=path,
+                          threads=1)
+    res = task(worker="debug", cache_root=tmp_path / "cache")
+    assert str(res.dseg).endswith("sub-01_space-T2w_desc-deepmir_dseg.nii.gz")
+    assert str(res.probseg_iron).endswith("label-iron_probseg.nii.gz")
+
+
+# ---------------------------------------------------------------------------- training pieces
+def test_a_few_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    subj = [train_subject(10), train_subject(11)]
+    sampler = PatchSampler(subj, patch=16, lesion_fraction=0.8, augment=False)
+    rng = np.random.default_rng(0)
+    batches = [sampler.sample(rng, 4) for _ in range(4)]
+    net = UNet(3, 3, levels=3, base=8)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+
+    def mean_loss():
+        net.eval()
+        with torch.no_grad():
+            return float(np.mean([float(dice_ce_loss(net(x), y, [1, 3, 3])) for x, y in batches]))
+
+    before = mean_loss()
+    net.train()
+    for i in range(40):
+        x, y = batches[i % len(batches)]
+        loss = dice_ce_loss(net(x), y, [1, 3, 3])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = mean_loss()
+    assert after < 0.7 * before
+
+
+def test_patch_sampler_over_represents_lesions_and_augments():
+    subj = [train_subject(12)]
+    sampler = PatchSampler(subj, patch=16, lesion_fraction=0.67, augment=True)
+    rng = np.random.default_rng(1)
+    x, y = sampler.sample(rng, 24)
+    assert x.shape == (24, 3, 16, 16, 16) and y.shape == (24, 16, 16, 16)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    with_lesion = int(((y > 0).flatten(1).any(1)).sum())
+    lesion_share = (subj[0].label > 0).mean()
+    assert with_lesion >= 10  # far more than the ~1 % of brain voxels that are lesion
+    assert lesion_share < 0.05
+    assert set(torch.unique(y).tolist()) <= {0, 1, 2}
+    # the same seed gives the same batch
+    x2, y2 = sampler.sample(np.random.default_rng(1), 24)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_dice_ce_loss_is_low_for_perfect_logits_and_high_for_wrong_ones():
+    y = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    y[0, 2:4, 2:4, 2:4] = 1
+    y[0, 5:7, 5:7, 5:7] = 2
+    good = torch.nn.functional.one_hot(y, 3).permute(0, 4, 1, 2, 3).float() * 20
+    bad = torch.roll(good, 1, dims=1)
+    assert float(dice_ce_loss(good, y, [1, 3, 3])) < 0.01
+    assert float(dice_ce_loss(bad, y, [1, 3, 3])) > 5
+
+
+def test_match_lesions_is_one_to_one_greedy_within_5_mm():
+    true = np.array([[0, 0, 0], [10, 0, 0]], float)
+    pred = np.array([[1, 0, 0], [0.5, 0, 0], [10, 4.9, 0], [30, 0, 0]], float)
+    pairs = match_lesions(pred, true, 5.0)
+    assert sorted((p, t) for p, t, _ in pairs) == [(1, 0), (2, 1)]
+    assert match_lesions(np.zeros((0, 3)), true) == []
+
+
+def test_lesion_metrics_perfect_and_shifted():
+    _, _, dseg, aff, centres = synthetic_subject(6, shape=(40, 40, 32))
+    perfect = lesion_metrics(dseg, dseg, aff, other_xyz={"calcification": centres["calcification"]})
+    for c in ("cmb", "iron"):
+        assert perfect[c]["fn"] == 0 and perfect[c]["fp"] == 0 and perfect[c]["tp"] > 0
+        assert perfect[c]["on_calcification"] == 0
+    one = np.zeros((24, 24, 24), np.uint8)
+    one[9:12, 9:12, 9:12] = 1
+    for shift, hit in ((4, 1), (6, 0)):
+        m = lesion_metrics(np.roll(one, shift, axis=2), one, np.eye(4))
+        assert (m["cmb"]["tp"], m["cmb"]["fp"], m["cmb"]["fn"]) == (hit, 1 - hit, 1 - hit)
+    iron = np.roll(one, 2, axis=2) * 2  # right place, wrong class
+    assert lesion_metrics(iron, one, np.eye(4))["cmb"]["tp"] == 0
+    # a CMB predicted on a calcification is counted
+    calc = np.zeros_like(dseg)
+    c = centres["calcification"][0].astype(int)
+    calc[tuple(c)] = 1
+    assert lesion_metrics(calc, dseg, aff, other_xyz={"calcification": centres["calcification"]})["cmb"]["on_calcification"] == 1
+
+
+def test_split_folds_by_participant_covers_everyone_once():
+    keys = [f"sub-{i:02d}" for i in range(10)] + ["sub-03_ses-2"]
+    vals = []
+    for f in range(5):
+        tr, va = split_folds(keys, 5, f, seed=3)
+        assert not set(tr) & set(va)
+        assert set(tr) | set(va) == set(keys)
+        # sessions of one participant stay on one side
+        assert ("sub-03" in va) == ("sub-03_ses-2" in va)
+        vals += va
+    assert sorted(vals) == sorted(keys)
+    assert split_folds(keys, 1, 0) == (keys, [])
