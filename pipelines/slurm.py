@@ -162,7 +162,7 @@ class DeepmirSlurmWorker(SlurmWorker):
         args = parse_sbatch_args(self.sbatch_args, refuse=_REFUSED_WORKER_OPTS)
         err_file = _option_value(args, "-e", "--error")
         if _option_value(args, "-J", "--job-name") is None:
-            args.append(f"--job-name={job.name}.{job.uid}")
+            args.append(f"--job-name={_job_label(job)}.{job.uid}")
         if _option_value(args, "-o", "--output") is None:
             args.append(f"--output={script_dir / 'slurm-%j.out'}")
         if err_file is None:
@@ -222,7 +222,7 @@ class DeepmirSlurmWorker(SlurmWorker):
             if record["state"] not in ("COMPLETED", "UNKNOWN"):
                 log.warning("SLURM job %s ended %s but %s has a result", jobid, record["state"], job.name)
             return result
-        where = f"{job.name} (SLURM job {jobid}, {record['state']}, exit code {record.get('exit_code', '?')})"
+        where = f"{_job_label(job)} (SLURM job {jobid}, {record['state']}, exit code {record.get('exit_code', '?')})"
         traceback = _pickled_traceback(job.cache_dir / "_error.pklz")
         if traceback:
             last = _last_error_line(traceback)
@@ -246,6 +246,11 @@ def slurm_worker(sbatch_args: str = "", poll_delay: float = 0.5) -> DeepmirSlurm
         return DeepmirSlurmWorker(sbatch_args=sbatch_args, poll_delay=poll_delay)
     except ValueError as err:
         raise InputError("--sbatch-args", str(err)) from None
+
+
+def _job_label(job) -> str:
+    """The node name of a job in its workflow, or its task class for a task run on its own."""
+    return type(job.task).__name__ if job.name == "main" else job.name
 
 
 def _scontrol_record(text: str) -> dict:
