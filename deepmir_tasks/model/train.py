@@ -377,20 +377,11 @@ def lesion_components(labels: np.ndarray, value: int, affine) -> np.ndarray:
 
 
 def match_lesions(pred_xyz, true_xyz, max_dist: float = 5.0) -> list[tuple[int, int, float]]:
-    """One-to-one greedy matching by distance; pairs ``(pred_index, true_index, distance)``."""
-    pred_xyz, true_xyz = np.asarray(pred_xyz, float).reshape(-1, 3), np.asarray(true_xyz, float).reshape(-1, 3)
-    if not len(pred_xyz) or not len(true_xyz):
-        return []
-    d = np.linalg.norm(pred_xyz[:, None] - true_xyz[None], axis=-1)
-    cand = np.argwhere(d <= max_dist)
-    cand = cand[np.argsort(d[cand[:, 0], cand[:, 1]], kind="stable")]
-    used_p, used_t, pairs = set(), set(), []
-    for i, j in cand:
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-            pairs.append((int(i), int(j), float(d[i, j])))
-    return pairs
+    """One-to-one greedy matching by distance (``deepmir_tasks.lesions.metrics``); pairs
+    ``(pred_index, true_index, distance_mm)``."""
+    from deepmir_tasks.lesions.metrics import match_lesions as _match
+
+    return list(_match(pred_xyz, true_xyz, tolerance_mm=max_dist).pairs)
 
 
 def lesion_metrics(pred_dseg, true_dseg, affine, classes=ALL_CLASSES, max_dist: float = 5.0,
