@@ -181,3 +181,66 @@ def make_simulated(out_dir, *, seed: int = 3, participant_id: str = "sub-01") ->
     lesions.to_csv(paths["lesions_tsv"], sep="\t", index=False, na_rep="n/a")
     dropped.to_csv(paths["dropped_tsv"], sep="\t", index=False, na_rep="n/a")
     return {**paths, "lesions": lesions, "dropped": dropped, "affine": ref_aff}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading rendered pages
+
+
+class Element:
+    """One start tag of a parsed page: its name, attributes and enclosing elements' classes."""
+
+    def __init__(self, tag, attrs, ancestors):
+        self.tag = tag
+        self.attrs = dict(attrs)
+        self.ancestors = ancestors  # list of (tag, attrs) from the root
+
+    @property
+    def classes(self) -> set[str]:
+        return set((self.attrs.get("class") or "").split())
+
+    def inside(self, tag: str, cls: str | None = None) -> bool:
+        return any(t == tag and (cls is None or cls in (a.get("class") or "").split())
+                   for t, a in self.ancestors)
+
+
+def parse_page(text: str) -> list[Element]:
+    """All start tags of an HTML page, in document order, with their ancestors."""
+    from html.parser import HTMLParser
+
+    void = {"img", "meta", "br", "hr", "input", "link", "source", "col", "area", "base", "wbr"}
+
+    class _Parser(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.stack = []
+            self.elements = []
+
+        def handle_starttag(self, tag, attrs):
+            self.elements.append(Element(tag, attrs, list(self.stack)))
+            if tag not in void:
+                self.stack.append((tag, dict(attrs)))
+
+        def handle_endtag(self, tag):
+            for n in range(len(self.stack) - 1, -1, -1):
+                if self.stack[n][0] == tag:
+                    del self.stack[n:]
+                    break
+
+    parser = _Parser()
+    parser.feed(text)
+    return parser.elements
+
+
+def decode_data_png(uri: str):
+    """Decode a ``data:image/png;base64,`` URI with Pillow; return the image (fully loaded)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix), uri[:40]
+    img = Image.open(io.BytesIO(base64.b64decode(uri[len(prefix):], validate=True)))
+    img.load()
+    return img

@@ -188,8 +188,9 @@ def outer_outline(mask2d: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(mask2d, structure=np.ones((3, 3), bool)) & ~mask2d
 
 
-def edges(gray: np.ndarray, support: np.ndarray | None = None, fraction: float = 0.10) -> np.ndarray:
-    """Strong edges of a grey image: the top ``fraction`` of Sobel magnitudes, thinned.
+def edges(gray: np.ndarray, support: np.ndarray | None = None, rel: float = 0.3) -> np.ndarray:
+    """Strong edges of a grey image: Sobel magnitudes above ``rel`` times their 99.5th percentile
+    (inside ``support`` when given), thinned to local maxima.
 
     Thinning keeps a pixel only where the magnitude is a local maximum along the gradient's
     dominant axis, which gives one-to-two pixel lines that leave the image below readable.
@@ -203,8 +204,8 @@ def edges(gray: np.ndarray, support: np.ndarray | None = None, fraction: float =
     pool = mag[support] if support is not None and support.any() else mag[mag > 0]
     if pool.size == 0:
         return np.zeros(gray.shape, bool)
-    thr = np.quantile(pool, 1.0 - fraction)
-    strong = mag > max(thr, 1e-6)
+    thr = rel * float(np.percentile(pool, 99.5))
+    strong = mag >= max(thr, 1e-6)
     # non-maximum suppression along the dominant gradient axis
     vertical = np.abs(gy) >= np.abs(gx)
     up = np.roll(mag, 1, axis=0)
