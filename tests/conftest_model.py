@@ -83,3 +83,36 @@ def train_subject(seed: int, classes=("cmb", "iron"), **kwargs):
     s.extra["volumes"] = vols
     s.extra["mimics"] = {"calcification": centres["calcification"]}
     return s
+
+
+def write_synthetic_bids(root, seeds, shape=(32, 32, 24)):
+    """A BIDS folder of synthetic subjects already on one grid, with annotations and mask files.
+
+    Returns ``(bids_dir, annotations_dir)``. Used with :func:`identity_prepare` (no preprocessing).
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    from deepmir_tasks.io import save_nifti, write_tsv
+
+    root = Path(root)
+    ann = root / "derivatives" / "annotations"
+    for seed in seeds:
+        vols, mask, dseg, aff, centres = synthetic_subject(seed, shape=shape)
+        sub = f"sub-{seed:02d}"
+        anat = root / sub / "anat"
+        for m, suf in (("t2", "T2w"), ("swi", "swi"), ("qsm", "Chimap")):
+            save_nifti(vols[m], aff, anat / f"{sub}_{suf}.nii.gz")
+        save_nifti(dseg, aff, ann / sub / "anat" / f"{sub}_space-T2w_dseg.nii.gz")
+        save_nifti(mask.astype(np.uint8), aff, ann / sub / "anat" / f"{sub}_space-T2w_desc-brain_mask.nii.gz")
+        rows = [{"kind": k, "x_mm": c[0], "y_mm": c[1], "z_mm": c[2], "radius_mm": 1.5, "chi_ppm": 0.0}
+                for k, cs in centres.items() for c in cs]
+        write_tsv(pd.DataFrame(rows), ann / sub / "anat" / f"{sub}_lesions.tsv")
+    return root, ann
+
+
+def identity_prepare(sub, cache_dir, voxel_size=1.0):
+    """Stand-in for ``prepare_subject`` on synthetic data that is already on one grid."""
+    mask = sub.dseg.with_name(sub.dseg.name.replace("_dseg", "_desc-brain_mask"))
+    return {"t2": sub.t2, "swi": sub.swi, "qsm": sub.qsm, "mask": mask, "dseg": sub.dseg}

@@ -322,3 +322,60 @@ def test_split_folds_by_participant_covers_everyone_once():
         vals += va
     assert sorted(vals) == sorted(keys)
     assert split_folds(keys, 1, 0) == (keys, [])
+
+
+# ---------------------------------------------------------------------------- the training loop
+def _tiny_config(**kw):
+    from deepmir_tasks.model.train import TrainConfig
+
+    base = dict(levels=3, base=8, max_width=32, patch=16, batch=2, steps=6, folds=3, fold=0,
+                validate_every=3, seed=5, checkpoint_seconds=1e9)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_train_loop_exports_validated_model_and_resume_is_exact(tmp_path, monkeypatch):
+    import deepmir_tasks.model.train as tr
+    from conftest_model import identity_prepare, write_synthetic_bids
+
+    monkeypatch.setattr(tr, "prepare_subject", identity_prepare)
+    bids, ann = write_synthetic_bids(tmp_path / "bids", [21, 22, 23])
+
+    straight = tr.train(bids, ann, tmp_path / "a.safetensors", _tiny_config(), progress=False, threads=1,
+                        device="cpu")
+    assert straight["step"] == 6
+    rec = json.loads(record_path(straight["model"]).read_text())
+    assert rec["training"]["subjects_validation"] and len(rec["training"]["subjects_train"]) == 2
+    assert "cmb" in rec["validation"] and "sensitivity" in rec["validation"]["cmb"]
+    assert [h["step"] for h in straight["history"]] == [3, 6]
+    Predictor.from_file(straight["model"])  # the exported file loads and passes its checks
+
+    # 4 steps, stop, resume to 6: the same weights as 6 steps in one go
+    first = tr.train(bids, ann, tmp_path / "b.safetensors", _tiny_config(), progress=False, threads=1,
+                     device="cpu", stop_at=4)
+    assert first["step"] == 4
+    resumed = tr.train(bids, ann, tmp_path / "b.safetensors", _tiny_config(steps=6), progress=False,
+                       threads=1, device="cpu", resume=True)
+    assert resumed["step"] == 6
+    a = torch.load(tr.checkpoint_path(tmp_path / "a.safetensors"), weights_only=True)["model"]
+    b = torch.load(tr.checkpoint_path(tmp_path / "b.safetensors"), weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+
+
+def test_resume_from_a_missing_or_broken_checkpoint_is_an_input_error(tmp_path, monkeypatch):
+    import deepmir_tasks.model.train as tr
+    from conftest_model import identity_prepare, write_synthetic_bids
+
+    monkeypatch.setattr(tr, "prepare_subject", identity_prepare)
+    bids, ann = write_synthetic_bids(tmp_path / "bids", [24, 25])
+    with pytest.raises(InputError, match="does not exist"):
+        tr.train(bids, ann, tmp_path / "m.safetensors", _tiny_config(folds=1), resume=tmp_path / "nope.pt",
+                 progress=False)
+    bad = tmp_path / "bad.ckpt.pt"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(InputError, match="checkpoint could not be read"):
+        tr.train(bids, ann, tmp_path / "m.safetensors", _tiny_config(folds=1), resume=bad, progress=False)
+    with pytest.raises(InputError, match="no subject"):
+        tr.train(tmp_path / "bids" / "sub-24", ann, tmp_path / "m.safetensors", _tiny_config(folds=1),
+                 progress=False)

@@ -555,12 +555,15 @@ def load_subjects(bids_dir, annotations_dir, cache_dir, config: TrainConfig, nor
 
 def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *, cache_dir=None,
           resume=None, threads: int | None = None, device: str = "auto", progress: bool = True,
-          normalization: dict | None = None, training_info: dict | None = None) -> dict:
+          normalization: dict | None = None, training_info: dict | None = None,
+          stop_at: int | None = None, max_seconds: float | None = None) -> dict:
     """Train a model and write it to ``out`` (``.safetensors`` + ``.json``) with a checkpoint beside.
 
     ``resume``: a checkpoint path, or ``True`` for the default one beside ``out``
     (``<out>.ckpt.pt``); training then continues from its step with its optimiser and RNG states
     (the configuration stored in the checkpoint is used, except ``steps``, which may be raised).
+    ``stop_at`` / ``max_seconds`` end this run early (after that step / that much time) with a
+    checkpoint, without changing the schedule, so a later ``resume`` continues exactly.
     Returns a dict with ``model``, ``record``, ``checkpoint``, ``step`` and ``validation``.
     """
     import torch
@@ -620,7 +623,7 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
     weights += [weights[-1]] * (len(config.classes) + 1 - len(weights))
 
     def lr_at(s):  # linear warm-up, then cosine decay to 5 %
-        warm = min(100, config.steps // 10)
+        warm = max(1, min(100, config.steps // 10))
         if s < warm:
             return config.lr * (s + 1) / warm
         frac = (s - warm) / max(config.steps - warm, 1)
@@ -653,7 +656,11 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
     net.train()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
     t_start = time.perf_counter()
+    t_run = time.monotonic()
     while step < config.steps:
+        if (stop_at is not None and step >= stop_at) or (max_seconds and time.monotonic() - t_run > max_seconds):
+            save_checkpoint(ckpt_file, net, opt, step, rng, config, state)
+            break
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         x, y = sampler.sample(rng, config.batch)
@@ -663,7 +670,7 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
         loss.backward()
         opt.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         validated = False
