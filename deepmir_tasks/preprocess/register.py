@@ -1,0 +1,100 @@
+"""Rigid registration of SWI (and QSM) onto the T2w with mutual information (ANTsPy).
+
+The transform file written here is the ANTs/ITK one (LPS, fixed T2w point → moving point),
+directly usable by ``ants.apply_transforms``; :func:`transform_to_ras` turns it into the RAS
+4×4 that maps moving-session world mm to T2w-session world mm.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from deepmir_tasks.io import InputError, atomic_path, load_image
+
+__all__ = ["RIGID_PRESETS", "register_rigid", "register_to_t2", "same_grid", "transform_to_ras"]
+
+#: Settings of the rigid Mattes-MI registration. ``fast`` is the default: a three-level
+#: pyramid ending at full resolution, chosen by measurement (see benchmarks/bench_preprocess.py).
+RIGID_PRESETS = {
+    "fast": dict(aff_iterations=(200, 100, 20), aff_shrink_factors=(4, 2, 1),
+                 aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.1),
+    "quick": dict(aff_iterations=(20, 20, 0, 0), aff_shrink_factors=(6, 4, 2, 1),
+                  aff_smoothing_sigmas=(3, 2, 1, 0), aff_random_sampling_rate=0.2),
+    "accurate": dict(aff_iterations=(2100, 1200, 1200, 10), aff_shrink_factors=(6, 4, 2, 1),
+                     aff_smoothing_sigmas=(3, 2, 1, 0), aff_random_sampling_rate=0.2),
+}
+
+
+def same_grid(img_a, img_b, atol_mm: float = 1e-3) -> bool:
+    """True when two nibabel images share shape and voxel-to-world affine."""
+    return (tuple(img_a.shape[:3]) == tuple(img_b.shape[:3])
+            and np.allclose(img_a.affine, img_b.affine, atol=atol_mm))
+
+
+def transform_to_ras(transform_file) -> np.ndarray:
+    """RAS 4×4 mapping moving world mm → fixed (T2w) world mm for an ANTs rigid/affine file."""
+    from deepmir_tasks.preprocess._ants import ants_transform_to_ras
+
+    return ants_transform_to_ras(transform_file)
+
+
+def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, preset: str = "fast",
+                   what: str = "moving image") -> Path:
+    """Rigidly register ``moving_file`` onto ``fixed_file`` (Mattes MI); write the ANTs ``.mat``.
+
+    ``fixed_mask_file`` (e.g. a dilated brain mask on the fixed grid) restricts the metric.
+    The registration starts from the images' centres of mass.
+    """
+    from deepmir_tasks.preprocess._ants import set_threads, to_ants
+
+    set_threads()
+    import ants
+
+    if preset not in RIGID_PRESETS:
+        raise ValueError(f"unknown registration preset {preset!r}; choose from {sorted(RIGID_PRESETS)}")
+    set_threads()
+    moving = to_ants(load_image(moving_file, what=what))
+    fixed = to_ants(load_image(fixed_file, what="T2w"))
+    mask = None
+    if fixed_mask_file is not None:
+        m = load_image(fixed_mask_file, what="brain mask")
+        mask = to_ants(_dilate(np.asarray(m.dataobj) > 0, 3).astype(np.float32), m.affine)
+    with _tmpdir() as tmp:
+        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Rigid", mask=mask,
+                                outprefix=str(Path(tmp) / "reg_"), **RIGID_PRESETS[preset])
+        fwd = reg["fwdtransforms"][0]
+        with atomic_path(out_file) as dst:
+            shutil.copyfile(fwd, dst)
+    return Path(out_file)
+
+
+def register_to_t2(moving_file, t2_file, out_file, *, mask_file=None, same_session_file=None,
+                   same_session_transform=None, preset: str = "fast", what: str = "SWI") -> Path:
+    """Register one image to the T2w, or reuse a transform when it shares a grid with one already done.
+
+    QSM usually comes from the same gradient echo as the SWI: if ``moving_file`` has the same grid as
+    ``same_session_file`` (whose transform is ``same_session_transform``), that transform is copied.
+    """
+    if same_session_file is not None and same_session_transform is not None:
+        if same_grid(load_image(moving_file, what=what, allow_empty=True),
+                     load_image(same_session_file, allow_empty=True)):
+            with atomic_path(out_file) as dst:
+                shutil.copyfile(same_session_transform, dst)
+            return Path(out_file)
+    return register_rigid(moving_file, t2_file, out_file, fixed_mask_file=mask_file, preset=preset,
+                          what=what)
+
+
+def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(mask, iterations=iterations) if iterations > 0 else mask
+
+
+def _tmpdir():
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="deepmir_reg_")

@@ -1,0 +1,283 @@
+"""Pydra 1.0 tasks around the preprocessing functions: typed files in, files in the job folder out.
+
+Each task has a ``version`` input defaulting to the package version: Pydra hashes a task's own
+body, not the helpers it calls, so a new release must change the hash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fileformats.generic import File
+from fileformats.medimage import NiftiGz
+from pydra.compose import python
+
+from deepmir_tasks import __version__
+
+__all__ = ["CheckInputs", "N4BiasCorrect", "RegisterToTemplate", "ExtractBrain", "RegisterToT2",
+           "MakeGrid", "ResampleToGrid", "NormaliseIntensity", "WritePreprocReport"]
+
+
+@python.define
+class CheckInputs(python.Task["CheckInputs.Outputs"]):
+    """Check the T2w, SWI and QSM (and an optional T2w-grid brain mask); pass them through.
+
+    Args:
+        t2_file: T2-weighted image
+        swi_file: SWI magnitude
+        qsm_file: QSM map in ppm
+        mask_file: the user's brain mask on the T2w grid (optional)
+        version: package version (part of the cache hash)
+    """
+    t2_file: NiftiGz
+    swi_file: NiftiGz
+    qsm_file: NiftiGz
+    mask_file: NiftiGz | None = None
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        report: File
+        t2_file: NiftiGz
+        swi_file: NiftiGz
+        qsm_file: NiftiGz
+        mask_file: NiftiGz | None
+
+    @staticmethod
+    def function(t2_file, swi_file, qsm_file, mask_file, version):
+        from deepmir_tasks.io import write_json
+        from deepmir_tasks.preprocess.checks import check_inputs
+
+        report = write_json(check_inputs(t2_file, swi_file, qsm_file, mask_file), Path.cwd() / "checks.json")
+        # the inputs pass through, so that every later step waits for the checks
+        return report, t2_file, swi_file, qsm_file, mask_file
+
+
+@python.define
+class N4BiasCorrect(python.Task["N4BiasCorrect.Outputs"]):
+    """N4 bias-field correction (ANTsPy); fit in ``mask_file`` or a rough Otsu head mask.
+
+    Args:
+        in_file: magnitude image (T2w or SWI; never QSM)
+        mask_file: mask restricting the fit, on the same grid (optional)
+        shrink_mm: approximate voxel size of N4's fitting grid
+        version: package version (part of the cache hash)
+    """
+    in_file: NiftiGz
+    mask_file: NiftiGz | None = None
+    shrink_mm: float = 6.0
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        out_file: NiftiGz
+        bias_field: NiftiGz
+
+    @staticmethod
+    def function(in_file, mask_file, shrink_mm, version):
+        from deepmir_tasks.preprocess.bias import n4_correct
+
+        out, bias = Path.cwd() / "n4.nii.gz", Path.cwd() / "bias_field.nii.gz"
+        n4_correct(in_file, out, mask_file=mask_file, bias_file=bias, shrink_mm=shrink_mm)
+        return out, bias
+
+
+@python.define
+class RegisterToTemplate(python.Task["RegisterToTemplate.Outputs"]):
+    """Affine registration of the bias-corrected T2w to the MNI152 2009a template (2 mm, Mattes MI).
+
+    Args:
+        t2_file: bias-corrected T2w
+        version: package version (part of the cache hash)
+    """
+    t2_file: NiftiGz
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        t2_to_mni: File
+
+    @staticmethod
+    def function(t2_file, version):
+        from deepmir_tasks.preprocess.template import register_to_template
+
+        return register_to_template(t2_file, Path.cwd() / "t2_to_mni.txt")
+
+
+@python.define
+class ExtractBrain(python.Task["ExtractBrain.Outputs"]):
+    """Brain mask of the T2w (MNI prior + intensity refinement), or the user's mask passed through.
+
+    Args:
+        t2_file: bias-corrected T2w
+        t2_to_mni: RAS T2w → MNI affine (text 4×4) from RegisterToTemplate
+        mask_file: the user's own brain mask on the T2w grid; when given it is used as is
+        version: package version (part of the cache hash)
+    """
+    t2_file: NiftiGz
+    t2_to_mni: File
+    mask_file: NiftiGz | None = None
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        mask: NiftiGz
+
+    @staticmethod
+    def function(t2_file, t2_to_mni, mask_file, version):
+        from deepmir_tasks.preprocess.brain import extract_brain
+
+        if mask_file is not None:
+            return mask_file
+        return extract_brain(t2_file, Path.cwd() / "brain_mask.nii.gz", t2_to_mni_file=t2_to_mni)
+
+
+@python.define
+class RegisterToT2(python.Task["RegisterToT2.Outputs"]):
+    """Rigid Mattes-MI registration of an image onto the T2w (ANTsPy); reuses a same-session transform.
+
+    Args:
+        moving_file: SWI magnitude or QSM
+        t2_file: bias-corrected T2w
+        mask_file: T2w brain mask restricting the metric (optional)
+        same_session_file: an image already registered (e.g. the SWI); if the moving image shares its
+            grid, same_session_transform is reused
+        same_session_transform: that image's transform
+        preset: registration settings ("fast", "quick", "accurate")
+        version: package version (part of the cache hash)
+    """
+    moving_file: NiftiGz
+    t2_file: NiftiGz
+    mask_file: NiftiGz | None = None
+    same_session_file: NiftiGz | None = None
+    same_session_transform: File | None = None
+    preset: str = "fast"
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        transform: File
+
+    @staticmethod
+    def function(moving_file, t2_file, mask_file, same_session_file, same_session_transform, preset, version):
+        from deepmir_tasks.preprocess.register import register_to_t2
+
+        return register_to_t2(moving_file, t2_file, Path.cwd() / "to_t2.mat", mask_file=mask_file,
+                              same_session_file=same_session_file,
+                              same_session_transform=same_session_transform, preset=preset)
+
+
+@python.define
+class MakeGrid(python.Task["MakeGrid.Outputs"]):
+    """The working grid: the T2w's space at voxel_size mm, cropped to the brain + margin_mm.
+
+    Args:
+        t2_file: the T2w (defines axes and world coordinates)
+        mask_file: brain mask on the T2w grid (defines the crop)
+        voxel_size: isotropic voxel size in mm
+        margin_mm: margin around the brain's bounding box
+        version: package version (part of the cache hash)
+    """
+    t2_file: NiftiGz
+    mask_file: NiftiGz | None = None
+    voxel_size: float = 1.0
+    margin_mm: float = 8.0
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        grid: NiftiGz
+
+    @staticmethod
+    def function(t2_file, mask_file, voxel_size, margin_mm, version):
+        from deepmir_tasks.preprocess.resample import make_grid
+
+        return make_grid(t2_file, Path.cwd() / "grid.nii.gz", mask_file=mask_file,
+                         voxel_size=voxel_size, margin_mm=margin_mm)
+
+
+@python.define
+class ResampleToGrid(python.Task["ResampleToGrid.Outputs"]):
+    """Resample an image into a reference grid, optionally through a transform.
+
+    Args:
+        in_file: image to resample
+        reference_file: grid to resample into
+        transform_file: ANTs transform from RegisterToT2 (optional)
+        interpolation: "bspline" (default), "lanczos", "linear" or "nearest"
+        mask_file: brain mask on the reference grid; fail if the image covers less than
+            min_coverage of it
+        min_coverage: fraction of the brain that must lie inside the image's field of view
+        version: package version (part of the cache hash)
+    """
+    in_file: NiftiGz
+    reference_file: NiftiGz
+    transform_file: File | None = None
+    interpolation: str = "bspline"
+    mask_file: NiftiGz | None = None
+    min_coverage: float = 0.9
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        out_file: NiftiGz
+
+    @staticmethod
+    def function(in_file, reference_file, transform_file, interpolation, mask_file, min_coverage, version):
+        from deepmir_tasks.preprocess.resample import resample_to_grid
+
+        return resample_to_grid(in_file, reference_file, Path.cwd() / "resampled.nii.gz",
+                                transform_file=transform_file, interpolation=interpolation,
+                                mask_file=mask_file, min_coverage=min_coverage)
+
+
+@python.define
+class NormaliseIntensity(python.Task["NormaliseIntensity.Outputs"]):
+    """Robust z-score in the brain (kind="zscore": T2w, SWI) or clipped ppm (kind="qsm").
+
+    Args:
+        in_file: image on the mask's grid
+        mask_file: brain mask
+        kind: "zscore" or "qsm"
+        version: package version (part of the cache hash)
+    """
+    in_file: NiftiGz
+    mask_file: NiftiGz
+    kind: str = "zscore"
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        out_file: NiftiGz
+
+    @staticmethod
+    def function(in_file, mask_file, kind, version):
+        from deepmir_tasks.preprocess.normalise import normalise_intensity
+
+        return normalise_intensity(in_file, mask_file, Path.cwd() / "normalised.nii.gz", kind=kind)
+
+
+@python.define
+class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
+    """JSON report of a preprocessed subject: the input checks, grid, coverage and transforms.
+
+    Args:
+        checks: JSON from CheckInputs
+        mask_file: brain mask in the working grid
+        swi_file: the SWI input (for its field of view)
+        qsm_file: the QSM input
+        swi_to_t2: SWI transform
+        qsm_to_t2: QSM transform
+        t2_to_mni: T2w → MNI affine (text)
+        version: package version (part of the cache hash)
+    """
+    checks: File
+    mask_file: NiftiGz
+    swi_file: NiftiGz
+    qsm_file: NiftiGz
+    swi_to_t2: File
+    qsm_to_t2: File
+    t2_to_mni: File
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        report: File
+
+    @staticmethod
+    def function(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni, version):
+        from deepmir_tasks.preprocess.pipeline import summarise
+
+        return summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni,
+                         Path.cwd() / "report.json")
