@@ -1,0 +1,126 @@
+"""``deepmir evaluate`` on constructed derivatives + annotations (and on a simulated cohort)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest_lesions import labelled_volume, oblique_affine, write_pair
+from deepmir_tasks.io import save_nifti
+from pipelines.cli import main
+
+SHAPE = (40, 40, 32)
+TRUTH = [(1, (10, 10, 10), 1.5), (1, (28, 12, 20), 1.5), (2, (20, 30, 15), 3.0)]
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """sub-01: one CMB found (1 mm off), one missed, one false CMB, iron found; sub-02: nothing predicted,
+    annotation on a different grid."""
+    affine = oblique_affine()
+    truth = labelled_volume(SHAPE, TRUTH)
+    pred = labelled_volume(SHAPE, [(1, (10, 11, 10), 1.5), (1, (30, 30, 25), 1.2), (2, (20, 30, 15), 3.0)])
+    prob = np.where(pred == 1, 0.8, 0.0).astype(np.float32)
+    prob[25:35, 25:35, 20:30] *= 0.75  # the false CMB scores 0.6
+    pred_dir, truth_dir = write_pair(tmp_path, "01", pred, affine, truth, affine, prob_cmb=prob)
+    coarse = affine.copy()
+    coarse[:3, :3] *= 2.0
+    write_pair(tmp_path, "02", np.zeros(SHAPE, np.uint8), affine,
+               labelled_volume((20, 20, 16), [(1, (5, 5, 5), 1.0)]), coarse)
+    return pred_dir, truth_dir
+
+
+def test_evaluate_prints_the_table_and_writes_tsvs(pair, tmp_path, capsys):
+    pred_dir, truth_dir = pair
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sensitivity" in printed and "cmb" in printed and "iron" in printed
+    per_class = pd.read_csv(out / "per_class.tsv", sep="\t").set_index("label")
+    assert tuple(per_class.loc["cmb", ["n_true", "tp", "fp", "fn"]]) == (3, 1, 1, 2)
+    assert tuple(per_class.loc["iron", ["n_true", "tp", "fp", "fn"]]) == (1, 1, 0, 0)
+    assert per_class.loc["cmb", "fp_per_subject"] == 0.5
+    assert per_class.loc["iron", "sensitivity"] == 1.0
+    per_subject = pd.read_csv(out / "per_subject.tsv", sep="\t")
+    assert sorted(per_subject["participant_id"].unique()) == ["sub-01", "sub-02"]
+    froc = pd.read_csv(out / "froc.tsv", sep="\t")
+    cmb = froc[froc["label"] == "cmb"]
+    assert cmb["threshold"].tolist() == [0.8, 0.6] and cmb["fp"].tolist() == [0, 1]
+    assert (out / "froc.png").stat().st_size > 1000
+    assert (out / "detections.tsv").exists() and (out / "evaluation.json").exists()
+
+
+def test_evaluate_accepts_a_plain_folder_and_a_subset(pair, tmp_path):
+    _, truth_dir = pair
+    flat = tmp_path / "flat"
+    save_nifti(labelled_volume(SHAPE, TRUTH), oblique_affine(), flat / "sub-01_pred_dseg.nii.gz", dtype=np.uint8)
+    out = tmp_path / "eval_flat"
+    assert main(["evaluate", str(flat), str(truth_dir), "--participant-label", "sub-01", "--out", str(out),
+                 "--tolerance-mm", "3"]) == 0
+    per_class = pd.read_csv(out / "per_class.tsv", sep="\t").set_index("label")
+    assert (per_class["f1"] == 1.0).all()
+
+
+def test_evaluate_errors_are_one_line(pair, tmp_path, capsys):
+    pred_dir, truth_dir = pair
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "--participant-label", "07"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no predicted dseg for sub-07" in err and "\n" not in err
+    (truth_dir / "sub-02" / "anat" / "sub-02_space-T2w_dseg.nii.gz").unlink()
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "--out", str(tmp_path / "e")]) == 2
+    assert "no annotation dseg for sub-02" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing"), str(truth_dir)]) == 2
+    assert "PRED_DIR is not an existing folder" in capsys.readouterr().err
+
+
+def _has_simulator():
+    try:
+        from deepmir_tasks.simulate import simulate_subject, write_bids_cohort  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_simulator = pytest.mark.skipif(not _has_simulator(), reason="deepmir_tasks.simulate not available")
+
+
+@needs_simulator
+def test_perfect_prediction_from_simulated_truth_finds_every_lesion(small_subject):
+    from deepmir_tasks.lesions import extract_lesions
+
+    subj = small_subject
+    dseg = np.asarray(subj.dseg.dataobj)
+    kept, dropped = extract_lesions(None, None, dseg, subj.dseg.affine, None, None,
+                                    np.asarray(subj.brain_mask.dataobj), participant_id="01", min_voxels=1,
+                                    max_cmb_diameter_mm=100.0)
+    truth = subj.lesions[subj.lesions["kind"].isin(["cmb", "iron"])]
+    labelled = {"cmb": int((dseg == 1).any()), "iron": int((dseg == 2).any())}
+    assert labelled["cmb"] or labelled["iron"]
+    for kind in ("cmb", "iron"):
+        want = truth[truth["kind"] == kind][["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+        got = kept[kept["label"] == kind][["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+        from deepmir_tasks.lesions.metrics import match_lesions
+
+        m = match_lesions(got, want, tolerance_mm=2.0)
+        assert m.fn == 0, f"{kind}: {m.fn} simulated lesion(s) not found at their coordinates"
+    assert len(dropped) == 0 or set(dropped["reason"]) <= {"outside_mask"}
+
+
+@needs_simulator
+@pytest.mark.slow
+def test_evaluate_on_a_simulated_cohort_against_its_annotations(small_cohort, tmp_path, capsys):
+    """The truth dseg copied as a "prediction" scores F1 = 1 against the annotations."""
+    ann = small_cohort / "derivatives" / "annotations"
+    pred_dir = tmp_path / "pred"
+    for truth in sorted(ann.glob("sub-*/anat/sub-*_space-T2w_dseg.nii.gz")):
+        sub = truth.name.split("_")[0]
+        dest = pred_dir / sub / "anat" / f"{sub}_space-T2w_desc-deepmir_dseg.nii.gz"
+        dest.parent.mkdir(parents=True)
+        dest.write_bytes(truth.read_bytes())
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(pred_dir), str(small_cohort), "--out", str(out)]) == 0
+    assert "f1" in capsys.readouterr().out
+    per_class = pd.read_csv(out / "per_class.tsv", sep="\t")
+    assert per_class["n_subjects"].tolist() == [2, 2]
+    assert (per_class.dropna(subset=["f1"])["f1"] == 1.0).all() and per_class["n_true"].sum() > 0
