@@ -27,8 +27,9 @@ No atlas is downloaded. The classifier combines
      below), Sylvian fissure / parieto-temporal line ``z = min(25, -0.55 y)``, parieto-occipital and
      temporo-occipital boundary ``y = min(-65, -60 - 0.4 z)``, and an ellipsoid for the insula;
 2. the nilearn-bundled MNI152 2009a grey- and white-matter probability maps: white matter deeper
-   than ``deep_wm_depth_mm`` (default 6 mm) from the cortical ribbon counts as deep/periventricular
-   white matter, shallower white matter as subcortical (lobar).
+   than ``deep_wm_depth_mm`` (default 5 mm: beyond the gyral cores and U-fibres) from the
+   cortical ribbon counts as deep white matter, shallower white matter as subcortical (lobar);
+   an ellipsoid around the lateral ventricles adds the periventricular white matter.
 
 The templates are read on first use, reduced to a 2 mm grid and cached in memory (well under
 a second); importing this module reads nothing. Boundaries are approximate (a few mm), which
@@ -181,7 +182,7 @@ def _lobe(xyz):
     return lobes, margin
 
 
-def classify_mni(xyz_mni, *, deep_wm_depth_mm: float = 6.0, margin_mm: float = LOBE_MARGIN_MM,
+def classify_mni(xyz_mni, *, deep_wm_depth_mm: float = 5.0, margin_mm: float = LOBE_MARGIN_MM,
                  outside_brain_mm: float = 5.0) -> list[str]:
     """MARS region of each point given in MNI152 world mm (array of shape (N, 3) or (3,)).
 
