@@ -311,3 +311,24 @@ def test_cohort_rejects_unknown_status(tmp_path):
     with pytest.raises(ValueError, match="status"):
         render_cohort_report(tmp_path / "r.html", [{"participant_id": "01", "status": "running"}])
     assert not (tmp_path / "r.html").exists()
+
+
+def test_empty_brain_mask_is_reported_not_fatal(phantom, tmp_path):
+    img = nib.load(str(phantom["mask"]))
+    empty = tmp_path / "empty_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.uint8), img.affine), str(empty))
+    text = _render(phantom, tmp_path / "p.html", mask=empty).read_text()
+    assert "The brain mask is empty" in text
+    assert "lie outside the brain mask" in text
+    assert len(_tiles(parse_page(text))) == len(phantom["lesions"])
+
+
+def test_table_of_another_session_is_an_input_error(phantom, tmp_path):
+    df = phantom["lesions"].copy()
+    df.insert(1, "session_id", "ses-B")
+    tsv = tmp_path / "ses.tsv"
+    df.to_csv(tsv, sep="\t", index=False)
+    with pytest.raises(InputError, match=r"ses\.tsv.*ses-B"):
+        _render(phantom, tmp_path / "p.html", lesions_tsv=tsv, session_id="A")
+    text = _render(phantom, tmp_path / "p.html", lesions_tsv=tsv, session_id="ses-B").read_text()
+    assert "sub-01 ses-B" in text
