@@ -379,3 +379,30 @@ def test_resume_from_a_missing_or_broken_checkpoint_is_an_input_error(tmp_path, 
     with pytest.raises(InputError, match="no subject"):
         tr.train(tmp_path / "bids" / "sub-24", ann, tmp_path / "m.safetensors", _tiny_config(folds=1),
                  progress=False)
+
+
+def test_deepmir_train_command(tmp_path, monkeypatch, capsys):
+    import deepmir_tasks.model.train as tr
+    from conftest_model import identity_prepare, write_synthetic_bids
+    from pipelines.cli import main
+
+    monkeypatch.setattr(tr, "prepare_subject", identity_prepare)
+    bids, ann = write_synthetic_bids(tmp_path / "bids", [31, 32])
+    out = tmp_path / "m.safetensors"
+    base = ["train", str(bids), "--annotations", str(ann), "--out", str(out), "--levels", "3", "--base", "4",
+            "--patch", "16", "--threads", "1", "--no-progress", "--device", "cpu"]
+    assert main(base + ["--patch", "18"]) == 2
+    assert "multiple of" in capsys.readouterr().err
+    assert main(base + ["--folds", "5"]) == 2  # two participants cannot make five folds
+    assert "participants" in capsys.readouterr().err
+    assert main(base + ["--folds", "1", "--steps", "2", "--modalities", "t2", "qsm", "--classes", "cmb"]) == 0
+    rec = json.loads(record_path(out).read_text())
+    assert rec["modalities"] == ["t2", "qsm"] and rec["classes"] == ["background", "cmb"]
+    assert rec["training"]["command"].startswith("deepmir train") or rec["training"]["command"] == "deepmir train "
+    assert tr.checkpoint_path(out).exists()
+    # a CMB-only, T2w+QSM model: SWI may be absent, QSM may not
+    pred = Predictor.from_file(out)
+    vols, mask, *_ = synthetic_subject(33, shape=(24, 24, 16))
+    assert pred.predict({"t2": vols["t2"], "qsm": vols["qsm"]}, mask).shape == (2, 24, 24, 16)
+    with pytest.raises(MissingModalityError, match="QSM"):
+        pred.predict({"t2": vols["t2"], "swi": vols["swi"]}, mask)

@@ -597,7 +597,10 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
     cache_dir = Path(cache_dir) if cache_dir else out.parent / (out.name.removesuffix(".safetensors") + "_cache")
 
     keys = [s.key for s in find_subjects(bids_dir, annotations_dir, config.modalities)]
-    train_keys, val_keys = split_folds(keys, config.folds, config.fold, config.seed)
+    try:
+        train_keys, val_keys = split_folds(keys, config.folds, config.fold, config.seed)
+    except ValueError as err:
+        raise InputError(bids_dir, str(err)) from None
     train_subs = load_subjects(bids_dir, annotations_dir, cache_dir, config, normalization, train_keys,
                                progress=progress)
     val_subs = load_subjects(bids_dir, annotations_dir, cache_dir, config, normalization, val_keys,
