@@ -45,8 +45,11 @@ def test_evaluate_prints_the_table_and_writes_tsvs(pair, tmp_path, capsys):
     per_subject = pd.read_csv(out / "per_subject.tsv", sep="\t")
     assert sorted(per_subject["participant_id"].unique()) == ["sub-01", "sub-02"]
     froc = pd.read_csv(out / "froc.tsv", sep="\t")
-    cmb = froc[froc["label"] == "cmb"]
+    cmb = froc[(froc["label"] == "cmb") & (froc["participant_id"] == "all")]
     assert cmb["threshold"].tolist() == [0.8, 0.6] and cmb["fp"].tolist() == [0, 1]
+    assert cmb["fp_per_subject"].tolist() == [0.0, 0.5]
+    own = froc[(froc["label"] == "cmb") & (froc["participant_id"] == "sub-01")]
+    assert own["fp_per_subject"].tolist() == [0.0, 1.0] and own["sensitivity"].tolist() == [0.5, 0.5]
     assert (out / "froc.png").stat().st_size > 1000
     assert (out / "detections.tsv").exists() and (out / "evaluation.json").exists()
 
@@ -60,6 +63,24 @@ def test_evaluate_accepts_a_plain_folder_and_a_subset(pair, tmp_path):
                  "--tolerance-mm", "3"]) == 0
     per_class = pd.read_csv(out / "per_class.tsv", sep="\t").set_index("label")
     assert (per_class["f1"] == 1.0).all()
+
+
+def test_sessions_pair_with_session_less_annotations(tmp_path):
+    from deepmir_tasks.lesions.evaluate import evaluate_dirs
+
+    affine = oblique_affine()
+    truth = labelled_volume(SHAPE, TRUTH)
+    pred_dir = tmp_path / "deepmir"
+    for ses, lesions in (("1", TRUTH), ("2", TRUTH[:1])):
+        save_nifti(labelled_volume(SHAPE, lesions), affine,
+                   pred_dir / "sub-01" / f"ses-{ses}" / "anat" / f"sub-01_ses-{ses}_space-T2w_desc-deepmir_dseg.nii.gz",
+                   dtype=np.uint8)
+    save_nifti(truth, affine, tmp_path / "ann" / "sub-01" / "anat" / "sub-01_space-T2w_dseg.nii.gz", dtype=np.uint8)
+    table = evaluate_dirs(pred_dir, tmp_path / "ann", out_dir=tmp_path / "ev").set_index("label")
+    assert table.loc["cmb", "n_subjects"] == 2 and table.loc["cmb", "tp"] == 3 and table.loc["cmb", "fn"] == 1
+    assert table.loc["iron", "sensitivity"] == 0.5
+    per_subject = pd.read_csv(tmp_path / "ev" / "per_subject.tsv", sep="\t")
+    assert sorted(per_subject["session_id"].unique()) == ["ses-1", "ses-2"]
 
 
 def test_evaluate_errors_are_one_line(pair, tmp_path, capsys):

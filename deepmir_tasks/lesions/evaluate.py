@@ -1,0 +1,231 @@
+"""Evaluate a folder of predictions against a folder of annotations (used by ``deepmir evaluate``).
+
+PRED_DIR is a DEEPMIR derivatives folder (``sub-XX[/ses-YY]/anat/sub-XX[_ses-YY]_space-T2w_desc-
+deepmir_dseg.nii.gz``, optionally ``..._label-CMB_probseg.nii.gz`` and ``..._label-iron_probseg
+.nii.gz`` beside it, whose maxima score the detections for the FROC) or a plain folder of
+``sub-XX*_dseg.nii.gz`` files. TRUTH_DIR is the annotations derivative
+(``sub-XX/anat/sub-XX_space-T2w_dseg.nii.gz``), or a BIDS dataset holding it under
+``derivatives/annotations``. Predictions and annotations may be on different grids: lesions are
+matched in world mm (see :mod:`deepmir_tasks.lesions.metrics` for the definitions).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from deepmir_tasks.io import InputError
+
+__all__ = ["Evaluation", "find_pairs", "evaluate_cohort", "write_evaluation", "evaluate_dirs"]
+
+_ENT = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?")
+
+
+@dataclass
+class Evaluation:
+    """Tables of one evaluation (see :func:`evaluate_cohort`)."""
+
+    per_class: pd.DataFrame     # pooled over the cohort, one row per class
+    per_subject: pd.DataFrame   # counts, scores and Dice per subject (and session) and class
+    detections: pd.DataFrame    # every predicted lesion: centroid, score, matched, distance
+    truths: pd.DataFrame        # every annotated lesion: centroid, detected
+    froc: pd.DataFrame          # FROC points, pooled (participant_id "all") and per subject
+    pairs: dict                 # "sub-XX[_ses-YY]" -> (prediction path, annotation path)
+    tolerance_mm: float
+    scored_by_probability: bool
+
+
+def _key(path: Path):
+    m = _ENT.match(path.name)
+    return (m.group("sub"), m.group("ses")) if m else None
+
+
+def _label(key) -> str:
+    sub, ses = key
+    return f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+
+
+def _find_dsegs(root: Path, *, prefer: str, what: str) -> dict:
+    """{(sub, ses): path} for the ``sub-*_dseg.nii[.gz]`` files under ``root``."""
+    found: dict = {}
+    for path in sorted(root.rglob("sub-*_dseg.nii*")):
+        if "evaluation" in path.relative_to(root).parts or not path.is_file():
+            continue
+        key = _key(path)
+        if key is not None:
+            found.setdefault(key, []).append(path)
+    out = {}
+    for key, paths in found.items():
+        if len(paths) > 1:
+            preferred = [p for p in paths if prefer in p.name]
+            if len(preferred) != 1:
+                names = ", ".join(p.name for p in paths[:4])
+                raise InputError(root, f"{what} has {len(paths)} dseg files for {_label(key)} "
+                                       f"and cannot tell which to use ({names})")
+            paths = preferred
+        out[key] = paths[0]
+    return out
+
+
+def _probsegs(dseg: Path) -> dict:
+    out = {}
+    prefix = _label(_key(dseg))
+    for name, tags in (("cmb", ("CMB", "cmb")), ("iron", ("iron", "IRON", "Iron"))):
+        for tag in tags:
+            hits = sorted(dseg.parent.glob(f"{prefix}_*label-{tag}_probseg.nii*"))
+            if hits:
+                out[name] = hits[0]
+                break
+    return out
+
+
+def find_pairs(pred_dir, truth_dir, participant_labels=None) -> dict:
+    """Pair each prediction with its annotation; ``{(sub, ses): (pred_path, truth_path)}``.
+
+    Without ``participant_labels`` every prediction is evaluated and every annotated subject must
+    have a prediction. Predictions with a session pair with an annotation of that session, or with
+    the subject's session-less annotation. Raises :class:`InputError` (one line, naming the folder)
+    for missing folders, subjects or files.
+    """
+    pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
+    for d, what in ((pred_dir, "PRED_DIR"), (truth_dir, "TRUTH_DIR")):
+        if not d.is_dir():
+            raise InputError(d, f"{what} is not an existing folder")
+    if (truth_dir / "derivatives" / "annotations").is_dir():
+        truth_dir = truth_dir / "derivatives" / "annotations"
+    preds = _find_dsegs(pred_dir, prefer="desc-deepmir", what="PRED_DIR")
+    truths = _find_dsegs(truth_dir, prefer="space-T2w_dseg", what="TRUTH_DIR")
+    if not preds:
+        raise InputError(pred_dir, "PRED_DIR holds no sub-*_dseg.nii.gz prediction")
+    if not truths:
+        raise InputError(truth_dir, "TRUTH_DIR holds no sub-*_dseg.nii.gz annotation")
+    if participant_labels:
+        wanted = {str(lab)[4:] if str(lab).startswith("sub-") else str(lab) for lab in participant_labels}
+        keys = sorted((k for k in preds if k[0] in wanted), key=lambda k: (k[0], k[1] or ""))
+        missing = sorted(wanted - {k[0] for k in keys})
+        if missing:
+            raise InputError(pred_dir, f"no predicted dseg for sub-{missing[0]}"
+                                       + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    else:
+        keys = sorted(preds, key=lambda k: (k[0], k[1] or ""))
+        have = set(preds) | {(k[0], None) for k in preds}
+        missing = sorted((k for k in truths if k not in have), key=lambda k: (k[0], k[1] or ""))
+        if missing:
+            raise InputError(pred_dir, f"no prediction for {_label(missing[0])} although TRUTH_DIR "
+                                       f"annotates it ({len(missing)} missing); use "
+                                       "--participant-label to evaluate a subset")
+    pairs = {}
+    for key in keys:
+        truth = truths.get(key) or (truths.get((key[0], None)) if key[1] else None)
+        if truth is None:
+            raise InputError(truth_dir, f"no annotation dseg for {_label(key)}")
+        pairs[key] = (preds[key], truth)
+    return pairs
+
+
+def _labels(img) -> np.ndarray:
+    return np.rint(np.asarray(img.dataobj)).astype(np.int16)
+
+
+def evaluate_cohort(pred_dir, truth_dir, *, tolerance_mm: float = 5.0,
+                    participant_labels=None) -> Evaluation:
+    """Lesion-wise evaluation of every paired subject; see :class:`Evaluation` for the tables.
+
+    Each subject (each session) is one unit for ``fp_per_subject``. Detections are scored by
+    their maximum class probability when the ``label-*_probseg`` maps are present, else 1.0.
+    """
+    from deepmir_tasks.io import load_image
+    from deepmir_tasks.lesions.metrics import evaluate_subject, froc, pool_counts
+
+    if not tolerance_mm > 0:
+        raise InputError(pred_dir, f"the matching tolerance must be positive, got {tolerance_mm} mm")
+    pairs = find_pairs(pred_dir, truth_dir, participant_labels)
+    sessions = any(k[1] for k in pairs)
+    subj, dets, trus = [], [], []
+    scored = False
+    for key, (pred_path, truth_path) in pairs.items():
+        p_img = load_image(pred_path, what="predicted dseg", allow_empty=True)
+        t_img = load_image(truth_path, what="annotation dseg", allow_empty=True)
+        prob_maps = {}
+        for name, path in _probsegs(pred_path).items():
+            img = load_image(path, what=f"{name} probability map", allow_empty=True)
+            if img.shape != p_img.shape or not np.allclose(img.affine, p_img.affine, atol=1e-3):
+                raise InputError(path, f"{name} probability map is not on the grid of {pred_path.name}")
+            prob_maps[name] = np.asarray(img.dataobj)
+        scored |= bool(prob_maps)
+        counts, det, tru = evaluate_subject(_labels(p_img), p_img.affine, _labels(t_img), t_img.affine,
+                                            prob_maps=prob_maps or None, tolerance_mm=tolerance_mm)
+        ident = {"participant_id": f"sub-{key[0]}"}
+        if sessions:
+            ident["session_id"] = f"ses-{key[1]}" if key[1] else None
+        unit = _label(key)
+        for df, rows in ((counts, subj), (det, dets), (tru, trus)):
+            rows.append(df.assign(**ident, _unit=unit))
+
+    def _cat(frames):
+        ids = ["participant_id"] + (["session_id"] if sessions else [])
+        df = pd.concat(frames, ignore_index=True)
+        return df[ids + [c for c in df.columns if c not in ids]]
+
+    per_subject, detections, truths = _cat(subj), _cat(dets), _cat(trus)
+    per_class = pool_counts(per_subject.drop(columns="participant_id").rename(columns={"_unit": "participant_id"}))
+
+    def _units(df):
+        return df.drop(columns=[c for c in ("participant_id", "session_id") if c in df]).rename(
+            columns={"_unit": "participant_id"})
+
+    det_u, tru_u = _units(detections), _units(truths)
+    frocs = [froc(det_u, tru_u, n_subjects=len(pairs), tolerance_mm=tolerance_mm).assign(participant_id="all")]
+    for unit in (_label(k) for k in pairs):
+        frocs.append(froc(det_u[det_u["participant_id"] == unit], tru_u[tru_u["participant_id"] == unit],
+                          n_subjects=1, tolerance_mm=tolerance_mm).assign(participant_id=unit))
+    froc_table = pd.concat(frocs, ignore_index=True)
+    froc_table = froc_table[["participant_id"] + [c for c in froc_table.columns if c != "participant_id"]]
+    return Evaluation(
+        per_class=per_class, per_subject=per_subject.drop(columns="_unit"),
+        detections=detections.drop(columns="_unit"), truths=truths.drop(columns="_unit"), froc=froc_table,
+        pairs={_label(k): v for k, v in pairs.items()}, tolerance_mm=float(tolerance_mm),
+        scored_by_probability=scored)
+
+
+def write_evaluation(evaluation: Evaluation, out_dir) -> dict:
+    """Write the tables (TSV), the pooled FROC plot (PNG) and a JSON record; return the paths."""
+    from deepmir_tasks import __version__
+    from deepmir_tasks.io import write_json, write_tsv
+    from deepmir_tasks.lesions.metrics import plot_froc
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    e = evaluation
+    paths = {
+        "per_class": write_tsv(e.per_class.round(4), out / "per_class.tsv"),
+        "per_subject": write_tsv(e.per_subject.round(4), out / "per_subject.tsv"),
+        "detections": write_tsv(e.detections.round(4), out / "detections.tsv"),
+        "truths": write_tsv(e.truths.round(4), out / "truths.tsv"),
+        "froc": write_tsv(e.froc.round(4), out / "froc.tsv"),
+        "froc_png": plot_froc(e.froc[e.froc["participant_id"] == "all"], out / "froc.png",
+                              title=f"DEEPMIR FROC ({len(e.pairs)} subjects, {e.tolerance_mm:g} mm)"),
+    }
+    paths["record"] = write_json({
+        "GeneratedBy": {"Name": "deepmir evaluate", "Version": __version__},
+        "tolerance_mm": e.tolerance_mm, "n_subjects": len(e.pairs),
+        "detection_score": "maximum class probability" if e.scored_by_probability
+                           else "1.0 (no label-*_probseg maps found)",
+        "pairs": {k: {"prediction": str(p), "annotation": str(t)} for k, (p, t) in e.pairs.items()},
+        "outputs": {k: str(v) for k, v in paths.items()},
+    }, out / "evaluation.json")
+    return paths
+
+
+def evaluate_dirs(pred_dir, truth_dir, *, tolerance_mm: float = 5.0, participant_labels=None,
+                  out_dir=None) -> pd.DataFrame:
+    """Per-class pooled table of :func:`evaluate_cohort`; also writes everything when ``out_dir``."""
+    evaluation = evaluate_cohort(pred_dir, truth_dir, tolerance_mm=tolerance_mm,
+                                 participant_labels=participant_labels)
+    if out_dir is not None:
+        write_evaluation(evaluation, out_dir)
+    return evaluation.per_class
