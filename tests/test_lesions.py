@@ -257,3 +257,11 @@ def test_pydra_tasks_run_under_each_worker(tmp_path, worker):
     assert summary["participant_id"].tolist() == ["sub-01", "sub-02"]
     assert summary["n_cmb"].tolist() == [1, 1] and summary["n_dropped"].tolist() == [1, 1]
     assert len(pd.read_csv(str(group.group_lesions), sep="\t")) == 4
+
+
+def test_one_class_map_without_qsm_or_swi_gives_na_measures():
+    prob_iron = np.zeros(SHAPE, np.float32)
+    prob_iron[ball(SHAPE, (20, 20, 16), 2.0)] = 0.9
+    kept, dropped = extract_lesions(None, prob_iron, None, np.eye(4), None, None, participant_id="01")
+    assert kept["label"].tolist() == ["iron"] and len(dropped) == 0
+    assert kept[["qsm_mean_ppm", "qsm_max_ppm", "swi_contrast"]].isna().all().all()

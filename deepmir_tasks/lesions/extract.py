@@ -190,7 +190,7 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
     probs = {}
     for value, name, p in ((1, "cmb", prob_cmb), (2, "iron", prob_iron)):
         if p is None:
-            p = (np.asarray(dseg) == value).astype(np.float32)
+            p = np.zeros(shape, np.float32) if dseg is None else (np.asarray(dseg) == value).astype(np.float32)
         probs[name] = np.asarray(p, dtype=np.float32)
     cand = {name: p >= threshold for name, p in probs.items()}
     both = cand["cmb"] & cand["iron"]
