@@ -18,7 +18,7 @@ import pytest
 from conftest_report import make_phantom, make_simulated, parse_page
 from deepmir_tasks.report import render_subject_report
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # simulating the subject takes a few seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

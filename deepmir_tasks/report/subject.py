@@ -41,7 +41,7 @@ TILE_FIELDS = (
     ("region", "region"), ("volume_mm3", "vol. mm³"), ("diameter_mm", "diam. mm"),
     ("n_voxels", "voxels"), ("prob_max", "p max"), ("prob_mean", "p mean"),
     ("qsm_mean_ppm", "QSM mean ppm"), ("qsm_max_ppm", "QSM max ppm"),
-    ("swi_contrast", "SWI contrast"), ("xyz", "x,y,z mm"), ("ijk", "i,j,k"),
+    ("swi_contrast", "SWI contrast"), ("xyz", "x, y, z (mm)"), ("ijk", "voxel i, j, k"),
 )
 TILE_FOV_MM = 32.0
 TILE_PANEL_PX = 92
@@ -295,23 +295,38 @@ def _brain_mask(grid: Grid) -> str:
             f'<div class="strip">{"".join(figs)}</div>')
 
 
+#: fields given a whole line of the tile's table, above and below the paired ones
+_TOP_FIELDS = ("reason", "region")
+_BOTTOM_FIELDS = ("xyz", "ijk")
+
+
 def _tile_rows(row: pd.Series, extra=()) -> str:
-    cells = []
+    """The lesion's table row as a compact table: wide fields on their own line, others in pairs."""
+    top, pairs, bottom = [], [], []
     for key, caption in tuple(extra) + TILE_FIELDS:
         if key == "xyz":
-            value = ", ".join(H.fmt(row.get(c), 4) for c in ("x_mm", "y_mm", "z_mm"))
+            value = ", ".join(_mm(row.get(c)) for c in ("x_mm", "y_mm", "z_mm"))
         elif key == "ijk":
             value = ", ".join(str(v) for v in row["_ijk"])
         elif key in ("region", "reason"):
             value = H.esc(row.get(key))
         else:
             value = H.fmt(row.get(key))
-        cells.append((caption, value))
-    trs = []
-    for n in range(0, len(cells), 2):
-        pair = cells[n:n + 2]
+        (top if key in _TOP_FIELDS else bottom if key in _BOTTOM_FIELDS else pairs).append((caption, value))
+    trs = [f'<tr><th>{H.esc(c)}</th><td colspan="3">{v}</td></tr>' for c, v in top]
+    for n in range(0, len(pairs), 2):
+        pair = pairs[n:n + 2]
         trs.append("<tr>" + "".join(f"<th>{H.esc(c)}</th><td>{v}</td>" for c, v in pair) + "</tr>")
+    trs += [f'<tr><th>{H.esc(c)}</th><td colspan="3">{v}</td></tr>' for c, v in bottom]
     return '<table class="lesion-row">' + "".join(trs) + "</table>"
+
+
+def _mm(value) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if np.isnan(v) else f"{v:.1f}"
 
 
 def _tile(grid: Grid, row: pd.Series, css: str, *, contour: bool, extra=()) -> str:
