@@ -227,3 +227,21 @@ def test_array_refuses_labels_with_shell_metacharacters(tmp_path, sbatch_log):
         submit_cohort_array(tmp_path, tmp_path / "out", ["01", "02; scancel -u root"],
                             cache_dir=tmp_path / "cache")
     assert _calls(sbatch_log) == [] and not (tmp_path / "out").exists()
+
+
+def test_start_script_is_idempotent(cluster):
+    """A second start with the cluster running does nothing: same daemons, same PIDs."""
+    state = Path(os.environ.get("DEEPMIR_SLURM_STATE", "/tmp/deepmir-slurm"))
+    pid_files = {name: state / f"{name}.pid" for name in ("munged", "slurmctld", "slurmd")}
+    if not all(f.exists() for f in pid_files.values()):
+        pytest.skip(f"this cluster was not started by scripts/slurm/start_cluster.sh (no PIDs in {state})")
+    before = {name: f.read_text().strip() for name, f in pid_files.items()}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm" / "start_cluster.sh"
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to do" in proc.stderr and time.monotonic() - t0 < 5
+    assert {name: f.read_text().strip() for name, f in pid_files.items()} == before
+    for name, pid in before.items():
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == name
