@@ -116,3 +116,20 @@ def identity_prepare(sub, cache_dir, voxel_size=1.0):
     """Stand-in for ``prepare_subject`` on synthetic data that is already on one grid."""
     mask = sub.dseg.with_name(sub.dseg.name.replace("_dseg", "_desc-brain_mask"))
     return {"t2": sub.t2, "swi": sub.swi, "qsm": sub.qsm, "mask": mask, "dseg": sub.dseg}
+
+
+def simulated_on_t2_grid(sim):
+    """A simulated subject's T2w, SWI and QSM on the T2w grid, using the known SWI→T2w transform.
+
+    Returns ``(volumes dict, mask bool, dseg uint8, affine)`` (no registration: for model tests).
+    """
+    from scipy.ndimage import affine_transform
+
+    ref = sim.t2
+    vols = {"t2": np.asarray(ref.dataobj, np.float32)}
+    for m, img in (("swi", sim.swi), ("qsm", sim.qsm)):
+        mat = np.linalg.inv(img.affine) @ np.linalg.inv(np.asarray(sim.swi_to_t2)) @ ref.affine
+        vols[m] = affine_transform(np.asarray(img.dataobj, np.float32), mat[:3, :3], mat[:3, 3],
+                                   output_shape=ref.shape, order=1)
+    mask = np.asarray(sim.brain_mask.dataobj) > 0
+    return vols, mask, np.asarray(sim.dseg.dataobj).astype(np.uint8), ref.affine

@@ -7,12 +7,13 @@ One command rebuilds ``deepmir_tasks/models/deepmir_default.safetensors`` and it
 
 Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run continues):
 
-1. ``simulate``: a training cohort (``--n-train`` subjects, seed ``--train-seed``) and a held-out
-   test cohort (``--n-test``, seed ``--test-seed``, never used in training) with
-   ``deepmir_tasks.simulate.write_bids_cohort`` at full size;
-2. ``prepare``: every subject through the pipeline's own ``preprocess_subject`` (cached);
-3. ``train``: :func:`deepmir_tasks.model.train.train` (``--resume`` continues the checkpoint);
-4. ``evaluate``: per-class probability thresholds chosen on the validation fold, then lesion-wise
+1. ``data``: a training cohort (``--n-train`` subjects, seed ``--train-seed``) and a held-out
+   test cohort (``--n-test``, seed ``--test-seed``, never used in training) at full size
+   (both cohorts in the ``write_bids_cohort`` layout; the training cohort with raised lesion
+   counts, ``TRAIN_LESION_COUNTS``, the test cohort with the simulator's defaults), and every
+   subject through the pipeline's own ``preprocess_subject`` (cached), ``--jobs`` at a time;
+2. ``train``: :func:`deepmir_tasks.model.train.train` (``--resume`` continues the checkpoint);
+3. ``evaluate``: per-class probability thresholds chosen on the validation fold, then lesion-wise
    figures on the held-out test cohort written into the model record.
 """
 
@@ -31,35 +32,97 @@ from deepmir_tasks.io import write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(n_train=32, n_test=8, train_seed=1000, test_seed=900000, steps=6000, patch=48, batch=2,
+DEFAULTS = dict(n_train=16, n_test=6, train_seed=1000, test_seed=900000, steps=6000, patch=48, batch=2,
                 folds=8, fold=0, levels=5, base=16, max_width=128, validate_every=500, seed=0)
 
 
-def simulate_cohorts(work: Path, n_train: int, n_test: int, train_seed: int, test_seed: int) -> dict:
-    from deepmir_tasks.simulate import write_bids_cohort
-
-    out = {}
-    for name, n, seed in (("train", n_train, train_seed), ("test", n_test, test_seed)):
-        root = work / f"{name}_bids"
-        marker = root / ".deepmir_simulated.json"
-        if marker.exists() and json.loads(marker.read_text()).get("n") == n:
-            out[name] = root
-            continue
-        t0 = time.perf_counter()
-        labels = write_bids_cohort(root, n, seed=seed, size="full")
-        write_json({"n": n, "seed": seed, "labels": labels, "seconds": round(time.perf_counter() - t0, 1)}, marker)
-        out[name] = root
-    return out
+#: training cohort: lesion counts raised so that each subject holds many examples of each class
+TRAIN_LESION_COUNTS = {"cmb": (15, 30), "iron": (4, 8), "calcification": (3, 6), "vein": (3, 8)}
 
 
-def prepare_all(bids: Path, cache: Path, progress=True) -> None:
-    from tqdm import tqdm
+def write_simulated_subject(root: Path, label: str, seed: int, lesion_counts=None) -> Path:
+    """Simulate one full-size subject and write it in the BIDS layout of ``write_bids_cohort``."""
+    import nibabel as nib
 
+    from deepmir_tasks.io import atomic_path, write_tsv
+    from deepmir_tasks.simulate import simulate_subject
+
+    sub = f"sub-{label}"
+    anat = root / sub / "anat"
+    ann = root / "derivatives" / "annotations" / sub / "anat"
+    done = ann / f"{sub}_desc-truth_xfm.json"
+    if done.exists():
+        return root / sub
+    sim = simulate_subject(seed, size="full", lesion_counts=lesion_counts)
+    anat.mkdir(parents=True, exist_ok=True)
+    ann.mkdir(parents=True, exist_ok=True)
+
+    def save(img, path):
+        with atomic_path(path) as tmp:
+            nib.save(img, str(tmp))
+
+    save(sim.t2, anat / f"{sub}_T2w.nii.gz")
+    save(sim.swi, anat / f"{sub}_swi.nii.gz")
+    save(sim.qsm, anat / f"{sub}_Chimap.nii.gz")
+    save(sim.dseg, ann / f"{sub}_space-T2w_dseg.nii.gz")
+    save(sim.brain_mask, ann / f"{sub}_space-T2w_desc-brain_mask.nii.gz")
+    write_tsv(sim.lesions, ann / f"{sub}_lesions.tsv")
+    write_json({"seed": seed, "lesion_counts": lesion_counts, "params": sim.params},
+               anat / f"{sub}_simulation.json")
+    write_json({"swi_to_t2": np.asarray(sim.swi_to_t2).tolist()}, done)
+    return root / sub
+
+
+def _write_dataset_files(root: Path, labels: list[str], name: str) -> None:
+    import pandas as pd
+
+    from deepmir_tasks.io import write_tsv
+
+    write_json({"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "raw"}, root / "dataset_description.json")
+    write_tsv(pd.DataFrame({"participant_id": [f"sub-{x}" for x in labels]}), root / "participants.tsv")
+    ann = root / "derivatives" / "annotations"
+    write_json({"Name": f"{name}: simulated truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "deepmir_tasks.simulate"}]}, ann / "dataset_description.json")
+    write_tsv(pd.DataFrame({"index": [0, 1, 2], "name": ["background", "cmb", "iron"]}), ann / "dseg.tsv")
+
+
+def _make_and_prepare(args) -> str:
+    root, label, seed, counts, cache = args
+    import os
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
     from deepmir_tasks.model.train import find_subjects, prepare_subject
 
-    for sub in tqdm(find_subjects(bids, bids / "derivatives" / "annotations"), desc=f"prepare {bids.name}",
-                    disable=not progress):
-        prepare_subject(sub, cache)
+    write_simulated_subject(root, label, seed, counts)
+    for sub in find_subjects(root, root / "derivatives" / "annotations"):
+        if sub.participant_id == f"sub-{label}":
+            prepare_subject(sub, cache)
+    return label
+
+
+def simulate_and_prepare(work: Path, cache: Path, n_train: int, n_test: int, train_seed: int, test_seed: int,
+                         jobs: int = 2, progress: bool = True) -> dict:
+    """Simulate both cohorts (training: raised lesion counts; test: default counts) and preprocess them."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm import tqdm
+
+    cohorts = {"train": work / "train_bids", "test": work / "test_bids"}
+    tasks = []
+    for name, n, seed0, counts in (("train", n_train, train_seed, TRAIN_LESION_COUNTS),
+                                   ("test", n_test, test_seed, None)):
+        labels = [f"{i:02d}" for i in range(1, n + 1)]
+        cohorts[name].mkdir(parents=True, exist_ok=True)
+        _write_dataset_files(cohorts[name], labels, f"DEEPMIR simulated {name} cohort")
+        tasks += [(cohorts[name], lab, seed0 + i, counts, cache) for i, lab in enumerate(labels)]
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for _ in tqdm(pool.map(_make_and_prepare, tasks), total=len(tasks), desc="simulate+prepare",
+                      disable=not progress):
+            pass
+    return cohorts
 
 
 def predict_subjects(predictor, subjects) -> list[np.ndarray]:
@@ -107,7 +170,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("work_tmp/bundled"))
     p.add_argument("--out", type=Path, default=Path("deepmir_tasks/models/deepmir_default.safetensors"))
-    p.add_argument("--stage", default="all", choices=["all", "simulate", "prepare", "train", "evaluate"])
+    p.add_argument("--stage", default="all", choices=["all", "data", "train", "evaluate"])
+    p.add_argument("--jobs", type=int, default=2, help="subjects simulated/preprocessed in parallel")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     p.add_argument("--resume", nargs="?", const=True, default=None)
@@ -128,19 +192,21 @@ def main(argv=None) -> int:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     cache = work / "prepared"
-    stages = ["simulate", "prepare", "train", "evaluate"] if args.stage == "all" else [args.stage]
-    cohorts = simulate_cohorts(work, args.n_train, args.n_test, args.train_seed, args.test_seed) \
-        if "simulate" in stages or args.stage == "all" else {"train": work / "train_bids", "test": work / "test_bids"}
-    if "prepare" in stages:
-        for name in ("train", "test"):
-            prepare_all(cohorts[name], cache, progress=not args.no_progress)
+    stages = ["data", "train", "evaluate"] if args.stage == "all" else [args.stage]
+    cohorts = {"train": work / "train_bids", "test": work / "test_bids"}
+    if "data" in stages:
+        cohorts = simulate_and_prepare(work, cache, args.n_train, args.n_test, args.train_seed, args.test_seed,
+                                       jobs=args.jobs, progress=not args.no_progress)
     config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
                          batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,
                          validate_every=args.validate_every)
     command = " ".join(["python -m deepmir_tasks.model.bundled", *(argv if argv is not None else sys.argv[1:])])
-    info = {"data": {"source": "deepmir_tasks.simulate.write_bids_cohort (size='full')",
-                     "train_cohort": {"n": args.n_train, "seed": args.train_seed},
-                     "test_cohort": {"n": args.n_test, "seed": args.test_seed}},
+    info = {"data": {"source": "deepmir_tasks.simulate.simulate_subject(seed, size='full', lesion_counts=...)",
+                     "train_cohort": {"n": args.n_train, "seeds": [args.train_seed, args.train_seed + args.n_train - 1],
+                                      "lesion_counts": TRAIN_LESION_COUNTS},
+                     "test_cohort": {"n": args.n_test, "seeds": [args.test_seed, args.test_seed + args.n_test - 1],
+                                     "lesion_counts": "simulator defaults"},
+                     "preprocessing": "deepmir_tasks.preprocess.preprocess_subject (voxel_size 1.0, defaults)"},
             "command": command}
     if "train" in stages:
         train(cohorts["train"], cohorts["train"] / "derivatives" / "annotations", args.out, config,

@@ -1,0 +1,72 @@
+"""Model tests on simulated subjects (deepmir_tasks.simulate): overfitting one subject, training
+through the real preprocessing, and the bundled default model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest_model import simulated_on_t2_grid  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _train_subject_from_sim(sim):
+    import cc3d
+
+    from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION, normalize_stack
+    from deepmir_tasks.model.train import TrainSubject
+
+    vols, mask, dseg, aff = simulated_on_t2_grid(sim)
+    img = normalize_stack(vols, mask, ["t2", "swi", "qsm"], DEFAULT_NORMALIZATION).astype(np.float16)
+    lesions = {}
+    for c in (1, 2):
+        cc = cc3d.connected_components((dseg == c).astype(np.uint8), connectivity=26)
+        lesions[c] = [np.argwhere(cc == i).astype(np.int16) for i in range(1, int(cc.max()) + 1)]
+    s = TrainSubject("sub-sim", img, dseg.copy(), mask, aff, lesions, np.argwhere(mask).astype(np.int16), dseg)
+    s.extra["volumes"] = vols
+    return s
+
+
+@pytest.mark.slow
+def test_model_overfits_one_small_simulated_subject_and_finds_its_lesions():
+    from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
+    from deepmir_tasks.model.predictor import Predictor
+    from deepmir_tasks.model.train import PatchSampler, dice_ce_loss, evaluate_predictor
+    from deepmir_tasks.model.unet import UNet
+    from deepmir_tasks.simulate import simulate_subject
+
+    torch.set_num_threads(2)
+    sim = simulate_subject(7, size="small", lesion_counts={"cmb": (6, 8), "iron": (2, 3)})
+    subj = _train_subject_from_sim(sim)
+    n_true = {c: len(subj.lesions[c]) for c in (1, 2)}
+    assert n_true[1] >= 3 and n_true[2] >= 1
+    torch.manual_seed(0)
+    net = UNet(3, 3, levels=4, base=8, max_width=64)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    sampler = PatchSampler([subj], patch=24, lesion_fraction=0.7, augment=False)
+    rng = np.random.default_rng(0)
+    net.train()
+    for _ in range(250):
+        x, y = sampler.sample(rng, 4)
+        loss = dice_ce_loss(net(x), y, [1, 3, 3])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    rec = {"architecture": {"dim": 3}, "modalities": ["t2", "swi", "qsm"],
+           "normalization": DEFAULT_NORMALIZATION, "classes": ["background", "cmb", "iron"]}
+    res = evaluate_predictor(Predictor(net, rec), [subj])
+    assert res["cmb"]["sensitivity"] >= 0.8, res
+    assert res["cmb"]["precision"] >= 0.6, res
+    assert res["iron"]["sensitivity"] >= 0.5, res
