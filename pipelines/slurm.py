@@ -173,15 +173,18 @@ class DeepmirSlurmWorker(SlurmWorker):
         )
         match = re.match(r"\s*(\d+)", stdout)
         if rc or not match:
-            raise SlurmJobError(f"sbatch failed for {job.name} (exit {rc}): {stderr.strip() or stdout.strip()}")
+            raise SlurmJobError(f"sbatch failed for {_job_label(job)} (exit {rc}): {stderr.strip() or stdout.strip()}")
         jobid = match.group(1)
         self.error[jobid] = err_file.replace("%j", jobid)
         log.debug("%s: submitted as SLURM job %s", job.name, jobid)
-        while True:
-            state = await self._poll_job(jobid)
-            if state:
-                return self._outcome(job, jobid, state)
-            await asyncio.sleep(self.poll_delay)
+        try:
+            while True:
+                state = await self._poll_job(jobid)
+                if state:
+                    return self._outcome(job, jobid, state)
+                await asyncio.sleep(self.poll_delay)
+        finally:
+            self.error.pop(jobid, None)
 
     async def _poll_job(self, jobid):
         """Return False while the job is queued or running, else a dict describing its end."""

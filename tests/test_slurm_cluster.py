@@ -158,6 +158,13 @@ def test_job_killed_without_traceback_reports_state_and_stderr(tmp_path, sbatch_
     assert not lock.exists()
 
 
+def test_sbatch_refusal_is_reported(tmp_path, sbatch_log):
+    with _submitter(tmp_path / "cache", sbatch_args="-p no_such_partition") as sub:
+        with pytest.raises(Exception, match=r"sbatch failed for Square \(exit 1\): .*partition"):
+            sub(Square(x=2), raise_errors=True)
+    assert len(_calls(sbatch_log)) == 1
+
+
 def _wait_for(job_id: str, timeout: float = 120.0) -> str:
     """Poll ``scontrol`` until the job reaches a final state; return it."""
     from pipelines.slurm import FINAL_STATES, _scontrol_record

@@ -98,6 +98,15 @@ def test_worker_is_passed_by_class_or_object_and_named():
     assert isinstance(w, DeepmirSlurmWorker) and w.poll_delay == 0.2 and w.is_async
 
 
+def test_submitter_accepts_the_worker_class_with_its_arguments(tmp_path):
+    from pydra.engine.submitter import Submitter
+
+    with Submitter(worker=DeepmirSlurmWorker, sbatch_args="-p main", cache_root=tmp_path) as sub:
+        assert isinstance(sub.worker, DeepmirSlurmWorker) and sub.worker.sbatch_args == "-p main"
+    with pytest.raises(ValueError, match="No worker matches"):  # pydra looks names up in its own package
+        Submitter(worker="deepmir-slurm", cache_root=tmp_path)
+
+
 def test_worker_pickles_without_its_event_loop():
     """Jobs are pickled with their submitter and worker; the event loop must not be."""
     import asyncio
