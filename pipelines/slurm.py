@@ -23,6 +23,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,6 +57,10 @@ _LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 class SlurmJobError(RuntimeError):
     """A SLURM job of a pydra task failed; the message carries the task's own error."""
+
+
+class _Unreachable(RuntimeError):
+    """``scontrol`` failed for another reason than an unknown job id."""
 
 
 def parse_sbatch_args(sbatch_args: str | Sequence[str], refuse: Sequence[str] = ()) -> list[str]:
@@ -121,6 +126,8 @@ class DeepmirSlurmWorker(SlurmWorker):
     """
 
     _plugin_name = "deepmir-slurm"
+    #: seconds of failing ``scontrol`` calls (slurmctld down or overloaded) before giving up
+    unreachable_timeout = 600.0
 
     poll_delay: float = attrs.field(default=0.5, converter=base.ensure_non_negative)
     sbatch_args: str = attrs.field(default="")
@@ -177,9 +184,19 @@ class DeepmirSlurmWorker(SlurmWorker):
         jobid = match.group(1)
         self.error[jobid] = err_file.replace("%j", jobid)
         log.debug("%s: submitted as SLURM job %s", job.name, jobid)
+        unreachable_since = None
         try:
             while True:
-                state = await self._poll_job(jobid)
+                try:
+                    state = await self._poll_job(jobid)
+                    unreachable_since = None
+                except _Unreachable as err:  # slurmctld busy or restarting: keep waiting a while
+                    unreachable_since = unreachable_since or time.monotonic()
+                    if time.monotonic() - unreachable_since > self.unreachable_timeout:
+                        raise SlurmJobError(f"{_job_label(job)} (SLURM job {jobid}): slurmctld did not answer "
+                                            f"for {self.unreachable_timeout:.0f} s: {err}") from None
+                    log.warning("SLURM job %s: scontrol failed (%s); retrying", jobid, err)
+                    state = False
                 if state:
                     return self._outcome(job, jobid, state)
                 await asyncio.sleep(self.poll_delay)
@@ -188,9 +205,11 @@ class DeepmirSlurmWorker(SlurmWorker):
 
     async def _poll_job(self, jobid):
         """Return False while the job is queued or running, else a dict describing its end."""
-        rc, out, _ = await base.read_and_display_async(
+        rc, out, err = await base.read_and_display_async(
             "scontrol", "show", "job", "-o", jobid, hide_display=True
         )
+        if rc and "Invalid job id" not in err:
+            raise _Unreachable(err.strip() or f"scontrol exit code {rc}")
         if rc == 0 and out.strip():
             record = _scontrol_record(out)
             if record["state"] not in FINAL_STATES:

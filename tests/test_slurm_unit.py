@@ -261,3 +261,46 @@ def test_submit_without_sbatch_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert main(["submit", str(bids), str(tmp_path / "out")]) == 1
     assert "sbatch not found on PATH" in capsys.readouterr().err
+
+
+# --- polling with stand-in scontrol/sacct (no cluster) ---------------------------------------
+
+def _fake_tools(tmp_path, monkeypatch, scontrol: str, sacct: str | None = None):
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    tools = {"scontrol": scontrol} | ({"sacct": sacct} if sacct is not None else {})
+    for name, body in tools.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))  # only the stand-ins: no real SLURM client
+
+
+@pytest.mark.parametrize("scontrol, sacct, expected", [
+    ("echo 'JobId=5 JobState=RUNNING ExitCode=0:0 StdErr=/x/e.err StdIn=/dev/null'", None, False),
+    ("echo 'JobId=5 JobState=COMPLETING ExitCode=0:0 StdErr=/x/e.err StdIn=/dev/null'", None, False),
+    ("echo 'JobId=5 JobState=TIMEOUT ExitCode=0:15 StdErr=/x/e 5.err StdIn=/dev/null'", None,
+     {"state": "TIMEOUT", "exit_code": "0:15", "stderr": "/x/e 5.err"}),
+    ("echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1", None,
+     {"state": "UNKNOWN", "exit_code": "?"}),
+    ("echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1", "echo 'OUT_OF_MEMORY|0:125'",
+     {"state": "OUT_OF_MEMORY", "exit_code": "0:125"}),
+    ("echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1", "echo 'RUNNING|0:0'", False),
+    ("echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1",
+     "echo 'sacct: error: Slurm accounting storage is disabled' >&2; exit 1", {"state": "UNKNOWN", "exit_code": "?"}),
+])
+def test_poll_reads_scontrol_then_sacct(tmp_path, monkeypatch, scontrol, sacct, expected):
+    import asyncio
+
+    _fake_tools(tmp_path, monkeypatch, scontrol, sacct)
+    assert asyncio.run(slurm_worker()._poll_job("5")) == expected
+
+
+def test_poll_tells_an_unreachable_controller_from_a_forgotten_job(tmp_path, monkeypatch):
+    import asyncio
+
+    from pipelines.slurm import _Unreachable
+
+    _fake_tools(tmp_path, monkeypatch,
+                "echo 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2; exit 1")
+    with pytest.raises(_Unreachable, match="Socket timed out"):
+        asyncio.run(slurm_worker()._poll_job("5"))
