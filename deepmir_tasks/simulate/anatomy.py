@@ -217,6 +217,9 @@ def _region_map(xyz, brain, nucleus, nucleus_w, site):
                    if n.split("-")[0] in ("caudate", "putamen", "globus", "thalamus")]
     region[np.isin(nucleus, deep_labels) & (nucleus_w > 0.5)] = 6
     brainstem = SITE_LABELS.index("brainstem") + 1
-    cerebellum = brain & (y < -38) & (z < -22 - 0.1 * (y + 38))
-    region[cerebellum | (site == brainstem) | (brain & (z < -40))] = 7
+    # below the tentorium: cerebellum (posterior, under a plane sloping up towards the back),
+    # brainstem ellipsoid and the medulla
+    cerebellum = brain & (y < -40) & (z < -22 - 0.15 * (y + 40))
+    medulla = brain & (z < -45) & (ax < 15) & (y < -20)
+    region[cerebellum | (site == brainstem) | medulla] = 7
     return region

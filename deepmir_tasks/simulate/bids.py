@@ -47,7 +47,7 @@ def sidecars(subject) -> dict:
         "Units": "ppm", "EchoTime": round(p["swi_echo_time_s"], 5),
         "VoxelSizeMM": [round(v, 4) for v in p["swi_voxel_mm"]],
         "DipoleInversionMethod": p["qsm_method"], "TKDThreshold": round(p["qsm_tkd_threshold"], 4),
-        "MaskErosionVoxels": p["qsm_mask_erosion_voxels"], "SusceptibilityReference": "CSF (0 ppm)",
+        "MaskErosionMM": round(p["qsm_mask_erosion_mm"], 3), "SusceptibilityReference": "CSF (0 ppm)",
     })
     return {"t2": t2, "swi": swi, "qsm": qsm}
 

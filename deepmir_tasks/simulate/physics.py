@@ -154,16 +154,15 @@ class SmoothField:
         self.norm = sum(abs(a) for _, _, a in self.modes) or 1.0
 
     def __call__(self, shape, affine) -> np.ndarray:
-        ijk = [np.arange(n, dtype=np.float64) for n in shape]
         lin = np.asarray(affine, float)[:3, :3]
         off = np.asarray(affine, float)[:3, 3] - self.centre
         out = np.zeros(shape, np.float32)
         for k, phase, amp in self.modes:
-            kk = k @ lin
-            ph = float(k @ off) + phase
-            term = ((kk[0] * ijk[0])[:, None, None] + (kk[1] * ijk[1])[None, :, None]
-                    + (kk[2] * ijk[2] + ph)[None, None, :])
-            out += np.float32(amp / self.norm) * np.cos(term).astype(np.float32)
+            kk = k @ lin  # phase step per voxel along each axis; cos is separable in exp form
+            e = [np.exp(1j * kk[ax] * np.arange(n)).astype(np.complex64) for ax, n in enumerate(shape)]
+            e[0] = e[0] * np.complex64(amp / self.norm * np.exp(1j * (float(k @ off) + phase)))
+            plane = e[0][:, None] * e[1][None, :]
+            out += (plane[:, :, None] * e[2][None, None, :]).real
         return out
 
 

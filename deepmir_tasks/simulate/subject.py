@@ -269,9 +269,13 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
 
     brain_swi_frac = _resample(anat["brain"], acq_to_anat, swi_shape)
     qsm_mask = brain_swi_frac >= 0.5
-    erosion = int(rng.integers(0, 3))
-    if erosion:
-        qsm_mask = ndi.binary_erosion(qsm_mask, iterations=erosion)
+    erosion_mm = float(rng.uniform(0.0, 2.5))  # as a background-field removal step would
+    if erosion_mm > 0.5 * swi_vox.min():
+        radius = erosion_mm / swi_vox
+        h = np.floor(radius).astype(int)
+        g = np.meshgrid(*[np.arange(-n, n + 1) / max(r, 1e-6) for n, r in zip(h, radius)], indexing="ij")
+        ball = sum(a * a for a in g) <= 1.0
+        qsm_mask = ndi.binary_erosion(qsm_mask, structure=ball)
     mag_noisy = np.abs(noisy)
     sigma_field = sigma_swi / (k_ph * np.maximum(mag_noisy, 0.3 * m_wm))
     meas_field = (local_field + rng.normal(0, 1, swi_shape).astype(np.float32) * sigma_field).astype(np.float32)
@@ -279,7 +283,7 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     qsm = tkd_inversion(meas_field, qsm_mask, swi_vox, b0_vox, threshold=tkd_t, workers=2)
     p.update({"swi_bias_strength": bias_swi_strength, "swi_snr_wm": snr_swi, "swi_gain": gain_swi,
               "background_field_ppm": bg_amp, "swi_hpf_sigma_mm": hpf_sigma, "swi_phase_mask_power": power,
-              "qsm_method": "TKD", "qsm_tkd_threshold": tkd_t, "qsm_mask_erosion_voxels": erosion,
+              "qsm_method": "TKD", "qsm_tkd_threshold": tkd_t, "qsm_mask_erosion_mm": erosion_mm,
               "phase_rad_per_ppm": k_ph})
 
     # ------------------------------------------------------------------ outputs
