@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nibabel.affines import apply_affine
 
 from conftest_lesions import ball, labelled_volume, oblique_affine
@@ -265,3 +267,27 @@ def test_one_class_map_without_qsm_or_swi_gives_na_measures():
     kept, dropped = extract_lesions(None, prob_iron, None, np.eye(4), None, None, participant_id="01")
     assert kept["label"].tolist() == ["iron"] and len(dropped) == 0
     assert kept[["qsm_mean_ppm", "qsm_max_ppm", "swi_contrast"]].isna().all().all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(angles=st.tuples(*[st.floats(-np.pi, np.pi)] * 3),
+       zooms=st.tuples(*[st.floats(0.4, 3.0)] * 3),
+       centre=st.tuples(st.integers(4, 35), st.integers(4, 35), st.integers(4, 27)))
+def test_world_centroid_is_the_affine_of_the_voxel_centroid(angles, zooms, centre):
+    affine = np.eye(4)
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    affine[:3, :3] = rz @ ry @ rx @ np.diag(zooms)
+    affine[:3, 3] = [12.5, -40.0, 7.0]
+    prob = np.zeros(SHAPE, np.float32)
+    prob[centre[0] - 1:centre[0] + 2, centre[1]:centre[1] + 2, centre[2]] = 0.9
+    kept, dropped = extract_lesions(prob, None, None, affine, None, None, participant_id="01",
+                                    max_cmb_diameter_mm=100.0)
+    assert len(kept) == 1 and len(dropped) == 0
+    ijk = kept[["i", "j", "k"]].to_numpy(float)[0]
+    np.testing.assert_allclose(ijk, [centre[0], centre[1] + 0.5, centre[2]], atol=1e-9)
+    np.testing.assert_allclose(kept[["x_mm", "y_mm", "z_mm"]].to_numpy(float)[0], apply_affine(affine, ijk),
+                               atol=1e-6)
+    assert kept["volume_mm3"].iloc[0] == pytest.approx(6 * np.prod(zooms))
