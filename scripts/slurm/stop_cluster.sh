@@ -32,5 +32,9 @@ stop_one() {
     rm -f "$f"
 }
 
+if [ -s "$STATE_DIR/slurmctld.pid" ] && command -v squeue >/dev/null 2>&1; then
+    jobs=$(timeout 5 squeue -h -o '%i' 2>/dev/null | tr '\n' ' ' || true)
+    [ -z "$jobs" ] || log "warning: jobs still queued or running (not cancelled): $jobs"
+fi
 for d in slurmd slurmctld munged; do stop_one "$d"; done
 exit 0
