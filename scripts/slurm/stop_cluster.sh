@@ -3,8 +3,9 @@
 #
 # Stops exactly the processes whose PIDs start_cluster.sh wrote to $DEEPMIR_SLURM_STATE
 # (default /tmp/deepmir-slurm/), and only while each PID still belongs to the daemon of that
-# name: slurmd, then slurmctld, then munged. Installed packages and slurm.conf stay, so the
-# next start is quick. Running it when nothing is running does nothing.
+# name: slurmd, then slurmctld, then munged. Jobs still in the queue are cancelled first (they
+# could not finish without the daemons). Installed packages and slurm.conf stay, so the next
+# start is quick. Running it when nothing is running does nothing.
 set -uo pipefail
 
 STATE_DIR=${DEEPMIR_SLURM_STATE:-/tmp/deepmir-slurm}
@@ -32,9 +33,19 @@ stop_one() {
     rm -f "$f"
 }
 
+# Jobs cannot outlive this one-node cluster: a job whose slurmd is gone stays "RUNNING" in the
+# saved state for ever. Cancel what is queued or running first, and give it a moment to end.
 if [ -s "$STATE_DIR/slurmctld.pid" ] && command -v squeue >/dev/null 2>&1; then
     jobs=$(timeout 5 squeue -h -o '%i' 2>/dev/null | tr '\n' ' ' || true)
-    [ -z "$jobs" ] || log "warning: jobs still queued or running (not cancelled): $jobs"
+    if [ -n "${jobs// /}" ]; then
+        log "cancelling jobs still queued or running: $jobs"
+        # shellcheck disable=SC2086 - job ids are digits (and _ for array tasks)
+        timeout 10 scancel $jobs 2>/dev/null || true
+        for i in $(seq 1 50); do
+            [ -z "$(timeout 5 squeue -h -o '%i' 2>/dev/null)" ] && break
+            sleep 0.2
+        done
+    fi
 fi
 for d in slurmd slurmctld munged; do stop_one "$d"; done
 exit 0
