@@ -43,6 +43,9 @@ __all__ = [
     "validate_labels",
     "parse_sbatch_args",
     "submit_cohort_array",
+    "array_script_text",
+    "group_script_text",
+    "max_array_size",
 ]
 
 #: SLURM job states after which a job will not run again by itself.
@@ -352,6 +355,7 @@ def submit_cohort_array(
     chunk_size: int = 1,
     extra_run_args: Sequence[str] = (),
     dry_run: bool = False,
+    max_parallel: int | None = None,
     run_command: Sequence[str] | None = None,
 ) -> dict:
     """Submit a cohort as one SLURM job array plus a group-level job that waits for it.
@@ -368,7 +372,9 @@ def submit_cohort_array(
     ``sbatch_args`` (e.g. ``"-p short --mem=8G -c 2 -t 2:00:00"``; not ``--array``, ``--wrap``
     or ``--dependency``, which are set here) are split with ``shlex`` and applied to both jobs;
     no shell ever sees them, and labels never pass through a shell unquoted.
-    ``run_command`` replaces the command prefix ``python -m pipelines.cli run`` (default: this
+    ``max_parallel`` caps how many array tasks run at once (``--array=0-N%max_parallel``).
+    An array larger than the cluster's ``MaxArraySize`` is refused with the chunk size that
+    would fit. ``run_command`` replaces the command prefix ``python -m pipelines.cli run`` (default: this
     interpreter), e.g. ``["apptainer", "exec", "deepmir.sif", "deepmir", "run"]``.
     With ``dry_run`` the files are written and the sbatch commands returned, not run.
 
@@ -395,6 +401,13 @@ def submit_cohort_array(
     log_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     chunks = [labels[i:i + chunk_size] for i in range(0, len(labels), chunk_size)]
+    if max_parallel is not None and int(max_parallel) < 1:
+        raise InputError("--max-parallel", f"must be at least 1, got {max_parallel}")
+    max_size = max_array_size()
+    if max_size is not None and len(chunks) > max_size:  # indices 0 .. MaxArraySize-1
+        fit = -(-len(labels) // max_size)
+        raise InputError("--chunk-size", f"{len(chunks)} array tasks exceed this cluster's MaxArraySize "
+                                         f"({max_size}); use --chunk-size {fit} or more")
     list_file = slurm_dir / "participants.txt"
     with atomic_path(list_file) as tmp:
         tmp.write_text("".join(" ".join(chunk) + "\n" for chunk in chunks))
@@ -402,7 +415,8 @@ def submit_cohort_array(
     array_script = slurm_dir / "participant_array.sh"
     group_script = slurm_dir / "group.sh"
     _write_script(array_script, array_script_text(
-        run_command, bids_dir, output_dir, cache_dir, list_file, log_dir, len(chunks), extra_run_args))
+        run_command, bids_dir, output_dir, cache_dir, list_file, log_dir, len(chunks), extra_run_args,
+        max_parallel=max_parallel))
     _write_script(group_script, group_script_text(run_command, bids_dir, output_dir, log_dir))
 
     array_cmd = ["sbatch", "--parsable", *user_args, str(array_script)]
@@ -424,15 +438,16 @@ def submit_cohort_array(
 
 
 def array_script_text(run_command, bids_dir, output_dir, cache_dir, list_file, log_dir, n_tasks: int,
-                      extra_run_args: Sequence[str] = ()) -> str:
+                      extra_run_args: Sequence[str] = (), max_parallel: int | None = None) -> str:
     """The bash text of the participant array script (see :func:`submit_cohort_array`)."""
     q = shlex.quote
+    throttle = f"%{int(max_parallel)}" if max_parallel else ""
     prefix = " ".join(q(str(a)) for a in run_command)
     extra = " ".join(q(str(a)) for a in extra_run_args)
     n_procs = "" if "--n-procs" in extra_run_args else ' --n-procs "${SLURM_CPUS_PER_TASK:-1}"'
     return f"""#!/bin/bash
 #SBATCH --job-name=deepmir-participant
-#SBATCH --array=0-{n_tasks - 1}
+#SBATCH --array=0-{n_tasks - 1}{throttle}
 #SBATCH --output={q(str(log_dir / 'participant_%A_%a.log'))}
 # DEEPMIR participant level: array task i runs the labels on line i+1 of the list file.
 set -euo pipefail
@@ -467,6 +482,18 @@ def group_script_text(run_command, bids_dir, output_dir, log_dir) -> str:
 set -euo pipefail
 exec {prefix} {q(str(bids_dir))} {q(str(output_dir))} group
 """
+
+
+def max_array_size() -> int | None:
+    """The cluster's ``MaxArraySize`` (array indices must stay below it), or None if unknown."""
+    if shutil.which("scontrol") is None:
+        return None
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, flags=re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def _write_script(path: Path, text: str) -> None:

@@ -304,3 +304,29 @@ def test_poll_tells_an_unreachable_controller_from_a_forgotten_job(tmp_path, mon
                 "echo 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2; exit 1")
     with pytest.raises(_Unreachable, match="Socket timed out"):
         asyncio.run(slurm_worker()._poll_job("5"))
+
+
+def test_max_parallel_throttles_the_array(tmp_path):
+    out = submit_cohort_array(tmp_path, tmp_path / "out", ["01", "02", "03"], cache_dir=tmp_path / "c",
+                              max_parallel=2, dry_run=True)
+    assert "#SBATCH --array=0-2%2\n" in out["array_script"].read_text()
+    with pytest.raises(InputError, match="max-parallel"):
+        submit_cohort_array(tmp_path, tmp_path / "out", ["01"], cache_dir=tmp_path / "c", max_parallel=0,
+                            dry_run=True)
+
+
+def test_array_larger_than_max_array_size_is_refused_with_a_chunk_size_that_fits(tmp_path, monkeypatch):
+    from pipelines.slurm import max_array_size
+
+    _fake_tools(tmp_path, monkeypatch, "echo 'AuthType                = auth/munge'; echo 'MaxArraySize            = 4'")
+    assert max_array_size() == 4
+    labels = [f"{i:02d}" for i in range(1, 10)]  # 9 subjects; indices 0..3 allowed -> 4 tasks at most
+    with pytest.raises(InputError, match=r"9 array tasks exceed this cluster's MaxArraySize \(4\); "
+                                         r"use --chunk-size 3 or more"):
+        submit_cohort_array(tmp_path, tmp_path / "out", labels, cache_dir=tmp_path / "c", dry_run=True)
+    with pytest.raises(InputError, match="use --chunk-size 3"):  # 2 per task would need 5 tasks
+        submit_cohort_array(tmp_path, tmp_path / "out", labels, cache_dir=tmp_path / "c", chunk_size=2,
+                            dry_run=True)
+    out = submit_cohort_array(tmp_path, tmp_path / "out", labels[:8], cache_dir=tmp_path / "c", chunk_size=2,
+                              dry_run=True)
+    assert out["n_tasks"] == 4 and "#SBATCH --array=0-3\n" in out["array_script"].read_text()

@@ -1,5 +1,8 @@
 """``deepmir submit BIDS_DIR OUTPUT_DIR``: a cohort as one SLURM job array plus a group job.
 
+    deepmir submit BIDS OUT [--participant-label L ...] [--chunk-size N] [--max-parallel N]
+                   [--cache-dir DIR] [--sbatch-args="..."] [--dry-run]
+
 Each array task runs ``deepmir run ... participant`` for its participant(s) on a shared pydra
 cache; the group job (``--dependency=afterany``) then builds the cohort tables. See
 :func:`pipelines.slurm.submit_cohort_array`.
@@ -26,6 +29,8 @@ def add_arguments(p):
                    help='sbatch options for every job, e.g. --sbatch-args="-p short -c 2 --mem=8G -t 1:00:00" '
                         "(write it with '=' when the value starts with '-'; not --array, --wrap or "
                         "--dependency)")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="at most N array tasks running at once (default: as many as SLURM allows)")
     p.add_argument("--dry-run", action="store_true",
                    help="write the scripts and print the sbatch commands without submitting")
 
@@ -43,6 +48,7 @@ def run(args) -> int:
         out = submit_cohort_array(
             args.bids_dir, args.output_dir, participants, cache_dir=cache_dir,
             sbatch_args=args.sbatch_args, chunk_size=args.chunk_size, dry_run=args.dry_run,
+            max_parallel=args.max_parallel,
         )
     except RuntimeError as err:  # sbatch missing or refusing: one line, not a traceback
         print(f"deepmir submit: error: {err}", file=sys.stderr)
