@@ -43,8 +43,6 @@ cluster_answers() {
     case "$(node_state)" in idle*|mixed*|allocated*|completing*) return 0 ;; *) return 1 ;; esac
 }
 
-[ "$(id -u)" = 0 ] || die "run as root: this installs packages and starts system daemons"
-
 # ---- already running? -------------------------------------------------------------------
 all_alive=1
 for d in "${DAEMONS[@]}"; do pid_alive "$d" || all_alive=0; done
@@ -56,6 +54,8 @@ if [ "$all_alive" = 0 ] && [ -e "$CONF" ] && ! grep -qxF "$MARK" "$CONF" && clus
     log "a SLURM cluster not started by this script already answers; using it as it is"
     exit 0
 fi
+
+[ "$(id -u)" = 0 ] || die "run as root: this installs packages and starts system daemons"
 
 # ---- install -----------------------------------------------------------------------------
 missing=()
