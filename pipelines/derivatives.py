@@ -8,7 +8,6 @@ name is always complete, and a copy is skipped when the destination already has 
 from __future__ import annotations
 
 import filecmp
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -39,14 +38,6 @@ DSEG_LOOKUP = pd.DataFrame(
     {"index": [0, 1, 2], "name": ["background", "cmb", "iron"],
      "description": ["no lesion", "cerebral microbleed", "non-haemorrhagic iron deposit"]}
 )
-
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def copy_atomic(src, dst) -> Path:
@@ -102,14 +93,10 @@ def write_subject(outputs: dict, output_dir, subject) -> dict[str, Path]:
 
 
 def write_group_tables(output_dir, subjects_written: list[dict]) -> dict[str, Path]:
-    """Concatenate subject lesion tables and summaries into ``group/lesions.tsv`` and ``group/summary.tsv``."""
-    output_dir = Path(output_dir)
-    out = {}
-    for name, fname in (("lesions", "lesions.tsv"), ("summary", "summary.tsv")):
-        frames = [pd.read_csv(w[name], sep="\t", na_values="n/a", keep_default_na=False,
-                              dtype={"participant_id": str, "session_id": str})
-                  for w in subjects_written if w.get(name)]
-        frames = [f for f in frames if not f.empty or name == "lesions"]
-        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        out[name] = write_tsv(table, output_dir / "group" / fname)
-    return out
+    """``group/lesions.tsv``, ``group/summary.tsv`` and ``group/dropped.tsv`` from subject tables."""
+    from deepmir_tasks.lesions.tables import write_group_tables as write_tables
+
+    def paths(name):
+        return [w[name] for w in subjects_written if w.get(name)]
+
+    return write_tables(paths("lesions"), paths("summary"), output_dir, dropped_paths=paths("dropped"))

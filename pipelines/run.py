@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepmir_tasks import __version__
+from deepmir_tasks.model.modelfile import sha256_file
 from deepmir_tasks.io import InputError, write_json
 
 from . import bids, derivatives
@@ -64,6 +65,19 @@ class CohortResult:
         return lines
 
 
+def resolve_model_path(model=None) -> Path:
+    """The model file to use: ``model`` if given, else the bundled default; checked to exist."""
+    from deepmir_tasks.model.modelfile import DEFAULT_MODEL, record_path
+
+    path = Path(model).absolute() if model else DEFAULT_MODEL
+    if not path.exists():
+        what = "model file" if model else "bundled model (reinstall deepmir, or pass --model)"
+        raise InputError(path, f"{what} does not exist")
+    if not record_path(path).exists():
+        raise InputError(path, f"model has no record {record_path(path).name} beside it")
+    return path
+
+
 def default_cache_dir(output_dir) -> Path:
     return Path(output_dir) / "sourcedata" / "deepmir_cache"
 
@@ -91,12 +105,10 @@ def run_cohort(
     its result becomes known. Subjects lacking an input file are reported as failed with the missing
     modality named, and never submitted.
     """
-    from deepmir_tasks.model.modelfile import resolve_model_path
-
     output_dir = Path(output_dir).absolute()
     cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir(output_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    model_path = Path(resolve_model_path(model)).absolute()
+    model_path = resolve_model_path(model)
     n_procs = n_procs or os.cpu_count() or 1
     subjects = bids.find_subjects(bids_dir, participant_labels, session_labels)
 
@@ -118,7 +130,7 @@ def run_cohort(
     already = {k for k, t in tasks.items() if _finished(_load(t, cache_dir))}
 
     derivatives.write_dataset_description(
-        output_dir, model_file=model_path, model_sha256=derivatives.sha256_file(model_path),
+        output_dir, model_file=model_path, model_sha256=sha256_file(model_path),
         parameters=params, source_dataset=Path(bids_dir).absolute())
     for key in statuses:  # subjects refused before submission
         _record(output_dir, statuses[key], progress)
@@ -199,7 +211,7 @@ def run_group(output_dir, *, report: bool = True) -> dict:
             anat = anat / f"ses-{st['session_id']}"
         anat = anat / "anat"
         files = {name: anat / tmpl.format(key=key) for name, tmpl in derivatives.DERIVATIVE_NAMES.items()
-                 if name in ("lesions", "summary") and (anat / tmpl.format(key=key)).exists()}
+                 if name in ("lesions", "summary", "dropped") and (anat / tmpl.format(key=key)).exists()}
         written.append((key, st, files))
     group = derivatives.write_group_tables(output_dir, [files for _, st, files in written
                                                          if st["status"] != STATUS_FAILED])

@@ -1,0 +1,114 @@
+"""The subject and cohort workflows end to end on small simulated subjects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cloudpickle as cp
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.derivatives import DERIVATIVE_NAMES
+from pipelines.run import run_cohort
+
+pytestmark = pytest.mark.slow
+
+EXPECTED = ["t2", "swi", "qsm", "mask", "dseg", "probseg_cmb", "probseg_iron", "lesions", "lesions_json",
+            "summary", "swi_to_t2", "t2_to_mni"]
+
+
+def _check_subject_derivatives(out_dir: Path, key: str):
+    anat = out_dir / key.split("_")[0] / "anat"
+    for name in EXPECTED:
+        assert (anat / DERIVATIVE_NAMES[name].format(key=key)).exists(), name
+    dseg = nib.load(str(anat / DERIVATIVE_NAMES["dseg"].format(key=key)))
+    t2 = nib.load(str(anat / DERIVATIVE_NAMES["t2"].format(key=key)))
+    assert dseg.shape == t2.shape
+    np.testing.assert_allclose(dseg.affine, t2.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(dseg.dataobj))) <= {0, 1, 2}
+    table = pd.read_csv(anat / DERIVATIVE_NAMES["lesions"].format(key=key), sep="\t", na_values="n/a")
+    for col in ("participant_id", "lesion_id", "label", "volume_mm3", "x_mm", "prob_max", "region"):
+        assert col in table.columns
+    assert (out_dir / f"{key}.html").exists()
+
+
+def test_subject_workflow_end_to_end(small_cohort, tmp_path, worker):
+    out = tmp_path / "deriv"
+    result = run_cohort(small_cohort, out, participant_labels=["01"], worker=worker, n_procs=2,
+                        cache_dir=tmp_path / "cache")
+    assert result.ok, result.failed
+    _check_subject_derivatives(out, "sub-01")
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert len(desc["GeneratedBy"][0]["Model"]["SHA256"]) == 64
+    assert (out / "group" / "lesions.tsv").exists() and (out / "report.html").exists()
+    # Nothing is left under a temporary name.
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+
+
+def test_cohort_with_a_broken_subject_finishes_the_others(copy_cohort, tmp_path):
+    qsm = copy_cohort / "sub-02" / "anat" / "sub-02_Chimap.nii.gz"
+    img = nib.load(str(qsm))
+    data = np.asarray(img.dataobj, dtype=np.float32).copy()
+    data[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), str(qsm))
+    out = tmp_path / "deriv"
+    result = run_cohort(copy_cohort, out, worker="cf", n_procs=2, cache_dir=tmp_path / "cache")
+    assert list(result.failed) == ["sub-02"]
+    reason = result.failed["sub-02"]
+    assert "sub-02_Chimap.nii.gz" in reason and "non-finite" in reason and "\n" not in reason
+    _check_subject_derivatives(out, "sub-01")
+    summary = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype={"participant_id": str})
+    assert summary["participant_id"].astype(str).str.removeprefix("sub-").tolist() == ["01"]
+    status = json.loads((out / "logs" / "sub-02_status.json").read_text())
+    assert status["status"] == "failed"
+
+
+def test_missing_modality_is_reported_by_name(copy_cohort, tmp_path):
+    (copy_cohort / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").unlink()
+    result = run_cohort(copy_cohort, tmp_path / "deriv", participant_labels=["01"], worker="debug",
+                        cache_dir=tmp_path / "cache")
+    assert "Chimap" in result.failed["sub-01"]
+
+
+def _jobs_by_task(cache: Path) -> dict[str, str]:
+    jobs = {}
+    for job_file in cache.glob("*/_job.pklz"):
+        job = cp.loads(job_file.read_bytes())
+        jobs[job_file.parent.name] = type(job.task).__name__
+    return jobs
+
+
+def test_rerun_is_cached_and_a_new_model_reruns_only_segmentation_onwards(small_cohort, tmp_path):
+    from pipelines.run import resolve_model_path
+
+    out, cache = tmp_path / "deriv", tmp_path / "cache"
+    first = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache)
+    assert first.ok, first.failed
+    before = _jobs_by_task(cache)
+    second = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache)
+    assert [s.status for s in second.subjects] == ["cached"]
+    assert _jobs_by_task(cache) == before
+
+    # A different model (one weight changed) is a new cache entry for segmentation and what
+    # follows it; preprocessing is not run again.
+    import torch
+
+    from deepmir_tasks.model.modelfile import load_model, save_model
+
+    net, record = load_model(resolve_model_path(None))
+    with torch.no_grad():
+        next(net.parameters()).add_(1e-3)
+    other = tmp_path / "other_model.safetensors"
+    save_model(net, other, {k: v for k, v in record.items() if k not in ("weights_file", "weights_sha256")})
+    third = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache,
+                       model=other)
+    assert third.ok, third.failed
+    new = {k: v for k, v in _jobs_by_task(cache).items() if k not in before}
+    assert "SegmentLesions" in new.values()
+    assert not [v for v in new.values() if v in {"CheckInputs", "N4BiasCorrect", "ExtractBrain",
+                                                  "RegisterToT2", "ResampleToGrid", "NormaliseIntensity",
+                                                  "RegisterToTemplate", "PreprocessSubject"}]

@@ -1,0 +1,85 @@
+"""The subject workflow: preprocessing -> segmentation -> lesion table -> QC report."""
+
+from __future__ import annotations
+
+from fileformats.generic import File
+from fileformats.medimage import NiftiGz
+from pydra.compose import workflow
+
+from deepmir_tasks import __version__
+from deepmir_tasks.lesions.tasks import ExtractLesions
+from deepmir_tasks.model.tasks import SegmentLesions
+from deepmir_tasks.report.tasks import RenderSubjectReport
+from workflows.preprocess import PreprocessSubject
+
+__all__ = ["SubjectPipeline", "OUTPUTS"]
+
+OUTPUTS = ["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "preproc_report", "probseg_cmb",
+           "probseg_iron", "dseg", "lesions", "lesions_json", "dropped", "summary", "report"]
+
+
+@workflow.define(outputs=OUTPUTS)
+def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, participant_id: str,
+                    session_id: str = "", threshold: float = 0.5, voxel_size: float = 1.0,
+                    tta: bool = False, report: bool = True, mask: NiftiGz | None = None,
+                    version: str = __version__):
+    """Find cerebral microbleeds and iron deposits in one subject.
+
+    The T2w, SWI and QSM are checked, bias-corrected (N4; not the QSM), brain-extracted, registered
+    rigidly (SWI/QSM to T2w, mutual information) and resampled into the T2w's space at
+    ``voxel_size`` mm isotropic; T2w and SWI become robust z-scores inside the brain and QSM stays in
+    ppm. A deep 3-D U-Net (``model``) gives CMB and iron-deposit probability maps; connected
+    components above ``threshold`` become lesions, tabulated with size, world position, probability,
+    susceptibility, SWI contrast and MARS region; candidates with negative susceptibility
+    (calcification) or CMB candidates over 10 mm are dropped with the reason. A self-contained HTML
+    page shows each detection for visual review.
+
+    ``version`` changes with the package, so results of an older release are never reused; the
+    model is a file input, so a new model reruns segmentation and what follows, not preprocessing.
+    """
+    pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=voxel_size))
+    # The record beside the weights (thresholds, normalisation) is part of the model too.
+    seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
+                                      tta=tta, version=f"{version}+record.{_record_digest(model)}"))
+    tab = workflow.add(ExtractLesions(probseg_cmb=seg.probseg_cmb, probseg_iron=seg.probseg_iron,
+                                      dseg=seg.dseg, qsm=pre.qsm, swi=pre.swi, mask=pre.mask,
+                                      t2_to_mni=pre.t2_to_mni, participant_id=participant_id,
+                                      session_id=session_id or None, threshold=threshold, version=version))
+    html = None
+    if report:
+        rep = workflow.add(RenderSubjectReport(
+            participant_id=participant_id, session_id=session_id or None, t2=pre.t2, swi=pre.swi,
+            qsm=pre.qsm, mask=pre.mask, dseg=seg.dseg, lesions_tsv=tab.lesions, dropped_tsv=tab.dropped,
+            inputs=_describe_inputs(t2=t2, swi=swi, qsm=qsm),
+            provenance={"deepmir": __version__, "model": str(getattr(model, "name", model)),
+                        "threshold": threshold, "voxel_size_mm": voxel_size, "tta": tta},
+            version=version))
+        html = rep.report
+    return (pre.t2, pre.swi, pre.qsm, pre.mask, pre.swi_to_t2, pre.t2_to_mni, pre.report,
+            seg.probseg_cmb, seg.probseg_iron, seg.dseg, tab.lesions, tab.lesions_json, tab.dropped,
+            tab.summary, html)
+
+
+def _record_digest(model) -> str:
+    import hashlib
+
+    from deepmir_tasks.model.modelfile import record_path
+
+    record = record_path(str(getattr(model, "fspath", model)))
+    return hashlib.sha256(record.read_bytes()).hexdigest()[:16] if record.exists() else "none"
+
+
+def _describe_inputs(**files) -> dict:
+    """File names, shapes and voxel sizes of the raw inputs (header reads only), for the report."""
+    import nibabel as nib
+
+    out = {}
+    for name, f in files.items():
+        path = str(getattr(f, "fspath", f))
+        try:
+            hdr = nib.load(path).header
+            out[name] = {"file": path.rsplit("/", 1)[-1], "shape": [int(s) for s in hdr.get_data_shape()],
+                         "voxel_size_mm": [round(float(z), 3) for z in hdr.get_zooms()[:3]]}
+        except Exception:  # noqa: BLE001 - unreadable inputs are reported by the input checks
+            out[name] = {"file": path.rsplit("/", 1)[-1]}
+    return out
