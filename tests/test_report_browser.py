@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_report import make_phantom, make_simulated, parse_page
+from conftest_report import make_simulated, parse_page
 from deepmir_tasks.report import render_subject_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # simulating the subject takes a few seconds
@@ -65,16 +65,7 @@ def _chromium(exe, tmp: Path, *args, timeout=120) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def simulated_page(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
-    try:
-        from deepmir_tasks.simulate import simulate_subject  # noqa: F401
-    except ImportError:  # the simulator is being written: fall back to the phantom, visibly
-        import warnings
-
-        warnings.warn("deepmir_tasks.simulate.simulate_subject is not available; the browser test "
-                      "uses the report phantom instead of a simulated subject")
-        subj = make_phantom(tmp / "subject")
-    else:
-        subj = make_simulated(tmp / "subject", seed=3)
+    subj = make_simulated(tmp / "subject", seed=3)
     out = render_subject_report(
         tmp / "sub-01.html", participant_id="sub-01", t2=subj["t2"], swi=subj["swi"], qsm=subj["qsm"],
         mask=subj["mask"], dseg=subj["dseg"], lesions_tsv=subj["lesions_tsv"], dropped_tsv=subj["dropped_tsv"],
