@@ -105,12 +105,12 @@ def run_cohort(
     its result becomes known. Subjects lacking an input file are reported as failed with the missing
     modality named, and never submitted.
     """
+    subjects = bids.find_subjects(bids_dir, participant_labels, session_labels)
+    model_path = resolve_model_path(model)
+    n_procs = n_procs or os.cpu_count() or 1
     output_dir = Path(output_dir).absolute()
     cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir(output_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model_path(model)
-    n_procs = n_procs or os.cpu_count() or 1
-    subjects = bids.find_subjects(bids_dir, participant_labels, session_labels)
 
     statuses: dict[str, SubjectStatus] = {}
     runnable = []
