@@ -246,6 +246,14 @@ def test_submit_command_dry_run_and_refusals(tmp_path, capsys):
     script = (tmp_path / "out" / "slurm" / "participant_array.sh").read_text()
     assert f"--cache-dir {tmp_path / 'out' / 'sourcedata' / 'deepmir_cache'}" in script
 
+    rc = main(["submit", str(bids), str(tmp_path / "o3"), "--participant-label", "sub-B7", "--dry-run",
+               "--run-args=--threshold 0.3 --model '/models/my model.safetensors'"])
+    assert rc == 0 and "1 participant(s) in 1 array task(s)" in capsys.readouterr().out
+    script = (tmp_path / "o3" / "slurm" / "participant_array.sh").read_text()
+    assert script.rstrip().endswith("--threshold 0.3 --model '/models/my model.safetensors'")
+    assert main(["submit", str(bids), str(tmp_path / "o2"), "--run-args=--worker cf"]) == 2
+    assert "--worker is set by deepmir submit" in capsys.readouterr().err
+
     assert main(["submit", str(bids), str(tmp_path / "o2"), "--participant-label", "01;id"]) == 2
     assert "invalid participant label" in capsys.readouterr().err
     assert main(["submit", str(bids), str(tmp_path / "o2"), "--participant-label", "09"]) == 2

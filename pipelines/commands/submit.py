@@ -1,7 +1,7 @@
 """``deepmir submit BIDS_DIR OUTPUT_DIR``: a cohort as one SLURM job array plus a group job.
 
     deepmir submit BIDS OUT [--participant-label L ...] [--chunk-size N] [--max-parallel N]
-                   [--cache-dir DIR] [--sbatch-args="..."] [--dry-run]
+                   [--cache-dir DIR] [--sbatch-args="..."] [--run-args="..."] [--dry-run]
 
 Each array task runs ``deepmir run ... participant`` for its participant(s) on a shared pydra
 cache; the group job (``--dependency=afterany``) then builds the cohort tables. See
@@ -13,6 +13,10 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+
+
+#: options of ``deepmir run`` that the array script sets for each task
+_SET_HERE = ("--participant-label", "--participant_label", "--worker", "--cache-dir")
 
 
 def add_arguments(p):
@@ -29,6 +33,9 @@ def add_arguments(p):
                    help='sbatch options for every job, e.g. --sbatch-args="-p short -c 2 --mem=8G -t 1:00:00" '
                         "(write it with '=' when the value starts with '-'; not --array, --wrap or "
                         "--dependency)")
+    p.add_argument("--run-args", default="", metavar='"..."',
+                   help='more options for each "deepmir run ... participant", e.g. '
+                        '--run-args="--model m.safetensors --threshold 0.4 --no-report"')
     p.add_argument("--max-parallel", type=int, default=None, metavar="N",
                    help="at most N array tasks running at once (default: as many as SLURM allows)")
     p.add_argument("--dry-run", action="store_true",
@@ -36,10 +43,18 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from deepmir_tasks.io import InputError
     from pipelines import bids
     from pipelines.run import default_cache_dir
     from pipelines.slurm import submit_cohort_array, validate_labels
 
+    try:
+        run_args = shlex.split(args.run_args)
+    except ValueError as err:
+        raise InputError("--run-args", str(err)) from None
+    taken = [a for a in run_args if a.split("=", 1)[0] in _SET_HERE]
+    if taken:
+        raise InputError("--run-args", f"{taken[0]} is set by deepmir submit itself")
     labels = validate_labels(args.participant_label) if args.participant_label else None
     subjects = bids.find_subjects(args.bids_dir, participant_labels=labels)
     participants = list(dict.fromkeys(s.participant_id for s in subjects))
@@ -48,7 +63,7 @@ def run(args) -> int:
         out = submit_cohort_array(
             args.bids_dir, args.output_dir, participants, cache_dir=cache_dir,
             sbatch_args=args.sbatch_args, chunk_size=args.chunk_size, dry_run=args.dry_run,
-            max_parallel=args.max_parallel,
+            max_parallel=args.max_parallel, extra_run_args=run_args,
         )
     except RuntimeError as err:  # sbatch missing or refusing: one line, not a traceback
         print(f"deepmir submit: error: {err}", file=sys.stderr)
