@@ -101,3 +101,17 @@ def test_cli_simulate_refuses_a_file_as_output(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "a_file" in err and len(err.strip().splitlines()) == 1
     assert main(["simulate", str(tmp_path / "x"), "--subjects", "0"]) == 2
+
+
+def test_simulate_subject_pydra_task(tmp_path):
+    from deepmir_tasks.io import load_volume
+    from deepmir_tasks.simulate.tasks import SimulateSubject
+
+    outputs = SimulateSubject(seed=SEED_ALL_KINDS + 1, size="small", label="05", n_cmb_min=2, n_cmb_max=2)(
+        worker="debug", cache_root=tmp_path / "cache")
+    t2, _ = load_volume(str(outputs.t2))
+    dseg, _ = load_volume(str(outputs.dseg), allow_empty=True)
+    assert t2.shape == dseg.shape
+    assert str(outputs.t2).endswith("sub-05_T2w.nii.gz")
+    les = pd.read_csv(str(outputs.lesions), sep="\t")
+    assert (les["kind"] == "cmb").sum() == 2
