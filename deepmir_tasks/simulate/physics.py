@@ -132,8 +132,8 @@ def swi_from_complex(signal, voxel_mm, hpf_sigma_mm: float = 4.0, power: int = 4
 
 def rician(rng, image, sigma):
     """Magnitude of ``image`` plus complex Gaussian noise of std ``sigma`` per channel."""
-    re = image + rng.normal(0.0, sigma, size=image.shape).astype(np.float32)
-    im = rng.normal(0.0, sigma, size=image.shape).astype(np.float32)
+    re = image + np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
+    im = np.float32(sigma) * rng.standard_normal(image.shape, dtype=np.float32)
     return np.sqrt(re * re + im * im).astype(np.float32)
 
 

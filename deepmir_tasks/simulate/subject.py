@@ -19,6 +19,7 @@ Steps (all seeded by ``numpy.random.default_rng(seed)``):
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -79,7 +80,9 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    resolve_counts(np.random.default_rng(0), lesion_counts)  # refuse bad overrides before any work
     t_start = time.perf_counter()
+    clock = _Clock()
     pre = SIZES[size]
     rng = np.random.default_rng(int(seed))
     mni = mni_anatomy()
@@ -139,6 +142,7 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     # ------------------------------------------------------------------ anatomy grid (T2w world)
     anat = _anatomy_grid(mni, mni_to_t2, warp, pre["anat_vox"], shell)
     _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi)
+    clock("anatomy")
 
     # ------------------------------------------------------------------ T2w grid
     t2_rot = euler_matrix(*np.deg2rad(rng.uniform([-6, -2, -2], [6, 2, 2])))
@@ -155,6 +159,7 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     p["lesion_counts"] = {k: sum(les.kind == k for les in lesions) for k in counts}
 
     # ------------------------------------------------------------------ T2w image and truth
+    clock("lesion placement")
     t2_clean, brain_t2 = _sample_t2(anat, t2_aff, t2_shape, t2_vox, pre["anat_vox"])
     dseg = np.zeros(t2_shape, np.uint8)
     ss_t2 = tuple(int(min(8, np.ceil(v / 0.3))) for v in t2_vox)
@@ -189,6 +194,7 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     sigma_t2 = contrast["t2"]["wm"] * gain_t2 / snr_t2
     t2_img = rician(rng, t2_clean * bias_t2, sigma_t2)
     p.update({"t2_bias_strength": bias_strength, "t2_snr_wm": snr_t2, "t2_gain": gain_t2})
+    clock("T2w")
 
     # ------------------------------------------------------------------ SWI session geometry
     motion_rot = euler_matrix(*np.deg2rad(rng.uniform(-5, 5, 3)))
@@ -232,13 +238,17 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     p.update({"fine_supersampling": ss.tolist(), "fine_shape": list(fine_shape),
               "fine_voxel_mm": fine_vox.tolist()})
 
-    field_f = dipole_field(chi_f, fine_vox, b0_vox, pad_fraction=0.5, workers=2)
+    clock("fine susceptibility")
+    field_f = dipole_field(chi_f, fine_vox, b0_vox, pad_fraction=0.35, workers=_workers())
+    clock("dipole field")
     del chi_f
     bg_amp = float(rng.uniform(0.05, 0.4))
     bg = SmoothField(rng, head_centre, 4, (120.0, 300.0))
     k_ph = phase_rad_per_ppm(b0, te_swi)
     phase_f = (field_f + np.float32(bg_amp) * bg(fine_shape, fine_aff)) * np.float32(k_ph)
-    sig_f = mag_f * np.exp(1j * phase_f).astype(np.complex64)
+    sig_f = np.empty(fine_shape, np.complex64)
+    sig_f.real = mag_f * np.cos(phase_f)
+    sig_f.imag = mag_f * np.sin(phase_f)
     del phase_f, mag_f
     sig_box = block_mean(sig_f, ss).astype(np.complex64)
     del sig_f
@@ -247,7 +257,11 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
 
     acq_to_anat = np.linalg.inv(anat["affine"]) @ swi_to_t2 @ swi_aff
     mag_acq = _resample(anat["gre"], acq_to_anat, swi_shape)
-    signal = (mag_acq * np.exp(1j * np.float32(k_ph) * np.float32(bg_amp) * bg(swi_shape, swi_aff))).astype(np.complex64)
+    bg_phase = np.float32(k_ph * bg_amp) * bg(swi_shape, swi_aff)
+    signal = np.empty(swi_shape, np.complex64)
+    signal.real = mag_acq * np.cos(bg_phase)
+    signal.imag = mag_acq * np.sin(bg_phase)
+    del bg_phase
     box = tuple(slice(int(box_lo[i]), int(box_hi[i])) for i in range(3))
     signal[box] = sig_box
     local_field = np.zeros(swi_shape, np.float32)
@@ -257,30 +271,27 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     snr_swi = float(rng.uniform(15, 45))
     m_wm = contrast["pd"]["wm"] * np.exp(-te_swi * contrast["r2s"]["wm"])
     sigma_swi = m_wm / snr_swi
-    noisy = signal + (rng.normal(0, sigma_swi, swi_shape) + 1j * rng.normal(0, sigma_swi, swi_shape)).astype(np.complex64)
+    noisy = signal
+    noisy.real += np.float32(sigma_swi) * _normal(rng, swi_shape)
+    noisy.imag += np.float32(sigma_swi) * _normal(rng, swi_shape)
     hpf_sigma = float(rng.uniform(3.0, 6.0))
     power = int(rng.choice([3, 4, 4, 5]))
+    clock("GRE signal")
     swi, _ = swi_from_complex(noisy, swi_vox, hpf_sigma_mm=hpf_sigma, power=power)
+    clock("SWI")
     gain_swi = float(rng.uniform(200, 1200))
     swi = (swi * gain_swi).astype(np.float32)
 
     # ------------------------------------------------------------------ QSM
-    from scipy import ndimage as ndi
-
-    brain_swi_frac = _resample(anat["brain"], acq_to_anat, swi_shape)
-    qsm_mask = brain_swi_frac >= 0.5
-    erosion_mm = float(rng.uniform(0.0, 2.5))  # as a background-field removal step would
-    if erosion_mm > 0.5 * swi_vox.min():
-        radius = erosion_mm / swi_vox
-        h = np.floor(radius).astype(int)
-        g = np.meshgrid(*[np.arange(-n, n + 1) / max(r, 1e-6) for n, r in zip(h, radius)], indexing="ij")
-        ball = sum(a * a for a in g) <= 1.0
-        qsm_mask = ndi.binary_erosion(qsm_mask, structure=ball)
-    mag_noisy = np.abs(noisy)
-    sigma_field = sigma_swi / (k_ph * np.maximum(mag_noisy, 0.3 * m_wm))
-    meas_field = (local_field + rng.normal(0, 1, swi_shape).astype(np.float32) * sigma_field).astype(np.float32)
+    # brain mask eroded as a background-field removal step would (distance to the brain surface,
+    # in template mm, sampled on the SWI grid)
+    erosion_mm = float(rng.uniform(0.0, 2.5))
+    qsm_mask = _resample(anat["sdist"], acq_to_anat, swi_shape, cval=99.0) < -erosion_mm
+    sigma_field = np.float32(sigma_swi / k_ph) / np.maximum(np.abs(noisy), np.float32(0.3 * m_wm))
+    meas_field = local_field + _normal(rng, swi_shape) * sigma_field
     tkd_t = float(rng.uniform(0.12, 0.25))
-    qsm = tkd_inversion(meas_field, qsm_mask, swi_vox, b0_vox, threshold=tkd_t, workers=2)
+    qsm = tkd_inversion(meas_field, qsm_mask, swi_vox, b0_vox, threshold=tkd_t, workers=_workers())
+    clock("QSM")
     p.update({"swi_bias_strength": bias_swi_strength, "swi_snr_wm": snr_swi, "swi_gain": gain_swi,
               "background_field_ppm": bg_amp, "swi_hpf_sigma_mm": hpf_sigma, "swi_phase_mask_power": power,
               "qsm_method": "TKD", "qsm_tkd_threshold": tkd_t, "qsm_mask_erosion_mm": erosion_mm,
@@ -298,6 +309,7 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     for col in ("x_mm", "y_mm", "z_mm", "radius_mm", "chi_ppm", "chi_excess_ppm"):
         table[col] = table[col].astype(float).round(4)
     p["seconds"] = round(time.perf_counter() - t_start, 3)
+    p["timings_s"] = clock.laps
 
     def img(data, affine, dtype):
         out = nib.Nifti1Image(np.asarray(data, dtype=dtype), affine)
@@ -315,6 +327,29 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
 
 
 # ====================================================================== helpers
+class _Clock:
+    """Seconds spent per stage (kept in ``params['timings_s']``)."""
+
+    def __init__(self):
+        self.t = time.perf_counter()
+        self.laps = {}
+
+    def __call__(self, name):
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t, 3)
+        self.t = now
+
+
+def _workers() -> int:
+    """FFT threads: ``DEEPMIR_THREADS`` if set, else the number of CPUs."""
+    import os
+
+    try:
+        return max(1, int(os.environ.get("DEEPMIR_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 def _random_warp(rng, amp, n_modes, wavelength_mm):
     modes = []
     for _ in range(n_modes):
@@ -353,6 +388,7 @@ def _anatomy_grid(mni, mni_to_t2, warp, vox, shell):
     aff[:3, 3] = lo
     t2_to_mni = np.linalg.inv(mni_to_t2)
     mni_inv = np.linalg.inv(mni.affine)
+    codes = _mni_codes()
     out = {k: np.empty(shape, np.float32) for k in ("gm", "wm", "sdist", "nucleus_w")}
     out.update({k: np.empty(shape, np.uint8) for k in ("nucleus", "site", "region")})
     jj, kk = np.meshgrid(np.arange(shape[1], dtype=np.float32), np.arange(shape[2], dtype=np.float32), indexing="ij")
@@ -367,14 +403,26 @@ def _anatomy_grid(mni, mni_to_t2, warp, vox, shell):
         x = _apply_warp(warp, u)
         idx = (mni_inv[:3, :3].astype(np.float32) @ x) + mni_inv[:3, 3].astype(np.float32)[:, None]
         sub = (i1 - i0, shape[1], shape[2])
-        for name, order, cval in (("gm", 1, 0.0), ("wm", 1, 0.0), ("sdist", 1, 60.0), ("nucleus_w", 1, 0.0),
-                                  ("nucleus", 0, 0), ("site", 0, 0), ("region", 0, 0)):
-            out[name][i0:i1] = ndi.map_coordinates(getattr(mni, name), idx, order=order, cval=cval,
+        for name, cval in (("gm", 0.0), ("wm", 0.0), ("sdist", 60.0), ("nucleus_w", 0.0)):
+            out[name][i0:i1] = ndi.map_coordinates(getattr(mni, name), idx, order=1, cval=cval,
                                                    mode="constant", prefilter=False).reshape(sub)
+        code = ndi.map_coordinates(codes, idx, order=0, cval=0, mode="constant", prefilter=False).reshape(sub)
+        out["nucleus"][i0:i1] = code % 16
+        out["site"][i0:i1] = (code // 16) % 8
+        out["region"][i0:i1] = code // 128
     out["affine"] = aff
     out["vox"] = vox
     out["shell"] = shell
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _mni_codes():
+    """Nucleus, site and region labels packed in one map (one nearest-neighbour lookup)."""
+    mni = mni_anatomy()
+    assert mni.nucleus.max() < 16 and mni.site.max() < 8 and mni.region.max() < 8
+    return (mni.nucleus.astype(np.uint16) + 16 * mni.site.astype(np.uint16)
+            + 128 * mni.region.astype(np.uint16))
 
 
 def _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi):
@@ -466,12 +514,16 @@ def _fine_box(brain_swi_pts, swi_aff, swi_shape, swi_vox, pre):
         target *= 1.1
 
 
-def _resample(volume, index_affine, shape, order=1):
+def _normal(rng, shape):
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _resample(volume, index_affine, shape, order=1, cval=0.0):
     """Sample ``volume`` at ``index_affine`` @ (output index) with ``affine_transform``."""
     from scipy import ndimage as ndi
 
     return ndi.affine_transform(volume, index_affine[:3, :3], offset=index_affine[:3, 3],
-                                output_shape=tuple(shape), order=order, mode="constant", cval=0.0,
+                                output_shape=tuple(shape), order=order, mode="constant", cval=cval,
                                 prefilter=False, output=np.float32)
 
 
