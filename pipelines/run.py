@@ -98,12 +98,14 @@ def run_cohort(
     report: bool = True,
     sbatch_args: str = "",
     progress=None,
+    group: bool = True,
 ) -> CohortResult:
     """Run the subject pipeline on every selected subject of ``bids_dir``; write derivatives.
 
     ``progress`` is an optional callable ``progress(key, status, reason)`` called once per subject as
     its result becomes known. Subjects lacking an input file are reported as failed with the missing
-    modality named, and never submitted.
+    modality named, and never submitted. With ``group`` (default) the cohort tables and report are
+    rebuilt from every subject in ``output_dir`` afterwards.
     """
     subjects = bids.find_subjects(bids_dir, participant_labels, session_labels)
     model_path = resolve_model_path(model)
@@ -175,7 +177,8 @@ def run_cohort(
 
     ordered = [statuses[s.key] for s in subjects]
     result = CohortResult(output_dir, ordered)
-    result.group = run_group(output_dir, report=report)
+    if group:
+        result.group = run_group(output_dir, report=report)
     return result
 
 

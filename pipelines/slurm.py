@@ -467,7 +467,7 @@ for label in "${{labels[@]}}"; do
 done
 echo "deepmir array task $task on $(hostname): participants ${{labels[*]}}"
 exec {prefix} {q(str(bids_dir))} {q(str(output_dir))} participant \\
-    --participant-label "${{labels[@]}}" --worker debug --cache-dir {q(str(cache_dir))}{n_procs}{' ' + extra if extra else ''}
+    --participant-label "${{labels[@]}}" --worker debug --no-group --cache-dir {q(str(cache_dir))}{n_procs}{' ' + extra if extra else ''}
 """
 
 

@@ -199,7 +199,7 @@ def test_default_command_is_deepmir_run_from_this_interpreter(tmp_path):
                              tmp_path / "out", tmp_path / "cache", tmp_path / "list.txt",
                              tmp_path / "logs", 4)
     assert f"exec {sys.executable} -m pipelines.cli run {tmp_path / 'bids'} {tmp_path / 'out'} participant" in text
-    assert '--participant-label "${labels[@]}" --worker debug' in text
+    assert '--participant-label "${labels[@]}" --worker debug --no-group' in text
     assert f"--cache-dir {tmp_path / 'cache'}" in text
     assert "#SBATCH --array=0-3" in text
     assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0

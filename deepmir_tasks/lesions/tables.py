@@ -27,16 +27,17 @@ def read_table(path, *, what: str = "table") -> pd.DataFrame:
         raise InputError(path, f"{what} is not a readable TSV ({first})") from None
 
 
-def combine_tables(paths) -> pd.DataFrame:
+def combine_tables(paths, default_columns=()) -> pd.DataFrame:
     """Concatenate subject tables (lesions, dropped or summaries) into one cohort table.
 
     Columns are the union, in order of first appearance (``session_id`` is filled with ``NaN``
     for subjects without sessions). Rows keep the order of ``paths``. An empty list, or tables
-    with a header and no rows, give a table with the columns and no rows. Raises
+    with a header and no rows, give a table with the columns and no rows (``default_columns``
+    when there is no table at all, so the written file still has its header). Raises
     :class:`~deepmir_tasks.io.InputError` naming a missing or unreadable file.
     """
     frames = [read_table(p, what="subject table") for p in paths]
-    columns: list[str] = []
+    columns: list[str] = [] if frames else list(default_columns)
     for df in frames:
         columns += [c for c in df.columns if c not in columns]
     if "session_id" in columns and columns.index("session_id") != 1 and columns[0] == "participant_id":
@@ -56,9 +57,13 @@ def write_group_tables(lesion_paths, summary_paths, out_dir, dropped_paths=()) -
     """
     from deepmir_tasks.io import write_tsv
 
+    from deepmir_tasks.lesions.extract import LESION_COLUMNS, SUMMARY_COLUMNS
+
+    lesion_cols = [c for c in LESION_COLUMNS if c != "session_id"]
     group = Path(out_dir) / "group"
-    out = {"lesions": write_tsv(combine_tables(lesion_paths), group / "lesions.tsv"),
-           "summary": write_tsv(combine_tables(summary_paths), group / "summary.tsv")}
+    out = {"lesions": write_tsv(combine_tables(lesion_paths, lesion_cols), group / "lesions.tsv"),
+           "summary": write_tsv(combine_tables(summary_paths, SUMMARY_COLUMNS), group / "summary.tsv")}
     if dropped_paths:
-        out["dropped"] = write_tsv(combine_tables(dropped_paths), group / "dropped.tsv")
+        out["dropped"] = write_tsv(combine_tables(dropped_paths, lesion_cols + ["reason"]),
+                                   group / "dropped.tsv")
     return out

@@ -28,6 +28,9 @@ def add_arguments(p):
     p.add_argument("--voxel-size", type=float, default=1.0, help="working grid voxel size in mm (default 1)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, steadier)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML reports")
+    p.add_argument("--no-group", action="store_true",
+                   help="participant level only: do not rebuild the cohort tables afterwards (SLURM array "
+                        "tasks use this; a final 'group' run builds them once)")
     p.add_argument("--sbatch-args", default="", help='extra sbatch options for --worker slurm, e.g. "-p short --mem=8G"')
 
 
@@ -51,6 +54,7 @@ def run(args) -> int:
         worker=args.worker, n_procs=args.n_procs, cache_dir=args.cache_dir, model=args.model,
         threshold=args.threshold, voxel_size=args.voxel_size, tta=args.tta,
         report=not args.no_report, sbatch_args=args.sbatch_args, progress=progress,
+        group=not args.no_group,
     )
     print(f"\nDEEPMIR finished in {time.perf_counter() - t0:.1f} s; derivatives in {result.output_dir}")
     for line in result.summary_lines():
