@@ -172,7 +172,7 @@ def test_array_script_gives_each_task_its_own_labels(odd_paths):
         j = argv.index("--worker")
         seen += argv[i + 1:j]
         assert argv[:3] == [str(bids.resolve()), str(out_dir.resolve()), "participant"]
-        assert argv[j:] == ["--worker", "debug", "--cache-dir", str(cache.resolve()), "--n-procs", "3",
+        assert argv[j:] == ["--worker", "debug", "--no-group", "--cache-dir", str(cache.resolve()), "--n-procs", "3",
                             "--threshold", "0.4"]
     assert seen == labels
     # the group job: same prefix, group level
