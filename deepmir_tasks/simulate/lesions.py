@@ -162,6 +162,27 @@ def place_lesions(rng, anat, counts, *, t2_affine, t2_shape, lesion_scale=1.0, r
         return A.value("sdist", c, default=99.0) < -(r + 0.5)
 
     s = float(lesion_scale)
+    # ---- non-haemorrhagic iron: irregular blobs inside the basal ganglia (placed first: the
+    # nuclei are small). Blobs are scaled less than other lesions on coarse test grids, and
+    # shrink a little with each failed try so that crowded nuclei still take one.
+    s_iron = min(s, 1.4)
+    for _ in range(counts.get("iron", 0)):
+        for _try in range(max_tries):
+            c = draw_from("iron")
+            if c is None:
+                break
+            r = s_iron * rng.uniform(*rng_ranges["iron_radius_mm"]) * max(0.6, 1.0 - _try / 250)
+            shp = _blob(rng, c, r)
+            lab = A.value("nucleus", c)
+            if not _fits_in(A, shp, lab, bg_labels) or not free(c, shp.bound_radius, "iron"):
+                continue
+            excess = rng.uniform(*rng_ranges["iron_excess_ppm"])
+            base = nucleus_chi.get(NUCLEI_LABELS[lab - 1], 0.1)
+            accept(Lesion("iron", shp, base + excess, excess, rng.uniform(0.65, 0.88),
+                          rng.uniform(0.75, 0.95), region_name(A.value("region", c)),
+                          shp.equivalent_radius()))
+            break
+
     # ---- microbleeds: per-subject mixture of lobar / deep / infratentorial
     mix = rng.dirichlet([3.0, 1.5, 1.0])
     for _ in range(counts.get("cmb", 0)):
@@ -170,31 +191,17 @@ def place_lesions(rng, anat, counts, *, t2_affine, t2_shape, lesion_scale=1.0, r
             c = draw_from(where)
             lo, hi = rng_ranges["cmb_radius_mm"]
             r = s * (lo + (hi - lo) * rng.beta(1.4, 2.2))
-            radii = r * _aniso(rng, 0.2)
-            shp = EllipsoidUnion(c, radii, random_rotation(rng)) if c is not None else None
-            if c is None or not brain_depth_ok(c, shp.bound_radius) or not free(c, shp.bound_radius, "cmb"):
+            if c is None:
+                continue
+            if rng.random() < 0.2:  # a minority are lobulated rather than round
+                shp = _blob(rng, c, r, n=int(rng.integers(2, 4)), spread=0.35, lobe=(0.5, 0.8))
+            else:
+                shp = EllipsoidUnion(c, r * _aniso(rng, 0.2), random_rotation(rng))
+            if not brain_depth_ok(c, shp.bound_radius) or not free(c, shp.bound_radius, "cmb"):
                 continue
             chi = rng.uniform(*rng_ranges["cmb_chi_ppm"])
             accept(Lesion("cmb", shp, chi, chi, rng.uniform(0.12, 0.4), rng.uniform(0.15, 0.5),
-                          region_name(A.value("region", c)), float(r)))
-            break
-
-    # ---- non-haemorrhagic iron: irregular blobs inside the basal ganglia
-    for _ in range(counts.get("iron", 0)):
-        for _try in range(max_tries):
-            c = draw_from("iron")
-            if c is None:
-                break
-            r = s * rng.uniform(*rng_ranges["iron_radius_mm"])
-            shp = _blob(rng, c, r)
-            lab = A.value("nucleus", c)
-            if not _fits_in(A, shp, lab) or not free(c, shp.bound_radius, "iron"):
-                continue
-            excess = rng.uniform(*rng_ranges["iron_excess_ppm"])
-            base = nucleus_chi.get(NUCLEI_LABELS[lab - 1], 0.1)
-            accept(Lesion("iron", shp, base + excess, excess, rng.uniform(0.65, 0.88),
-                          rng.uniform(0.75, 0.95), region_name(A.value("region", c)),
-                          shp.equivalent_radius()))
+                          region_name(A.value("region", c)), shp.equivalent_radius()))
             break
 
     # ---- calcifications (diamagnetic mimics)
@@ -234,28 +241,33 @@ def _aniso(rng, amount):
     return f / np.prod(f) ** (1.0 / 3.0)
 
 
-def _blob(rng, centre, r):
-    n = int(rng.integers(3, 6))
+def _blob(rng, centre, r, n=None, spread=0.55, lobe=(0.35, 0.75)):
+    """An irregular blob: a main ellipsoid and ``n - 1`` offset lobes."""
+    n = int(rng.integers(3, 6)) if n is None else n
     centres = [np.asarray(centre, float)]
     radii = [r * rng.uniform(0.7, 1.0, 3)]
     for _ in range(n - 1):
-        centres.append(centre + rng.normal(0, 0.55 * r, 3))
-        radii.append(r * rng.uniform(0.35, 0.75, 3))
+        centres.append(centre + rng.normal(0, spread * r, 3))
+        radii.append(r * rng.uniform(*lobe, 3))
     rots = [random_rotation(rng) for _ in range(n)]
     return EllipsoidUnion(np.array(centres), np.array(radii), np.array(rots))
 
 
-def _fits_in(A, shp, label):
-    """All of a blob's sub-ellipsoid extremes lie inside the same nucleus."""
+def _fits_in(A, shp, label, allowed):
+    """A blob's sub-ellipsoid extremes (at 85 %) lie in the basal ganglia, most in its own nucleus."""
     if label == 0:
         return False
+    own = total = 0
     for c, rad, rot in zip(shp.centres, shp.radii, shp.rotations):
         for ax in range(3):
             for sign in (-1, 1):
-                p = c + sign * rad[ax] * rot[:, ax]
-                if A.value("nucleus", p) != label or A.value("nucleus_w", p) < 0.5:
+                p = c + sign * 0.85 * rad[ax] * rot[:, ax]
+                lab = A.value("nucleus", p)
+                if lab not in allowed or A.value("nucleus_w", p) < 0.3:
                     return False
-    return True
+                own += lab == label
+                total += 1
+    return own >= 0.75 * total
 
 
 def _vein(rng, A, start, radius, length, step=3.0):
