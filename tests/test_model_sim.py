@@ -46,18 +46,17 @@ def test_model_overfits_one_small_simulated_subject_and_finds_its_lesions():
     from deepmir_tasks.model.unet import UNet
     from deepmir_tasks.simulate import simulate_subject
 
-    torch.set_num_threads(2)
     sim = simulate_subject(7, size="small", lesion_counts={"cmb": (6, 8), "iron": (2, 3)})
     subj = _train_subject_from_sim(sim)
     n_true = {c: len(subj.lesions[c]) for c in (1, 2)}
     assert n_true[1] >= 3 and n_true[2] >= 1
     torch.manual_seed(0)
-    net = UNet(3, 3, levels=4, base=8, max_width=64)
+    net = UNet(3, 3, levels=3, base=8, max_width=32)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    sampler = PatchSampler([subj], patch=24, lesion_fraction=0.7, augment=False)
+    sampler = PatchSampler([subj], patch=16, lesion_fraction=0.7, augment=False)
     rng = np.random.default_rng(0)
     net.train()
-    for _ in range(250):
+    for _ in range(200):
         x, y = sampler.sample(rng, 4)
         loss = dice_ce_loss(net(x), y, [1, 3, 3])
         opt.zero_grad()

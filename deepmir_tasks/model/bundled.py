@@ -103,6 +103,11 @@ def _make_and_prepare(args) -> str:
     return label
 
 
+def cohort_cache(cache: Path, cohort: str) -> Path:
+    """Preprocessing cache of a cohort (the cohorts reuse participant labels, so never share one)."""
+    return cache if cohort == "train" else cache.with_name(cache.name + f"_{cohort}")
+
+
 def simulate_and_prepare(work: Path, cache: Path, n_train: int, n_test: int, train_seed: int, test_seed: int,
                          jobs: int = 2, progress: bool = True) -> dict:
     """Simulate both cohorts (training: raised lesion counts; test: default counts) and preprocess them."""
@@ -114,15 +119,36 @@ def simulate_and_prepare(work: Path, cache: Path, n_train: int, n_test: int, tra
     tasks = []
     for name, n, seed0, counts in (("train", n_train, train_seed, TRAIN_LESION_COUNTS),
                                    ("test", n_test, test_seed, None)):
+        cache_dir = cohort_cache(cache, name)
         labels = [f"{i:02d}" for i in range(1, n + 1)]
         cohorts[name].mkdir(parents=True, exist_ok=True)
         _write_dataset_files(cohorts[name], labels, f"DEEPMIR simulated {name} cohort")
-        tasks += [(cohorts[name], lab, seed0 + i, counts, cache) for i, lab in enumerate(labels)]
+        tasks += [(cohorts[name], lab, seed0 + i, counts, cache_dir) for i, lab in enumerate(labels)]
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         for _ in tqdm(pool.map(_make_and_prepare, tasks), total=len(tasks), desc="simulate+prepare",
                       disable=not progress):
             pass
     return cohorts
+
+
+def ready_view(bids: Path, cache: Path, view: Path) -> Path:
+    """A BIDS folder of symlinks to the subjects of ``bids`` whose preprocessing is cached."""
+    import os
+
+    ann_src, ann_dst = bids / "derivatives" / "annotations", view / "derivatives" / "annotations"
+    ann_dst.mkdir(parents=True, exist_ok=True)
+    for name in ("dataset_description.json", "participants.tsv"):
+        if (bids / name).exists() and not (view / name).exists():
+            os.symlink((bids / name).resolve(), view / name)
+    n = 0
+    for sub in sorted(bids.glob("sub-*")):
+        if (cache / sub.name / "prepared.json").exists() and (ann_src / sub.name).exists():
+            for src, dst in ((sub, view / sub.name), (ann_src / sub.name, ann_dst / sub.name)):
+                if not dst.exists():
+                    os.symlink(src.resolve(), dst)
+            n += 1
+    log.info("training on the %d prepared subjects of %s", n, bids)
+    return view
 
 
 def predict_subjects(predictor, subjects) -> list[np.ndarray]:
@@ -175,6 +201,10 @@ def main(argv=None) -> int:
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     p.add_argument("--resume", nargs="?", const=True, default=None)
+    p.add_argument("--only-prepared", action="store_true",
+                   help="train on the training subjects whose preprocessing has finished (while the data "
+                        "stage still runs); a later --resume picks up the rest")
+    p.add_argument("--stop-at", type=int, default=None, help="end this run after that step (resumable)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -209,9 +239,11 @@ def main(argv=None) -> int:
                      "preprocessing": "deepmir_tasks.preprocess.preprocess_subject (voxel_size 1.0, defaults)"},
             "command": command}
     if "train" in stages:
+        if args.only_prepared:
+            cohorts = dict(cohorts, train=ready_view(cohorts["train"], cache, work / "train_ready"))
         train(cohorts["train"], cohorts["train"] / "derivatives" / "annotations", args.out, config,
               cache_dir=cache, resume=args.resume, threads=args.threads, device=args.device,
-              progress=not args.no_progress, training_info=info)
+              progress=not args.no_progress, training_info=info, stop_at=args.stop_at)
     if "evaluate" in stages:
         evaluate_bundled(args.out, cohorts, cache, config, info)
     return 0
@@ -238,7 +270,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
         val_argmax = metrics_for(pred, val, vprobs, None)
         val_cal = metrics_for(pred, val, vprobs, thresholds)
     ann = cohorts["test"] / "derivatives" / "annotations"
-    test = load_subjects(cohorts["test"], ann, cache, config, DEFAULT_NORMALIZATION, None,
+    test = load_subjects(cohorts["test"], ann, cohort_cache(cache, "test"), config, DEFAULT_NORMALIZATION, None,
                          with_volumes=True, progress=False)
     tprobs = predict_subjects(pred, test)
     test_argmax = metrics_for(pred, test, tprobs, None)
