@@ -32,8 +32,9 @@ from deepmir_tasks.io import write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(n_train=16, n_test=6, train_seed=1000, test_seed=900000, steps=6000, patch=48, batch=2,
-                folds=8, fold=0, levels=5, base=16, max_width=128, validate_every=500, seed=0)
+DEFAULTS = dict(n_train=16, n_test=6, train_seed=1000, test_seed=900000, steps=7000, patch=32, batch=4,
+                folds=1, fold=0, levels=5, base=16, max_width=128, validate_every=500, seed=0,
+                checkpoint_seconds=120.0)
 
 
 #: training cohort: lesion counts raised so that each subject holds many examples of each class
@@ -229,7 +230,7 @@ def main(argv=None) -> int:
                                        jobs=args.jobs, progress=not args.no_progress)
     config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
                          batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,
-                         validate_every=args.validate_every)
+                         validate_every=args.validate_every, checkpoint_seconds=args.checkpoint_seconds)
     command = " ".join(["python -m deepmir_tasks.model.bundled", *(argv if argv is not None else sys.argv[1:])])
     info = {"data": {"source": "deepmir_tasks.simulate.simulate_subject(seed, size='full', lesion_counts=...)",
                      "train_cohort": {"n": args.n_train, "seeds": [args.train_seed, args.train_seed + args.n_train - 1],

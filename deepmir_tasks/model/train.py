@@ -676,6 +676,9 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
         losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % 100 == 0:
+            log.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, config.steps, np.mean(losses[-100:]),
+                     lr_at(step - 1), (time.perf_counter() - t_start) / max(len(losses), 1))
         validated = False
         if val_subs and (step % config.validate_every == 0 or step == config.steps):
             summary = validate(step)
