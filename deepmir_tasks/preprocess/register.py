@@ -48,7 +48,7 @@ def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, p
     ``fixed_mask_file`` (e.g. a dilated brain mask on the fixed grid) restricts the metric.
     The registration starts from the images' centres of mass.
     """
-    from deepmir_tasks.preprocess._ants import set_threads, to_ants
+    from deepmir_tasks.preprocess._ants import seeded, set_threads, to_ants
 
     set_threads()
     import ants
@@ -62,7 +62,7 @@ def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, p
     if fixed_mask_file is not None:
         m = load_image(fixed_mask_file, what="brain mask")
         mask = to_ants(_dilate(np.asarray(m.dataobj) > 0, 3).astype(np.float32), m.affine)
-    with _tmpdir() as tmp:
+    with _tmpdir() as tmp, seeded():
         reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Rigid", mask=mask,
                                 outprefix=str(Path(tmp) / "reg_"), **RIGID_PRESETS[preset])
         fwd = reg["fwdtransforms"][0]

@@ -1,9 +1,8 @@
 """Affine registration of the T2w to the MNI152 2009a template, and the template itself.
 
-nilearn ships the MNI152 2009a T1w template and its grey/white-matter and brain maps (1 mm) offline.
-A T2-like template is built from them: CSF (brain minus GM and WM) bright, GM intermediate, WM dark;
-outside the brain the T1w template (scalp fat is bright on both contrasts) at a low weight. The
-registration itself uses Mattes mutual information, so the exact contrast mapping matters little.
+nilearn ships the MNI152 2009a grey/white-matter maps (1 mm) offline. A T2-like head template is
+built from them (see :func:`mni_t2_template`). The registration uses Mattes mutual information (so
+the exact contrast mapping matters little), restricted to the brain and its coverings.
 It runs on 2 mm copies of both images: an affine needs no more, and it takes a few seconds.
 """
 
@@ -21,30 +20,51 @@ __all__ = ["mni_t2_template", "register_to_template", "read_matrix", "write_matr
 MNI_SPACE = "MNI152NLin2009aSym"
 
 
+#: shells wrapped around the template brain (mm): CSF rim, skull, scalp (typical adult values)
+HEAD_SHELLS_MM = (2.0, 5.0, 5.0)
+
+
 @functools.lru_cache(maxsize=2)
 def mni_t2_template(resolution_mm: float = 2.0):
-    """``(t2_like, brain_prob)`` nibabel images of the MNI152 2009a template at ``resolution_mm``."""
+    """``(t2_like, brain_prob)`` nibabel images of the MNI152 2009a template at ``resolution_mm``.
+
+    nilearn's MNI152 2009a images are skull-stripped, so the head around the brain is modelled:
+    the brain is the envelope of grey and white matter (GM+WM smoothed by 1 mm, > 0.3, closed,
+    holes filled), wrapped in ``HEAD_SHELLS_MM`` of CSF (bright on T2w), skull (dark) and scalp
+    (bright). Inside the brain: WM 0.3, GM 0.6, CSF 1.0.
+    """
     import nibabel as nib
     from nilearn import datasets
     from scipy import ndimage
 
-    t1 = datasets.load_mni152_template(resolution=1)
-    gm = datasets.load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
+    gm_img = datasets.load_mni152_gm_template(resolution=1)
+    gm = gm_img.get_fdata(dtype=np.float32)
     wm = datasets.load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
-    brain = datasets.load_mni152_brain_mask(resolution=1).get_fdata(dtype=np.float32) > 0.5
-    brain = ndimage.binary_fill_holes(brain | ((gm + wm) > 0.5))
-    t1d = t1.get_fdata(dtype=np.float32)
-    csf = np.clip(brain.astype(np.float32) - gm - wm, 0, 1)
-    prob = ndimage.gaussian_filter(brain.astype(np.float32), 0.7)
-    t2 = (0.25 * wm + 0.55 * gm + 1.0 * csf) * prob + 0.3 * t1d * (1 - prob)
-    affine = t1.affine
+    affine = gm_img.affine
+    pad = 16  # room for the shells at the top of the field of view
+    gm, wm = (np.pad(a, pad) for a in (gm, wm))
+    affine = affine.copy()
+    affine[:3, 3] -= affine[:3, :3] @ [pad, pad, pad]
+    tissue = ndimage.gaussian_filter(gm + wm, 1.0) > 0.3
+    tissue = ndimage.binary_closing(tissue, ndimage.generate_binary_structure(3, 1), iterations=2)
+    labels, n = ndimage.label(ndimage.binary_fill_holes(tissue))
+    brain = labels == (1 + int(np.argmax(ndimage.sum(np.ones_like(labels), labels, range(1, n + 1)))))
+    dist = ndimage.distance_transform_edt(~brain)
+    csf_mm, bone_mm, scalp_mm = HEAD_SHELLS_MM
+    gm = np.where(brain, gm, 0)
+    wm = np.where(brain, np.minimum(wm, 1 - gm), 0)
+    t2 = 0.3 * wm + 0.6 * gm + 1.0 * np.clip(brain - gm - wm, 0, 1)
+    t2[(dist > 0) & (dist <= csf_mm)] = 1.0
+    t2[(dist > csf_mm) & (dist <= csf_mm + bone_mm)] = 0.05
+    t2[(dist > csf_mm + bone_mm) & (dist <= csf_mm + bone_mm + scalp_mm)] = 0.7
+    prob = ndimage.gaussian_filter(brain.astype(np.float32), 0.5)
     if resolution_mm != 1.0:
         f = 1.0 / float(resolution_mm)
         t2 = ndimage.zoom(ndimage.gaussian_filter(t2, 0.4 * resolution_mm), f, order=1)
         prob = ndimage.zoom(prob, f, order=1)
         affine = affine.copy()
         affine[:3, :3] *= resolution_mm
-        affine[:3, 3] += 0.5 * (resolution_mm - 1.0) * np.diag(t1.affine[:3, :3])
+        affine[:3, 3] += 0.5 * (resolution_mm - 1.0) * np.diag(gm_img.affine[:3, :3])
     return (nib.Nifti1Image(t2.astype(np.float32), affine),
             nib.Nifti1Image(np.clip(prob, 0, 1).astype(np.float32), affine))
 
@@ -66,35 +86,50 @@ def read_matrix(path) -> np.ndarray:
     return m
 
 
-def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0,
-                         iterations=(400, 200, 50)) -> Path:
-    """Affine-register the (bias-corrected) T2w to MNI; write the RAS T2w-world → MNI-world 4×4 as text."""
-    import ants
+def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margin_mm: float = 4.0,
+                         iterations=((100, 50, 0), (100, 50, 20))) -> Path:
+    """Affine-register the (bias-corrected) T2w to MNI; write the RAS T2w-world → MNI-world 4×4 as text.
 
-    from deepmir_tasks.preprocess._ants import ants_transform_to_ras, set_threads, to_ants
+    Both images are at ``resolution_mm``. The metric is restricted on both sides to the brain: the
+    template's brain + ``margin_mm`` and the T2w's rough intracranial mask (dark-skull cut,
+    :func:`deepmir_tasks.preprocess.brain.rough_intracranial_mask`) dilated by two voxels. Without
+    the masks the scalp of a small head was matched to the template's brain surface in about half
+    of the simulated subjects (scale 10-20 % off); with them the warped brain prior reached Dice
+    0.95-0.99 on 12 simulated small subjects. Similarity first, then Affine.
+    """
+    import tempfile
+
+    from scipy import ndimage
+
+    from deepmir_tasks.preprocess._ants import ants_transform_to_ras, seeded, set_threads, to_ants
     from deepmir_tasks.preprocess.bias import head_mask
+    from deepmir_tasks.preprocess.brain import rough_intracranial_mask
 
     set_threads()
+    import ants
+
     img = load_image(t2_file, what="T2w")
     data = np.asarray(img.dataobj, dtype=np.float32)
     data = np.where(head_mask(data), data, 0).astype(np.float32)
-    moving = ants.resample_image(to_ants(data, img.affine), (resolution_mm,) * 3, use_voxels=False,
-                                 interp_type=0)
-    tmpl, _ = mni_t2_template(resolution_mm)
+    step = (resolution_mm,) * 3
+    moving = ants.resample_image(to_ants(data, img.affine), step, use_voxels=False, interp_type=0)
+    ic = ndimage.binary_dilation(rough_intracranial_mask(data), iterations=2)
+    moving_mask = ants.resample_image_to_target(to_ants(ic.astype(np.float32), img.affine), moving,
+                                                interp_type="nearestNeighbor")
+    tmpl, prob = mni_t2_template(resolution_mm)
+    region = ndimage.distance_transform_edt(np.asarray(prob.dataobj) < 0.5,
+                                            sampling=np.linalg.norm(prob.affine[:3, :3], axis=0)) <= margin_mm
     fixed = to_ants(tmpl)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="deepmir_mni_") as tmp:
-        # Similarity first (rotation, translation, one scale) from the centres of mass, then Affine.
-        sim = ants.registration(fixed=fixed, moving=moving, type_of_transform="Similarity",
-                                aff_iterations=(200, 100, 0), aff_shrink_factors=(4, 2, 1),
-                                aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.3,
-                                outprefix=str(Path(tmp) / "sim_"))
-        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine",
-                                initial_transform=sim["fwdtransforms"][0],
-                                aff_iterations=tuple(iterations), aff_shrink_factors=(4, 2, 1),
-                                aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.3,
-                                outprefix=str(Path(tmp) / "aff_"))
-        m = ants_transform_to_ras(reg["fwdtransforms"][0])
+    masks = dict(mask=to_ants(region.astype(np.float32), prob.affine), moving_mask=moving_mask,
+                 mask_all_stages=True)
+    with tempfile.TemporaryDirectory(prefix="deepmir_mni_") as tmp, seeded():
+        init = None
+        for kind, its in zip(("Similarity", "Affine"), iterations):
+            reg = ants.registration(fixed=fixed, moving=moving, type_of_transform=kind, initial_transform=init,
+                                    aff_iterations=tuple(its), aff_shrink_factors=(4, 2, 1),
+                                    aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.3,
+                                    outprefix=str(Path(tmp) / f"{kind}_"), **masks)
+            init = reg["fwdtransforms"][0]
+        m = ants_transform_to_ras(init)
     return write_matrix(m, out_file, comment=f"RAS world mm of the T2w -> {MNI_SPACE} world mm "
                                              "(x_mni = M @ [x, y, z, 1])")
