@@ -135,3 +135,22 @@ def test_partial_volume_rendering_conserves_volume():
     length = np.linalg.norm([15.0, 1.0, 2.0])
     expected = np.pi * length + 4 / 3 * np.pi  # capsule of radius 1
     assert frac.sum() * 0.9 * 0.9 * 3.0 == pytest.approx(expected, rel=0.05)
+
+
+def test_air_cavity_field_on_an_oblique_grid_matches_the_point_formula():
+    from deepmir_tasks.simulate.physics import spheres_field_on_grid
+    from deepmir_tasks.simulate.shapes import euler_matrix
+
+    aff = np.eye(4)
+    aff[:3, :3] = euler_matrix(0.1, -0.05, 0.2) @ np.diag([1.5, 1.5, 2.0])
+    aff[:3, 3] = [-20.0, -25.0, -15.0]
+    shape = (24, 30, 18)
+    spheres = [((5.0, 2.0, 3.0), 6.0, 9.4), ((-10.0, 8.0, 12.0), 3.0, -2.0)]
+    b0 = (0.1, 0.0, 1.0)
+    field, inside = spheres_field_on_grid(shape, aff, spheres, b0, chunk=5, return_inside=True)
+    pts = _points(shape, aff)
+    expected = sum(sphere_field(pts, c, r, chi, b0) for c, r, chi in spheres).reshape(shape)
+    assert np.allclose(field, expected, atol=1e-4 * np.abs(expected).max())
+    d0 = np.linalg.norm(pts - np.array(spheres[0][0]), axis=1).reshape(shape)
+    assert np.array_equal(inside, (d0 <= 6.0) | (np.linalg.norm(pts - np.array(spheres[1][0]), axis=1)
+                                                 .reshape(shape) <= 3.0))

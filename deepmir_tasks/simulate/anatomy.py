@@ -26,6 +26,7 @@ __all__ = [
     "Ellipsoid",
     "NUCLEI",
     "SITES",
+    "AIR_CAVITIES",
     "TISSUE_CHI_PPM",
     "REGION_NAMES",
     "MNIAnatomy",
@@ -73,6 +74,15 @@ SITES = (
     Ellipsoid("choroid-plexus", (28.0, -42.0, 15.0), (4.0, 6.0, 4.0)),
     Ellipsoid("pineal", (0.0, -32.0, 3.0), (3.0, 4.0, 3.0), bilateral=False),
     Ellipsoid("brainstem", (0.0, -28.0, -32.0), (10.0, 12.0, 22.0), bilateral=False),
+)
+
+#: air-filled cavities near the brain (MNI mm); air is about +9.4 ppm relative to water/tissue.
+#: Their dipole fields are the strong background fields of GRE (signal loss at the skull base).
+AIR_CAVITIES = (
+    Ellipsoid("frontal-sinus", (0.0, 82.0, 2.0), (8.0, 8.0, 8.0), 9.4, bilateral=False),
+    Ellipsoid("ethmoid-cells", (0.0, 40.0, -41.0), (9.0, 9.0, 9.0), 9.4, bilateral=False),
+    Ellipsoid("sphenoid-sinus", (0.0, 10.0, -52.0), (10.0, 10.0, 10.0), 9.4, bilateral=False),
+    Ellipsoid("mastoid", (58.0, -35.0, -50.0), (7.0, 7.0, 7.0), 9.4),
 )
 
 NUCLEI_LABELS = tuple(name for nuc in NUCLEI for name, _ in nuc.instances())

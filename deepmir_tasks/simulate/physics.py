@@ -16,6 +16,7 @@ __all__ = [
     "dipole_field",
     "sphere_field",
     "tkd_inversion",
+    "spheres_field_on_grid",
     "block_mean",
     "phase_rad_per_ppm",
     "swi_from_complex",
@@ -83,6 +84,40 @@ def sphere_field(points_mm, centre_mm, radius_mm, chi_ppm, b0_dir=(0.0, 0.0, 1.0
         cos = (d @ b) / r
         out = chi_ppm * radius_mm ** 3 * (3 * cos * cos - 1) / (3 * r ** 3)
     return np.where(r > radius_mm, out, 0.0)
+
+
+def spheres_field_on_grid(shape, affine, spheres, b0_dir=(0.0, 0.0, 1.0), chunk: int = 8,
+                          return_inside: bool = False):
+    """Analytic field (ppm) of uniformly magnetised spheres on a grid (float32, slab by slab).
+
+    ``spheres``: iterable of ``(centre_mm, radius_mm, chi_ppm)`` in the grid's world frame;
+    ``b0_dir`` in that world frame. Inside a sphere the (Lorentz-corrected) field is 0.
+    With ``return_inside`` also returns the boolean map of voxels inside any sphere.
+    """
+    shape = tuple(int(n) for n in shape)
+    b = np.asarray(b0_dir, float)
+    b = b / np.linalg.norm(b)
+    a = np.asarray(affine, float)
+    ii = np.arange(shape[0], dtype=np.float32)[:, None, None]
+    jj = np.arange(shape[1], dtype=np.float32)[None, :, None]
+    out = np.zeros(shape, np.float32)
+    inside = np.zeros(shape, bool) if return_inside else None
+    for k0 in range(0, shape[2], chunk):
+        kk = np.arange(k0, min(shape[2], k0 + chunk), dtype=np.float32)[None, None, :]
+        for centre, radius, chi in spheres:
+            off = a[:3, 3] - np.asarray(centre, float)
+            d = [np.float32(a[ax, 0]) * ii + np.float32(a[ax, 1]) * jj + np.float32(a[ax, 2]) * kk
+                 + np.float32(off[ax]) for ax in range(3)]
+            r2 = d[0] * d[0] + d[1] * d[1] + d[2] * d[2]
+            db = np.float32(b[0]) * d[0] + np.float32(b[1]) * d[1] + np.float32(b[2]) * d[2]
+            r2 = np.maximum(r2, np.float32(radius * radius))  # 0 inside (see below)
+            f = np.float32(chi * radius ** 3 / 3.0) * (3 * db * db / r2 - 1) / (r2 * np.sqrt(r2))
+            within = r2 <= np.float32(radius * radius)
+            f[within] = 0.0
+            out[:, :, k0:k0 + kk.shape[2]] += f
+            if return_inside:
+                inside[:, :, k0:k0 + kk.shape[2]] |= within
+    return (out, inside) if return_inside else out
 
 
 def tkd_inversion(field_ppm, mask, voxel_mm, b0_dir, threshold: float = 0.19,

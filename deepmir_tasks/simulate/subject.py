@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .anatomy import NUCLEI, NUCLEI_LABELS, TISSUE_CHI_PPM, mni_anatomy
+from .anatomy import AIR_CAVITIES, NUCLEI, NUCLEI_LABELS, TISSUE_CHI_PPM, mni_anatomy
 from .lesions import DEFAULT_RANGES, place_lesions, resolve_counts
 from .physics import (SmoothField, block_mean, dipole_field, phase_rad_per_ppm, rician,
-                      swi_from_complex, tkd_inversion)
+                      spheres_field_on_grid, swi_from_complex, tkd_inversion)
 from .shapes import euler_matrix, render_fraction
 
 __all__ = ["SimulatedSubject", "simulate_subject", "SIZES"]
@@ -245,7 +245,11 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     bg_amp = float(rng.uniform(0.05, 0.4))
     bg = SmoothField(rng, head_centre, 4, (120.0, 300.0))
     k_ph = phase_rad_per_ppm(b0, te_swi)
-    phase_f = (field_f + np.float32(bg_amp) * bg(fine_shape, fine_aff)) * np.float32(k_ph)
+    air = _air_cavities(rng, anat, mni_to_t2, t2_to_swi)
+    air_field, in_air = spheres_field_on_grid(fine_shape, fine_aff, air, return_inside=True)
+    mag_f[in_air] = 0.0  # no signal from air
+    phase_f = (field_f + np.float32(bg_amp) * bg(fine_shape, fine_aff) + air_field) * np.float32(k_ph)
+    del air_field, in_air
     sig_f = np.empty(fine_shape, np.complex64)
     sig_f.real = mag_f * np.cos(phase_f)
     sig_f.imag = mag_f * np.sin(phase_f)
@@ -257,7 +261,10 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
 
     acq_to_anat = np.linalg.inv(anat["affine"]) @ swi_to_t2 @ swi_aff
     mag_acq = _resample(anat["gre"], acq_to_anat, swi_shape)
-    bg_phase = np.float32(k_ph * bg_amp) * bg(swi_shape, swi_aff)
+    air_field, in_air = spheres_field_on_grid(swi_shape, swi_aff, air, return_inside=True)
+    mag_acq[in_air] = 0.0
+    bg_phase = np.float32(k_ph) * (np.float32(bg_amp) * bg(swi_shape, swi_aff) + air_field)
+    del air_field, in_air
     signal = np.empty(swi_shape, np.complex64)
     signal.real = mag_acq * np.cos(bg_phase)
     signal.imag = mag_acq * np.sin(bg_phase)
@@ -293,7 +300,9 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     qsm = tkd_inversion(meas_field, qsm_mask, swi_vox, b0_vox, threshold=tkd_t, workers=_workers())
     clock("QSM")
     p.update({"swi_bias_strength": bias_swi_strength, "swi_snr_wm": snr_swi, "swi_gain": gain_swi,
-              "background_field_ppm": bg_amp, "swi_hpf_sigma_mm": hpf_sigma, "swi_phase_mask_power": power,
+              "background_field_ppm": bg_amp,
+              "air_cavities_swi_world": [{"centre_mm": np.round(c, 2).tolist(), "radius_mm": round(r, 2),
+                                          "chi_ppm": x} for c, r, x in air], "swi_hpf_sigma_mm": hpf_sigma, "swi_phase_mask_power": power,
               "qsm_method": "TKD", "qsm_tkd_threshold": tkd_t, "qsm_mask_erosion_mm": erosion_mm,
               "phase_rad_per_ppm": k_ph})
 
@@ -348,6 +357,32 @@ def _workers() -> int:
         return max(1, int(os.environ.get("DEEPMIR_THREADS", "")))
     except ValueError:
         return os.cpu_count() or 1
+
+
+def _air_cavities(rng, anat, mni_to_t2, t2_to_swi):
+    """Sinuses and mastoid air cells of this head as ``(centre SWI world, radius, chi)``.
+
+    Each cavity may be absent, is resized and moved a little, and is shrunk to stay at least
+    2 mm away from the brain.
+    """
+    inv = np.linalg.inv(anat["affine"])
+    size = float(np.cbrt(abs(np.linalg.det(mni_to_t2[:3, :3]))))
+    out = []
+    for cav in AIR_CAVITIES:
+        for _, centre in cav.instances():
+            if rng.random() < 0.1:
+                continue
+            c_t2 = mni_to_t2[:3, :3] @ (np.asarray(centre) + rng.uniform(-3, 3, 3)) + mni_to_t2[:3, 3]
+            r = cav.radii[0] * size * rng.uniform(0.7, 1.3)
+            ijk = inv[:3, :3] @ c_t2 + inv[:3, 3]
+            from scipy import ndimage as ndi
+
+            depth = float(ndi.map_coordinates(anat["sdist"], ijk[:, None], order=1, cval=60.0)[0])
+            r = min(r, depth - 2.0)
+            if r < 3.0:
+                continue
+            out.append(((t2_to_swi[:3, :3] @ c_t2 + t2_to_swi[:3, 3]), float(r), float(cav.chi_ppm)))
+    return out
 
 
 def _random_warp(rng, amp, n_modes, wavelength_mm):
