@@ -69,3 +69,53 @@ def test_model_overfits_one_small_simulated_subject_and_finds_its_lesions():
     assert res["cmb"]["sensitivity"] >= 0.8, res
     assert res["cmb"]["precision"] >= 0.6, res
     assert res["iron"]["sensitivity"] >= 0.5, res
+
+
+@pytest.mark.slow
+def test_deepmir_train_on_a_small_simulated_cohort_uses_the_pipeline_preprocessing(small_cohort, tmp_path):
+    from deepmir_tasks.model.modelfile import record_path
+    from deepmir_tasks.model.predictor import Predictor
+    from deepmir_tasks.model.train import checkpoint_path
+    from pipelines.cli import main
+
+    out = tmp_path / "m.safetensors"
+    cache = tmp_path / "cache"
+    args = ["train", str(small_cohort), "--annotations", str(small_cohort / "derivatives" / "annotations"),
+            "--out", str(out), "--levels", "3", "--base", "4", "--patch", "16", "--folds", "2",
+            "--fold", "1", "--steps", "2", "--validate-every", "2", "--threads", "1", "--cache-dir", str(cache),
+            "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    markers = sorted(cache.glob("sub-*/prepared.json"))
+    assert len(markers) == 2
+    prepared = json.loads(markers[0].read_text())
+    assert {"t2", "swi", "qsm", "mask", "dseg"} <= set(prepared["files"])
+    rec = json.loads(record_path(out).read_text())
+    assert len(rec["training"]["subjects_validation"]) == 1
+    assert rec["validation"]["n_subjects"] == 1
+    mtimes = [m.stat().st_mtime for m in markers]
+    # resuming to more steps reuses the cached preprocessing
+    assert main(args[:args.index("--steps")] + ["--steps", "4"] + args[args.index("--steps") + 2:]
+                + ["--resume"]) == 0
+    assert [m.stat().st_mtime for m in markers] == mtimes
+    assert json.loads(record_path(out).read_text())["training"]["steps_done"] == 4
+    assert checkpoint_path(out).exists()
+    Predictor.from_file(out)
+
+
+def test_bundled_default_model_loads_with_a_complete_record():
+    from deepmir_tasks.model.modelfile import DEFAULT_MODEL, record_path
+    from deepmir_tasks.model.predictor import Predictor
+
+    assert DEFAULT_MODEL.exists(), "the bundled model is part of the package"
+    assert DEFAULT_MODEL.stat().st_size < 50e6
+    pred = Predictor.from_file()  # checks the SHA-256 and the architecture
+    rec = pred.record
+    assert pred.modalities == ["t2", "swi", "qsm"]
+    assert pred.classes == ["background", "cmb", "iron"]
+    assert "deepmir_tasks.model.bundled" in rec["training"]["command"]
+    assert rec["training"]["data"]["test_cohort"]["seeds"][0] > rec["training"]["data"]["train_cohort"]["seeds"][1]
+    assert rec == json.loads(record_path(DEFAULT_MODEL).read_text())
+    vols = {m: np.random.default_rng(0).normal(size=(32, 32, 16)).astype(np.float32) for m in pred.modalities}
+    probs = pred.predict(vols, None)
+    assert probs.shape == (3, 32, 32, 16)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-4)
