@@ -185,6 +185,12 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
             if ijk in owned[i]:
                 dseg[ijk] = les.dseg_label
     n_vox = [sum(int(dseg[v] == les.dseg_label) for v in owned[i]) for i, les in enumerate(lesions)]
+    psf_sigma = float(rng.uniform(0.0, 0.45))  # in-plane point-spread (k-space filtering), voxels
+    if psf_sigma > 0.05:
+        from scipy import ndimage as ndi
+
+        t2_clean = ndi.gaussian_filter(t2_clean, (psf_sigma, psf_sigma, 0.0), truncate=3.0)
+    p["t2_psf_sigma_voxels"] = psf_sigma
     gain_t2 = float(rng.uniform(300, 1500))
     t2_clean *= np.float32(gain_t2)
     head_centre = anat["head_centre"]
