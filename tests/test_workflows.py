@@ -36,11 +36,15 @@ def _check_subject_derivatives(out_dir: Path, key: str):
 
 
 def test_subject_workflow_end_to_end(small_cohort, tmp_path, worker):
+    """One subject under debug and cf; the whole (two-subject) cohort under slurm."""
     out = tmp_path / "deriv"
-    result = run_cohort(small_cohort, out, participant_labels=["01"], worker=worker, n_procs=2,
+    labels = None if worker == "slurm" else ["01"]
+    result = run_cohort(small_cohort, out, participant_labels=labels, worker=worker, n_procs=2,
                         cache_dir=tmp_path / "cache")
     assert result.ok, result.failed
-    _check_subject_derivatives(out, "sub-01")
+    for s in result.subjects:
+        _check_subject_derivatives(out, s.subject.key)
+    assert len(result.subjects) == (2 if worker == "slurm" else 1)
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
     assert len(desc["GeneratedBy"][0]["Model"]["SHA256"]) == 64
