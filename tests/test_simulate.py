@@ -180,3 +180,18 @@ def test_bad_arguments_are_refused():
         simulate_subject(1, size="small", lesion_counts={"tumour": 3})
     with pytest.raises(ValueError, match="range"):
         simulate_subject(1, size="small", lesion_counts={"cmb": (5, 2)})
+
+
+def test_many_lesions_for_training_are_all_placed_apart_and_labelled():
+    import cc3d
+
+    asked = {"cmb": 30, "iron": 4, "calcification": 3, "vein": 2}
+    s = simulate_subject(12, size="small", lesion_counts=asked)
+    assert s.params["lesion_counts"] == asked
+    les = s.lesions
+    groups = les.loc[les.kind == "cmb", "region"].map(lambda r: "lobar" if r.startswith("lobar") else r)
+    assert groups.nunique() >= 2  # microbleeds are spread over lobar / deep / infratentorial sites
+    dseg = data(s.dseg)
+    n = {lab: cc3d.connected_components((dseg == lab).astype(np.uint8), connectivity=6).max() for lab in (1, 2)}
+    assert n[1] == 30 and n[2] == 4  # every labelled lesion is its own component
+    assert (les.loc[les.kind.isin(["cmb", "iron"]), "n_voxels_t2"] >= 1).all()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .anatomy import NUCLEI, NUCLEI_LABELS, SITE_LABELS, region_name
+from .anatomy import NUCLEI_LABELS, SITE_LABELS, region_name
 from .shapes import EllipsoidUnion, Tube, random_rotation
 
 __all__ = ["Lesion", "DEFAULT_COUNTS", "DEFAULT_RANGES", "resolve_counts", "place_lesions"]
