@@ -66,3 +66,25 @@ def test_full_size_lesions_in_all_three_images(full_subject):
                     assert dark > bright, row.to_dict()
     assert np.median(ratios) > 2.0, ratios
     assert checked >= len(ratios) / 2
+
+
+def test_full_size_head_has_csf_bone_and_scalp_around_the_brain(full_subject):
+    """Brain extraction has real work: a dark bone ring between the brain and a bright scalp."""
+    from scipy import ndimage as ndi
+
+    s = full_subject
+    shell = s.params["shell_mm"]
+    mask = data(s.brain_mask) > 0
+    t2 = data(s.t2_clean)
+    dist = ndi.distance_transform_edt(~mask, sampling=s.t2.header.get_zooms()[:3])
+    brain = np.median(t2[mask])
+    c, b, sc = shell["csf_mm"], shell["bone_mm"], shell["scalp_mm"]
+    bone = np.median(t2[(dist > c + 1.5) & (dist < c + b - 1.5)])
+    scalp = np.median(t2[(dist > c + b + 1.0) & (dist < c + b + sc - 1.0)])
+    air = np.median(t2[dist > c + b + sc + 4.0])
+    assert bone < 0.4 * brain
+    assert scalp > 2 * bone and scalp > 0.5 * brain
+    assert air < 0.1 * brain
+    # the T2w is the clean image times the bias field plus Rician noise
+    ratio = data(s.t2)[mask] / (t2[mask] * data(s.bias_t2)[mask])
+    assert 0.95 < np.median(ratio) < 1.1
