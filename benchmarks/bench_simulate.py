@@ -55,7 +55,7 @@ def describe(s) -> str:
         f"SWI/QSM grid {s.swi.shape} at {np.round(p['swi_voxel_mm'], 2).tolist()} mm; "
         f"fine grid {tuple(p['fine_shape'])} at {np.round(p['fine_voxel_mm'], 2).tolist()} mm",
         f"  lesions {p['lesion_counts']}; T2w SNR {p['t2_snr_wm']:.0f}, SWI SNR {p['swi_snr_wm']:.0f}, "
-        f"TKD threshold {p['qsm_tkd_threshold']:.2f}",
+        f"QSM {p['qsm_method']} ({p['qsm_regularisation']:.2f})",
     ]
     x = np.linalg.inv(s.swi_to_t2)
     for kind in ("cmb", "iron", "calcification", "vein"):

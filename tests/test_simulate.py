@@ -119,7 +119,7 @@ def test_qsm_is_positive_at_microbleeds_and_iron_and_negative_at_calcifications(
         else:
             assert value < min(wm_like, 0) - 0.02, row.to_dict()
     assert inside >= 0.8 * (len(s.lesions) - ALL_KINDS["vein"][0])
-    # TKD underestimates: no lesion reaches its true susceptibility
+    # the inversion underestimates: no lesion reaches its true susceptibility
     for _, row in _by_kind(s, "cmb").iterrows():
         assert sample(s.qsm, swi_point(s, row)) < row.chi_ppm
 
@@ -162,7 +162,7 @@ def test_params_record_the_randomised_acquisition(sim_all_kinds):
     p = sim_all_kinds.params
     for key in ("b0_tesla", "swi_echo_time_s", "t2_echo_time_s", "t2_voxel_mm", "swi_voxel_mm",
                 "b0_direction_voxel", "motion_rotation_deg", "motion_translation_mm", "t2_snr_wm",
-                "swi_snr_wm", "qsm_tkd_threshold", "lesion_counts", "tissue_chi_ppm", "nucleus_chi_ppm"):
+                "swi_snr_wm", "qsm_method", "qsm_regularisation", "lesion_counts", "tissue_chi_ppm", "nucleus_chi_ppm"):
         assert key in p, key
     assert p["b0_tesla"] in (1.5, 3.0)
     assert np.linalg.norm(p["b0_direction_voxel"]) == pytest.approx(1.0)

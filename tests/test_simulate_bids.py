@@ -77,7 +77,8 @@ def test_sidecars_describe_the_acquisition(cohort, sim_all_kinds):
     assert swi["MagneticFieldStrength"] == qsm["MagneticFieldStrength"] == p["b0_tesla"]
     assert swi["B0Direction"] == [0.0, 0.0, 1.0]
     assert np.allclose(qsm["B0DirectionVoxel"], p["b0_direction_voxel"], atol=1e-5)
-    assert qsm["Units"] == "ppm" and qsm["DipoleInversionMethod"] == "TKD"
+    assert qsm["Units"] == "ppm" and qsm["DipoleInversionMethod"] == p["qsm_method"]
+    assert ("TKDThreshold" in qsm) == (p["qsm_method"] == "TKD")
     assert np.allclose(swi["VoxelSizeMM"], p["swi_voxel_mm"], atol=1e-3)
     assert t2["SliceThickness"] == pytest.approx(p["t2_voxel_mm"][2], abs=1e-3)
 

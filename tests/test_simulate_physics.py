@@ -154,3 +154,19 @@ def test_air_cavity_field_on_an_oblique_grid_matches_the_point_formula():
     d0 = np.linalg.norm(pts - np.array(spheres[0][0]), axis=1).reshape(shape)
     assert np.array_equal(inside, (d0 <= 6.0) | (np.linalg.norm(pts - np.array(spheres[1][0]), axis=1)
                                                  .reshape(shape) <= 3.0))
+
+
+def test_tikhonov_inversion_underestimates_and_keeps_the_sign():
+    from deepmir_tasks.simulate.physics import tikhonov_inversion
+
+    shape, voxel, radius = (48, 48, 48), (0.6, 0.6, 0.6), 3.0
+    for chi_true in (0.8, -0.4):
+        chi, centre, aff = _sphere_grid(shape, voxel, radius, chi=chi_true)
+        field = dipole_field(chi, voxel, (0, 0, 1))
+        r = np.linalg.norm(_points(shape, aff) - centre, axis=1).reshape(shape)
+        inner = {lam: tikhonov_inversion(field, np.ones(shape), voxel, (0, 0, 1), regularisation=lam)
+                 [r < 0.6 * radius].mean() for lam in (0.02, 0.08)}
+        for value in inner.values():
+            assert np.sign(value) == np.sign(chi_true)
+            assert 0.3 * abs(chi_true) < abs(value) < 0.95 * abs(chi_true)
+        assert abs(inner[0.02]) > abs(inner[0.08])  # more regularisation, more underestimation

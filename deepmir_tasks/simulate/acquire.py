@@ -5,7 +5,8 @@ point-spread blur, a receive bias and Rician noise on an oblique axial grid.
 ``swi_geometry`` draws the second session's head motion and its oblique slab;
 ``simulate_gre`` computes the susceptibility on a fine grid over the brain box, its dipole field
 (FFT), the complex GRE signal averaged to the acquisition voxels, background fields, bias and
-noise; ``reconstruct_swi_qsm`` makes the SWI (phase mask) and the TKD QSM from it.
+noise; ``reconstruct_swi_qsm`` makes the SWI (phase mask) and the QSM (TKD or
+Tikhonov) from it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from .head import air_cavities
 from .physics import (SmoothField, block_mean, dipole_field, phase_rad_per_ppm, rician,
-                      spheres_field_on_grid, swi_from_complex, tkd_inversion)
+                      spheres_field_on_grid, swi_from_complex, tikhonov_inversion, tkd_inversion)
 from .shapes import euler_matrix, render_fraction
 
 __all__ = ["t2w_grid", "simulate_t2w", "swi_geometry", "simulate_gre", "reconstruct_swi_qsm"]
@@ -172,7 +173,7 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
 
 
 def reconstruct_swi_qsm(rng, anat, geo, gre, params, clock=None) -> dict:
-    """SWI (high-pass phase mask^n) and QSM (TKD of the noisy, masked local field)."""
+    """SWI (high-pass phase mask^n) and QSM (TKD or Tikhonov inversion of the noisy, masked local field)."""
     clock = clock or (lambda name: None)
     swi_shape, swi_vox = geo["shape"], geo["vox"]
     noisy = gre["signal"]
@@ -189,10 +190,16 @@ def reconstruct_swi_qsm(rng, anat, geo, gre, params, clock=None) -> dict:
     # phase noise grows where the magnitude is low (capped in signal voids)
     sigma_field = np.float32(gre["sigma"] / gre["k_ph"]) / np.maximum(np.abs(noisy), np.float32(0.3 * gre["m_wm"]))
     meas_field = gre["local_field"] + _normal(rng, swi_shape) * sigma_field
-    tkd_t = float(rng.uniform(0.12, 0.25))
-    qsm = tkd_inversion(meas_field, qsm_mask, swi_vox, geo["b0_vox"], threshold=tkd_t, workers=_workers())
+    # two dipole inversions with their own artefacts, so that a model does not learn one of them
+    if rng.random() < 0.7:
+        method, reg = "TKD", float(rng.uniform(0.12, 0.25))
+        qsm = tkd_inversion(meas_field, qsm_mask, swi_vox, geo["b0_vox"], threshold=reg, workers=_workers())
+    else:
+        method, reg = "Tikhonov", float(rng.uniform(0.02, 0.08))
+        qsm = tikhonov_inversion(meas_field, qsm_mask, swi_vox, geo["b0_vox"], regularisation=reg,
+                                 workers=_workers())
     params.update({"swi_gain": gain, "swi_hpf_sigma_mm": hpf_sigma, "swi_phase_mask_power": power,
-                   "qsm_method": "TKD", "qsm_tkd_threshold": tkd_t, "qsm_mask_erosion_mm": erosion_mm})
+                   "qsm_method": method, "qsm_regularisation": reg, "qsm_mask_erosion_mm": erosion_mm})
     clock("QSM")
     return {"swi": swi, "qsm": qsm}
 

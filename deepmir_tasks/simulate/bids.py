@@ -46,7 +46,9 @@ def sidecars(subject) -> dict:
     qsm = dict(common, **b0, **{
         "Units": "ppm", "EchoTime": round(p["swi_echo_time_s"], 5),
         "VoxelSizeMM": [round(v, 4) for v in p["swi_voxel_mm"]],
-        "DipoleInversionMethod": p["qsm_method"], "TKDThreshold": round(p["qsm_tkd_threshold"], 4),
+        "DipoleInversionMethod": p["qsm_method"],
+        **({"TKDThreshold": round(p["qsm_regularisation"], 4)} if p["qsm_method"] == "TKD"
+           else {"TikhonovLambda": round(p["qsm_regularisation"], 4)}),
         "MaskErosionMM": round(p["qsm_mask_erosion_mm"], 3), "SusceptibilityReference": "CSF (0 ppm)",
     })
     return {"t2": t2, "swi": swi, "qsm": qsm}
@@ -114,7 +116,7 @@ def write_bids_cohort(out_dir, n_subjects: int, seed: int, size: str = "full", s
                      "n_calcification": counts.get("calcification", 0), "n_vein": counts.get("vein", 0)})
     _merge_participants(out_dir / "participants.tsv", pd.DataFrame(rows))
     gen = [{"Name": "deepmir simulate", "Version": __version__,
-            "Description": "physics-based T2w/SWI/QSM simulator (dipole field, GRE dephasing, TKD)"}]
+            "Description": "physics-based T2w/SWI/QSM simulator (dipole field, GRE dephasing, TKD/Tikhonov QSM)"}]
     write_json({"Name": "DEEPMIR simulated cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw",
                 "GeneratedBy": gen, "License": "CC0"}, out_dir / "dataset_description.json")
     write_json({"participant_id": {"Description": "participant label"},

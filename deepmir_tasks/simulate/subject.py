@@ -14,7 +14,7 @@ Steps (all seeded by ``numpy.random.default_rng(seed)``):
    scanner z, which the oblique SWI slab sees tilted), GRE signal on the fine grid averaged in
    complex to the acquisition voxels (intravoxel dephasing, hence blooming), background field,
    bias and complex noise; SWI = magnitude x phase-mask^n from a high-pass-filtered phase;
-   QSM = TKD inversion of the noisy, brain-masked, averaged local field.
+   QSM = TKD or Tikhonov inversion of the noisy, brain-masked, averaged local field.
 """
 
 from __future__ import annotations
