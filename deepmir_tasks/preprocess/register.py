@@ -16,10 +16,13 @@ from deepmir_tasks.io import InputError, atomic_path, load_image
 
 __all__ = ["RIGID_PRESETS", "register_rigid", "register_to_t2", "same_grid", "transform_to_ras"]
 
-#: Settings of the rigid Mattes-MI registration. ``fast`` is the default: a three-level
-#: pyramid ending at full resolution, chosen by measurement (see benchmarks/bench_preprocess.py).
+#: Settings of the rigid Mattes-MI registration. ``fast`` is the default: a three-level pyramid
+#: ending at full resolution, 10 % of the fixed voxels sampled. Measured on a full-size simulated
+#: subject (SWI 0.72 × 0.72 × 1.03 mm onto T2w 0.97 × 0.97 × 3.1 mm, 2 busy cores): fast 7 s /
+#: 0.03 mm mean error in the brain; quick (ANTs' QuickRigid) 5.5 s / 0.18 mm; accurate (ANTs' Rigid)
+#: about 40 s / 0.02 mm.
 RIGID_PRESETS = {
-    "fast": dict(aff_iterations=(200, 100, 20), aff_shrink_factors=(4, 2, 1),
+    "fast": dict(aff_iterations=(100, 50, 10), aff_shrink_factors=(4, 2, 1),
                  aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.1),
     "quick": dict(aff_iterations=(20, 20, 0, 0), aff_shrink_factors=(6, 4, 2, 1),
                   aff_smoothing_sigmas=(3, 2, 1, 0), aff_random_sampling_rate=0.2),
@@ -42,11 +45,13 @@ def transform_to_ras(transform_file) -> np.ndarray:
 
 
 def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, preset: str = "fast",
-                   what: str = "moving image") -> Path:
+                   moving_voxel_mm: float | None = 1.0, what: str = "moving image") -> Path:
     """Rigidly register ``moving_file`` onto ``fixed_file`` (Mattes MI); write the ANTs ``.mat``.
 
     ``fixed_mask_file`` (e.g. a dilated brain mask on the fixed grid) restricts the metric.
-    The registration starts from the images' centres of mass.
+    A moving image finer than ``moving_voxel_mm`` is first smoothed and resampled to it (the
+    transform lives in world space, so this only saves time). The registration starts from the
+    images' centres of mass.
     """
     from deepmir_tasks.preprocess._ants import seeded, set_threads, to_ants
 
@@ -57,6 +62,11 @@ def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, p
         raise ValueError(f"unknown registration preset {preset!r}; choose from {sorted(RIGID_PRESETS)}")
     set_threads()
     moving = to_ants(load_image(moving_file, what=what))
+    if moving_voxel_mm and min(moving.spacing) < moving_voxel_mm:
+        target = tuple(max(float(sp), moving_voxel_mm) for sp in moving.spacing)
+        sigma = [max(0.0, (t - sp) / 2.355) for t, sp in zip(target, moving.spacing)]
+        moving = ants.resample_image(ants.smooth_image(moving, sigma, sigma_in_physical_coordinates=True),
+                                     target, use_voxels=False, interp_type=0)
     fixed = to_ants(load_image(fixed_file, what="T2w"))
     mask = None
     if fixed_mask_file is not None:
