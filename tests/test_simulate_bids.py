@@ -42,8 +42,9 @@ def test_cohort_layout_and_names(cohort):
     assert dseg_tsv["index"].tolist() == [0, 1, 2]
     part = pd.read_csv(root / "participants.tsv", sep="\t")
     assert part["participant_id"].tolist() == ["sub-02"]
+    assert "*_swi.nii.gz" in (root / ".bidsignore").read_text()
     # no temporary files left behind by the atomic writers
-    assert not [p for p in root.rglob(".*") if p.is_file()]
+    assert not [p for p in root.rglob(".*") if p.is_file() and p.name != ".bidsignore"]
 
 
 def test_written_files_match_the_simulated_subject(cohort, sim_all_kinds):

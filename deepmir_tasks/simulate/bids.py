@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import InputError, save_nifti, write_json, write_tsv
+from ..io import InputError, atomic_path, save_nifti, write_json, write_tsv
 
 __all__ = ["write_bids_cohort", "write_subject", "sidecars"]
 
@@ -123,6 +123,9 @@ def write_bids_cohort(out_dir, n_subjects: int, seed: int, size: str = "full", s
                 "seed": {"Description": "simulator seed"},
                 "field_strength": {"Description": "B0", "Units": "T"}},
                out_dir / "participants.json")
+    # SWI magnitude is not (yet) a BIDS suffix: tell the validator to skip it
+    with atomic_path(out_dir / ".bidsignore") as tmp:
+        tmp.write_text("*_swi.nii.gz\n*_swi.json\n")
     ann = out_dir / "derivatives" / "annotations"
     write_json({"Name": "DEEPMIR simulated ground truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
                 "GeneratedBy": gen}, ann / "dataset_description.json")
