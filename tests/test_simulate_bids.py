@@ -87,12 +87,13 @@ def test_sidecars_describe_the_acquisition(cohort, sim_all_kinds):
 def test_cli_simulate_writes_and_reports(tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["simulate", str(out), "--subjects", "1", "--seed", "3", "--size", "small", "--start", "7",
-               "--cmb", "2-3"])
+               "--cmb", "2-3", "--calcification", "1", "--vein", "0"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "sub-07" in printed and "cmb" in printed
     les = pd.read_csv(out / "derivatives/annotations/sub-07/anat/sub-07_lesions.tsv", sep="\t")
     assert 2 <= (les["kind"] == "cmb").sum() <= 3
+    assert (les["kind"] == "calcification").sum() == 1 and (les["kind"] == "vein").sum() == 0
     assert (out / "sub-07/anat/sub-07_T2w.nii.gz").is_file()
 
 

@@ -18,6 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="microbleeds per subject, e.g. 5-20 (default 0-15)")
     parser.add_argument("--iron", type=_range, default=None, metavar="LO[-HI]",
                         help="iron deposits per subject (default 0-4)")
+    parser.add_argument("--calcification", type=_range, default=None, metavar="LO[-HI]",
+                        help="calcifications (diamagnetic mimics) per subject (default 0-3)")
+    parser.add_argument("--vein", type=_range, default=None, metavar="LO[-HI]",
+                        help="veins (paramagnetic tube mimics) per subject (default 3-8)")
 
 
 def _range(text: str):
@@ -42,7 +46,7 @@ def run(args) -> int:
         raise InputError(args.out_dir, "--start must be at least 1")
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise InputError(args.out_dir, "output path exists and is not a folder")
-    counts = {k: v for k, v in (("cmb", args.cmb), ("iron", args.iron)) if v is not None}
+    counts = {k: getattr(args, k) for k in ("cmb", "iron", "calcification", "vein") if getattr(args, k) is not None}
     t0 = time.perf_counter()
     labels = write_bids_cohort(args.out_dir, args.subjects, args.seed, size=args.size, start=args.start,
                                **({"lesion_counts": counts} if counts else {}))
