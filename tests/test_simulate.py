@@ -186,9 +186,10 @@ def test_many_lesions_for_training_are_all_placed_apart_and_labelled():
     import cc3d
 
     asked = {"cmb": 30, "iron": 4, "calcification": 3, "vein": 2}
-    s = simulate_subject(12, size="small", lesion_counts=asked)
+    s = simulate_subject(12, size="small", lesion_counts=asked, lesion_ranges={"cmb_chi_ppm": (1.0, 1.2)})
     assert s.params["lesion_counts"] == asked
     les = s.lesions
+    assert les.loc[les.kind == "cmb", "chi_ppm"].between(1.0, 1.2).all()  # physical ranges can be overridden
     groups = les.loc[les.kind == "cmb", "region"].map(lambda r: "lobar" if r.startswith("lobar") else r)
     assert groups.nunique() >= 2  # microbleeds are spread over lobar / deep / infratentorial sites
     dseg = data(s.dseg)
