@@ -180,6 +180,10 @@ def test_bad_arguments_are_refused():
         simulate_subject(1, size="small", lesion_counts={"tumour": 3})
     with pytest.raises(ValueError, match="range"):
         simulate_subject(1, size="small", lesion_counts={"cmb": (5, 2)})
+    with pytest.raises(ValueError, match="lesion range"):
+        simulate_subject(1, size="small", lesion_ranges={"cmb_size": (1, 2)})
+    with pytest.raises(ValueError, match="bad range"):
+        simulate_subject(1, size="small", lesion_ranges={"cmb_chi_ppm": (1.5, 0.3)})
 
 
 def test_many_lesions_for_training_are_all_placed_apart_and_labelled():

@@ -27,7 +27,7 @@ import numpy as np
 from .acquire import reconstruct_swi_qsm, simulate_gre, simulate_t2w, swi_geometry, t2w_grid
 from .anatomy import mni_anatomy
 from .head import build_anatomy, draw_head, draw_tissue
-from .lesions import place_lesions, resolve_counts
+from .lesions import DEFAULT_RANGES, place_lesions, resolve_counts
 
 __all__ = ["SimulatedSubject", "simulate_subject", "SIZES"]
 
@@ -76,6 +76,11 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     resolve_counts(np.random.default_rng(0), lesion_counts)  # refuse bad overrides before any work
+    for key, value in (lesion_ranges or {}).items():
+        if key not in DEFAULT_RANGES:
+            raise ValueError(f"unknown lesion range {key!r}; expected one of {sorted(DEFAULT_RANGES)}")
+        if len(value) != 2 or value[0] > value[1]:
+            raise ValueError(f"bad range for {key!r}: {value!r} (expected (low, high))")
     t_start = time.perf_counter()
     clock = _Clock()
     pre = SIZES[size]
