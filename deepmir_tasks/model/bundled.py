@@ -32,7 +32,7 @@ from deepmir_tasks.io import write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(n_train=16, n_test=6, train_seed=1000, test_seed=900000, steps=7000, patch=32, batch=4,
+DEFAULTS = dict(n_train=16, n_test=6, train_seed=1000, test_seed=900000, steps=4500, patch=32, batch=4,
                 folds=1, fold=0, levels=5, base=16, max_width=128, validate_every=500, seed=0,
                 checkpoint_seconds=120.0)
 
@@ -231,14 +231,18 @@ def main(argv=None) -> int:
     config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
                          batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,
                          validate_every=args.validate_every, checkpoint_seconds=args.checkpoint_seconds)
-    command = " ".join(["python -m deepmir_tasks.model.bundled", *(argv if argv is not None else sys.argv[1:])])
+    # the one command that rebuilds the model from nothing (staging options left out), and this run's
+    extra = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
+    command = " ".join(["python -m deepmir_tasks.model.bundled", f"--work {args.work}", f"--out {args.out}",
+                        f"--threads {args.threads}", *extra])
+    this_run = " ".join(["python -m deepmir_tasks.model.bundled", *(argv if argv is not None else sys.argv[1:])])
     info = {"data": {"source": "deepmir_tasks.simulate.simulate_subject(seed, size='full', lesion_counts=...)",
                      "train_cohort": {"n": args.n_train, "seeds": [args.train_seed, args.train_seed + args.n_train - 1],
                                       "lesion_counts": TRAIN_LESION_COUNTS},
                      "test_cohort": {"n": args.n_test, "seeds": [args.test_seed, args.test_seed + args.n_test - 1],
                                      "lesion_counts": "simulator defaults"},
                      "preprocessing": "deepmir_tasks.preprocess.preprocess_subject (voxel_size 1.0, defaults)"},
-            "command": command}
+            "command": command, "this_run": this_run}
     if "train" in stages:
         if args.only_prepared:
             cohorts = dict(cohorts, train=ready_view(cohorts["train"], cache, work / "train_ready"))
@@ -289,7 +293,9 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
         or rec.get("validation"),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    rec["training"].update({k: v for k, v in info.items() if k not in rec["training"]})
+    runs = rec["training"].get("runs", [])
+    rec["training"].update({k: v for k, v in info.items() if k != "this_run"})
+    rec["training"]["runs"] = runs + [info["this_run"]]
     write_json(rec, record_path(out))
     print(json.dumps(rec["validation"]["held_out_test"], indent=2))
     return rec
