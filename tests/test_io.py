@@ -100,3 +100,15 @@ def test_save_nifti_round_trip(tmp_path):
     back = nib.load(str(path))
     assert back.get_data_dtype() == np.uint8
     np.testing.assert_array_equal(np.asarray(back.dataobj), data)
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json({"a": 1}, tmp_path / "p.json")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
