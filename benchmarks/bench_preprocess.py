@@ -111,14 +111,19 @@ def bench_one(seed: int, size: str, threads: int, root: Path) -> dict:
         img = nib.load(resample_to_grid(files["qsm"], out["mask"], d / f"qsm_{interp}.nii.gz",
                                         transform_file=out["swi_to_t2"], interpolation=interp))
         resampled[interp] = (img.get_fdata(), img.affine, time.perf_counter() - t)
+    per_lesion = []
     for row in les.itertuples():
         c = np.array([row.x_mm, row.y_mm, row.z_mm])
         sign = 1.0 if row.chi_ppm > 0 else -1.0
         nat = _extreme(q_native, q_aff, _apply(np.linalg.inv(s.swi_to_t2), c[:, None])[:, 0], row.radius_mm, sign)
         if nat * sign <= 0:
             continue
+        rec = {"kind": row.kind, "radius_mm": round(float(row.radius_mm), 2),
+               "chi_ppm": round(float(row.chi_ppm), 3), "native_peak": round(nat, 3)}
         for interp, (data, aff, _) in resampled.items():
             ratios[interp].append(_extreme(data, aff, c, row.radius_mm, sign) / nat)
+            rec[interp] = round(ratios[interp][-1], 3)
+        per_lesion.append(rec)
     return {
         "seed": seed, "size": size, "t2_shape": list(s.t2.shape), "swi_shape": list(s.swi.shape),
         "t2_voxel_mm": [round(float(z), 3) for z in s.t2.header.get_zooms()[:3]],
@@ -134,6 +139,7 @@ def bench_one(seed: int, size: str, threads: int, root: Path) -> dict:
                                "frac_ge_0.7": round(float(np.mean(np.asarray(v) >= 0.7)), 3) if v else None}
                            for k, v in ratios.items()},
         "resample_qsm_s": {k: round(v[2], 2) for k, v in resampled.items()},
+        "qsm_peak_per_lesion": per_lesion,
     }
 
 

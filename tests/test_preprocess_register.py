@@ -70,10 +70,11 @@ def test_registering_an_image_to_itself_gives_identity(fixed_head, tmp_path):
     assert _mean_error_mm(transform_to_ras(out), np.eye(4), pts) < 0.1
 
 
-def test_known_motion_is_recovered_across_grids_and_contrast(fixed_head, tmp_path):
-    """SWI-like session: other voxel size, anisotropic, inverted contrast, moved 8° and 9 mm."""
+@pytest.mark.parametrize("angles, shift", [((8, -5, 6), (6.0, -5.0, 4.0)), ((15, 0, -10), (0.0, 15.0, -8.0))])
+def test_known_motion_is_recovered_across_grids_and_contrast(fixed_head, tmp_path, angles, shift):
+    """SWI-like session: other voxel size, anisotropic, inverted contrast, moved up to 15° / 17 mm."""
     t2, mask, aff, brain = fixed_head
-    motion = rotation((8, -5, 6), (6.0, -5.0, 4.0))       # SWI world = motion @ T2 world
+    motion = rotation(angles, shift)                      # SWI world = motion @ T2 world
     data, swi_aff, _ = make_head_image((90, 100, 36), (1.0, 1.0, 2.5), motion=motion, seed=3)
     swi = save(np.where(data > 0, 1.5 - data, 0), swi_aff, tmp_path / "swi.nii.gz")
     out = register_rigid(swi, t2, tmp_path / "swi.mat", fixed_mask_file=mask, what="SWI")

@@ -72,9 +72,14 @@ def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, p
     if fixed_mask_file is not None:
         m = load_image(fixed_mask_file, what="brain mask")
         mask = to_ants(_dilate(np.asarray(m.dataobj) > 0, 3).astype(np.float32), m.affine)
+    settings = dict(RIGID_PRESETS[preset])
+    # small images: sample densely (the coarsest level of a 64^3 image has only a few thousand voxels)
+    n_fixed = int(np.prod(fixed.shape))
+    settings["aff_random_sampling_rate"] = float(min(1.0, max(settings["aff_random_sampling_rate"],
+                                                              2e5 / n_fixed)))
     with _tmpdir() as tmp, seeded():
         reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Rigid", mask=mask,
-                                outprefix=str(Path(tmp) / "reg_"), **RIGID_PRESETS[preset])
+                                outprefix=str(Path(tmp) / "reg_"), **settings)
         fwd = reg["fwdtransforms"][0]
         with atomic_path(out_file) as dst:
             shutil.copyfile(fwd, dst)
