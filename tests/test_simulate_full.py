@@ -47,8 +47,9 @@ def test_full_size_lesions_in_all_three_images(full_subject):
             assert not inside_qsm or q > 0.05, row.to_dict()
         if row.kind == "calcification":
             assert not inside_qsm or q < -0.05, row.to_dict()
-        if row.kind != "vein":
-            assert sample(s.swi, p_swi) < 0.8 * ring_median(s.swi, p_swi, 2 * r + 3, 2 * r + 8)
+        if row.kind != "vein":  # iron is a modest excess; a calcification may sit in bright CSF
+            limit = {"cmb": 0.8, "iron": 0.95, "calcification": 0.9}[row.kind]
+            assert sample(s.swi, p_swi) < limit * ring_median(s.swi, p_swi, 2 * r + 3, 2 * r + 8), row.to_dict()
         if row.kind == "cmb":
             vals, dist, _ = neighbourhood(s.swi, p_swi, 3 * r + 6)
             bg = np.median(vals[dist > 2 * r + 3])

@@ -29,11 +29,17 @@ def draw_head(rng) -> dict:
     mni_to_t2[:3, :3] = head_rot @ np.diag(scale)
     mni_to_t2[:3, 3] = head_shift
     warp_amp = float(rng.uniform(1.5, 3.5))
-    warp = _random_warp(rng, warp_amp, n_modes=5, wavelength_mm=(70.0, 160.0))
+    fine_amp = float(rng.uniform(0.5, 1.5))
+    # ventricles and deep structures enlarged (atrophy) or a little smaller: a radial pull-back
+    expansion = float(rng.uniform(-0.05, 0.12))
+    warp = {"modes": _random_warp(rng, warp_amp, n_modes=5, wavelength_mm=(70.0, 160.0))
+            + _random_warp(rng, fine_amp, n_modes=6, wavelength_mm=(35.0, 70.0)),
+            "expand": (np.array([0.0, -12.0, 14.0], np.float32), 30.0, expansion)}
     shell = {"csf_mm": float(rng.uniform(1.0, 3.0)), "bone_mm": float(rng.uniform(4.0, 8.0)),
              "scalp_mm": float(rng.uniform(3.0, 7.0))}
     params = {"head_scale": scale.tolist(), "head_rotation": head_rot.tolist(),
-              "head_translation_mm": head_shift.tolist(), "warp_amplitude_mm": warp_amp, "shell_mm": shell}
+              "head_translation_mm": head_shift.tolist(), "warp_amplitude_mm": warp_amp,
+              "warp_fine_amplitude_mm": fine_amp, "ventricle_expansion": expansion, "shell_mm": shell}
     return {"mni_to_t2": mni_to_t2, "warp": warp, "shell": shell, "params": params}
 
 
@@ -107,10 +113,13 @@ def _random_warp(rng, amp, n_modes, wavelength_mm):
     return modes
 
 
-def _apply_warp(modes, u):
-    """u: (3, N) MNI-like points -> displaced points (float32)."""
-    out = u.copy()
-    for k, ph, a in modes:
+def _apply_warp(warp, u):
+    """u: (3, N) affinely mapped points -> MNI points (float32): radial expansion + smooth modes."""
+    centre, sigma, alpha = warp["expand"]
+    d = u - centre[:, None]
+    g = np.exp(-np.einsum("ij,ij->j", d, d) / np.float32(sigma * sigma))
+    out = u - np.float32(alpha) * g[None, :] * d   # pull-back towards the centre: enlarged
+    for k, ph, a in warp["modes"]:
         s = np.sin(k @ u + np.float32(ph))
         out += a[:, None] * s[None, :]
     return out
