@@ -37,6 +37,9 @@ class InputError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):  # pickles across worker processes (pydra's cf and slurm workers)
+        return type(self), (self.path, self.problem)
+
 
 def load_image(path, *, what: str = "image", allow_empty: bool = False, squeeze_4d: bool = True):
     """Load a 3-D NIfTI image with nibabel and check it; return the ``nibabel`` image.

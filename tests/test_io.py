@@ -112,3 +112,11 @@ def test_atomic_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_input_error_survives_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(InputError("/data/sub-01_T2w.nii.gz", "is empty")))
+    assert isinstance(err, InputError)
+    assert str(err) == "/data/sub-01_T2w.nii.gz: is empty" and err.problem == "is empty"
