@@ -51,12 +51,12 @@ def test_model_overfits_one_small_simulated_subject_and_finds_its_lesions():
     n_true = {c: len(subj.lesions[c]) for c in (1, 2)}
     assert n_true[1] >= 3 and n_true[2] >= 1
     torch.manual_seed(0)
-    net = UNet(3, 3, levels=3, base=8, max_width=32)
+    net = UNet(3, 3, levels=3, base=16, max_width=64)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    sampler = PatchSampler([subj], patch=16, lesion_fraction=0.7, augment=False)
+    sampler = PatchSampler([subj], patch=16, lesion_fraction=0.8, augment=False)
     rng = np.random.default_rng(0)
     net.train()
-    for _ in range(200):
+    for _ in range(300):
         x, y = sampler.sample(rng, 4)
         loss = dice_ce_loss(net(x), y, [1, 3, 3])
         opt.zero_grad()
