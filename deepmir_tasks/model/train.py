@@ -561,7 +561,9 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
 
     ``resume``: a checkpoint path, or ``True`` for the default one beside ``out``
     (``<out>.ckpt.pt``); training then continues from its step with its optimiser and RNG states
-    (the configuration stored in the checkpoint is used, except ``steps``, which may be raised).
+    (the configuration stored in the checkpoint is used, except ``steps``: the cosine schedule is
+    recomputed for the new total, which may be larger or smaller than before but not below the
+    checkpoint's step).
     ``stop_at`` / ``max_seconds`` end this run early (after that step / that much time) with a
     checkpoint, without changing the schedule, so a later ``resume`` continues exactly.
     Returns a dict with ``model``, ``record``, ``checkpoint``, ``step`` and ``validation``.
@@ -583,7 +585,11 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
         if rpath.exists():
             ckpt = load_checkpoint(rpath)
             stored = TrainConfig.from_json(json.loads(ckpt["config"]))
-            config = dataclasses.replace(stored, steps=max(config.steps, stored.steps))
+            if config.steps < int(ckpt["step"]):
+                raise InputError(rpath, f"checkpoint is at step {int(ckpt['step'])}, past the {config.steps} steps asked for")
+            # the stored configuration wins, except the number of steps (the schedule is stretched
+            # or shortened from the current step on)
+            config = dataclasses.replace(stored, steps=config.steps)
             log.info("resuming from %s at step %d", rpath, ckpt["step"])
         elif resume is not True:
             raise InputError(rpath, "checkpoint to resume from does not exist")

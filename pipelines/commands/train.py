@@ -26,7 +26,8 @@ def add_arguments(p):
     p.add_argument("--classes", nargs="+", default=["cmb", "iron"], choices=["cmb", "iron"])
     p.add_argument("--folds", type=int, default=5, help="k-fold split by subject (1 = train on all)")
     p.add_argument("--fold", type=int, default=0, help="which fold to hold out for validation")
-    p.add_argument("--steps", type=int, default=2000, help="optimiser steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="total optimiser steps (default 2000; with --resume, the checkpoint's total)")
     p.add_argument("--patch", type=int, default=48, help="patch edge in voxels (multiple of 2**(levels-1))")
     p.add_argument("--batch", type=int, default=2, help="patches per step")
     p.add_argument("--levels", type=int, default=5, help="U-Net resolution levels")
@@ -50,8 +51,17 @@ def run(args) -> int:
         raise InputError("--patch", f"patch {args.patch} must be a multiple of 2**(levels-1) = {2 ** (args.levels - 1)}")
     if args.folds > 1 and not 0 <= args.fold < args.folds:
         raise InputError("--fold", f"must be in 0..{args.folds - 1}")
+    steps = args.steps
+    if steps is None:
+        steps = 2000
+        if args.resume:
+            from deepmir_tasks.model.train import checkpoint_path, load_checkpoint
+
+            ck = checkpoint_path(args.out) if args.resume is True else Path(args.resume)
+            if ck.exists():
+                steps = json.loads(load_checkpoint(ck)["config"])["steps"]
     config = TrainConfig(modalities=tuple(args.modalities), classes=tuple(args.classes), levels=args.levels,
-                         base=args.base, patch=args.patch, batch=args.batch, steps=args.steps, lr=args.lr,
+                         base=args.base, patch=args.patch, batch=args.batch, steps=steps, lr=args.lr,
                          seed=args.seed, folds=args.folds, fold=args.fold, validate_every=args.validate_every)
     if args.threads:
         import os
