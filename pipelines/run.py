@@ -137,7 +137,7 @@ def run_cohort(
     for key in statuses:  # subjects refused before submission
         _record(output_dir, statuses[key], progress)
 
-    t0 = time.perf_counter()
+    t0, t0_wall = time.perf_counter(), time.time()
 
     def collect(subj, final: bool) -> bool:
         """Copy out a finished subject's results; on the final sweep, record failures too."""
@@ -150,7 +150,8 @@ def run_cohort(
             statuses[subj.key] = SubjectStatus(subj, status, files=files,
                                                seconds=0.0 if status == STATUS_CACHED else time.perf_counter() - t0)
         elif final:
-            reason = _error_reason(cache_dir / task._checksum)
+            reason = _error_reason(cache_dir / task._checksum, cache_dir=cache_dir,
+                                   marker=str(subj.files["t2"]), since=t0_wall)
             statuses[subj.key] = SubjectStatus(subj, STATUS_FAILED, reason)
         else:
             return False
@@ -278,24 +279,42 @@ def _load(task, cache_dir):
 _ERR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
 
-def _error_reason(job_dir: Path) -> str:
-    """The last ``SomeError: message`` line of the first error recorded for a job (one line)."""
-    import cloudpickle as cp
+def _error_reason(job_dir: Path, *, cache_dir=None, marker: str = "", since: float = 0.0) -> str:
+    """One line saying why a subject's job failed.
 
-    err_file = job_dir / "_error.pklz"
-    if not err_file.exists():
+    The subject's own error record is read first. Some failures (e.g. a check of the job's inputs
+    before it starts) are recorded only by the outer split job, whose record holds a section per
+    failed subject: then the section mentioning ``marker`` (the subject's T2w path) is used.
+    """
+    text = _read_error(job_dir / "_error.pklz")
+    if text is None and cache_dir is not None:
+        for err_file in Path(cache_dir).glob("*/_error.pklz"):
+            if err_file.stat().st_mtime < since - 1:
+                continue
+            outer = _read_error(err_file) or ""
+            sections = [sec for sec in outer.split("\nJob '") if marker and marker in sec]
+            if sections:
+                text = sections[-1]
+                break
+    if text is None:
         return "failed (no error record)"
-    try:
-        record = cp.loads(err_file.read_bytes())
-        text = "".join(record.get("error message", []))
-    except Exception:  # noqa: BLE001
-        return "failed (error record unreadable)"
     hits = [m for m in (_ERR_LINE.match(line.strip()) for line in text.splitlines()) if m]
     inner = [m for m in hits if m.group(1) != "RuntimeError" or "Workflow job" not in m.group(2)]
     if inner:
         m = inner[-1]
         return m.group(2) if m.group(1) == "InputError" else f"{m.group(1)}: {m.group(2)}"
     return _one_line(text)
+
+
+def _read_error(err_file: Path) -> str | None:
+    import cloudpickle as cp
+
+    if not err_file.exists():
+        return None
+    try:
+        return "".join(cp.loads(err_file.read_bytes()).get("error message", []))
+    except Exception:  # noqa: BLE001 - an unreadable record is reported as such by the caller
+        return None
 
 
 def _one_line(err) -> str:
