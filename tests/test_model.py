@@ -186,6 +186,23 @@ def test_thresholds_from_record_change_labels(tmp_path):
     assert pred.labels(probs)[:, :, 0].tolist() == [[1, 1], [1, 0]]
 
 
+def test_weak_lesions_are_dropped_by_peak_probability(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path)
+    pred = Predictor.from_file(path)
+    probs = np.zeros((3, 12, 12, 12), np.float32)
+    probs[0] = 1.0
+    probs[:, 1:3, 1:3, 1:3] = np.array([0.1, 0.9, 0.0])[:, None, None, None]   # strong CMB
+    probs[:, 6:8, 6:8, 6:8] = np.array([0.4, 0.6, 0.0])[:, None, None, None]   # weak CMB
+    probs[:, 9:11, 1:3, 1:3] = np.array([0.3, 0.0, 0.7])[:, None, None, None]  # iron
+    assert set(np.unique(pred.labels(probs))) == {0, 1, 2}
+    assert (pred.labels(probs) == 1).sum() == 16
+    pred.record["inference"] = {"component_min_prob": {"cmb": 0.8, "iron": 0.5}}
+    lab = pred.labels(probs)
+    assert (lab == 1).sum() == 8 and lab[1, 1, 1] == 1 and lab[6, 6, 6] == 0
+    assert (lab == 2).sum() == 8
+
+
 def test_segment_subject_writes_bids_named_outputs(tmp_path):
     from deepmir_tasks.io import load_image, save_nifti
 
