@@ -5,9 +5,12 @@
    the affine T2w → MNI registration that the pipeline needs anyway (``t2_to_mni``).
 2. ``prior > 0.5`` is trimmed of skull-dark voxels, reduced to its largest part and hole-filled.
 
-Measured (Dice against the simulator's brain mask, which has a random 1.5-3.5 mm non-linear warp
-the affine cannot follow): 0.944-0.991 on 12 small subjects (3 × 3 × 6 mm voxels), 0.985 on a
-full-size one; growing the mask by intensity into the bright CSF rim lowered Dice (0.89-0.94).
+Measured (Dice against the simulator's brain mask; the simulated heads carry a random 1.5-3.5 mm
+non-linear warp that the affine cannot follow): 0.968-0.991 (median 0.984) on 12 small subjects
+(3 × 3 × 6 mm voxels) and 0.985 on a full-size one. The simulator builds its heads from the same
+MNI maps, so the heads were also deformed by an extra random smooth warp of 4-6 mm that neither the
+simulator nor the template knows (``benchmarks/bench_preprocess.py --warp-eval``): 0.960-0.979.
+Growing the mask by intensity into the bright CSF rim lowered Dice (0.89-0.94): it is not grown.
 A user's own mask can be passed to the pipeline instead (``mask_file``).
 """
 

@@ -35,10 +35,23 @@ def output_names(t2_file) -> dict[str, str]:
 def preprocess_subject(t2_file, swi_file, qsm_file, out_dir, *, mask_file=None, voxel_size=1.0,
                        margin_mm: float = 8.0, interpolation: str = "bspline",
                        registration: str = "fast", keep_intermediate: bool = False) -> dict[str, Path]:
-    """Bring one subject's T2w, SWI and QSM into one working grid (see the package docstring).
+    """Bring one subject's T2w, SWI and QSM into one working grid.
 
-    Returns paths keyed ``t2``, ``swi``, ``qsm``, ``mask`` (working grid), ``swi_to_t2`` (ANTs
-    transform), ``t2_to_mni`` (4×4 text, RAS world mm → MNI world mm) and ``report`` (JSON).
+    Steps: input checks; N4 of the T2w (Otsu head mask); affine T2w → MNI152 2009a; brain mask
+    (``mask_file`` if given, on the T2w grid, else the MNI prior trimmed by intensity); rigid
+    Mattes-MI registration of the SWI magnitude to the T2w (``registration`` preset), reused for the
+    QSM when it shares the SWI grid; the working grid (T2w axes, ``voxel_size`` mm isotropic, brain
+    bounding box + ``margin_mm``); B-spline resampling of T2w/SWI/QSM (``interpolation``), the mask
+    linearly then thresholded at 0.5, with a check that SWI and QSM cover >= 90 % of the brain;
+    N4 of the SWI in the working grid inside the brain; robust z-scores (T2w, SWI) and clipped ppm
+    (QSM, [-1, 2]), all 0 outside the brain.
+
+    Returns paths keyed ``t2``, ``swi``, ``qsm``, ``mask`` (uint8) in the working grid,
+    ``swi_to_t2`` (ANTs/ITK ``.mat``: use with ``ants.apply_transforms``; ``transform_to_ras`` gives
+    the RAS SWI-world → T2w-world 4×4), ``t2_to_mni`` (text 4×4, RAS T2w world mm → MNI world mm)
+    and ``report`` (JSON: checks, warnings, grid, coverage, transforms, timings). Output names are
+    BIDS-derivative names prefixed by the T2w's entities (``sub-01_space-T2w_desc-preproc_T2w.nii.gz``).
+    Bad input raises :class:`~deepmir_tasks.io.InputError` naming the file.
     """
     from deepmir_tasks.preprocess.bias import n4_correct
     from deepmir_tasks.preprocess.brain import extract_brain

@@ -87,7 +87,8 @@ def read_matrix(path) -> np.ndarray:
 
 
 def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margin_mm: float = 4.0,
-                         iterations=((100, 50, 0), (100, 50, 20))) -> Path:
+                         iterations=((100, 50), (100, 50, 20)),
+                         start_scales=(0.85, 1.0, 1.15)) -> Path:
     """Affine-register the (bias-corrected) T2w to MNI; write the RAS T2w-world → MNI-world 4×4 as text.
 
     Both images are at ``resolution_mm``. The metric is restricted on both sides to the brain: the
@@ -95,13 +96,17 @@ def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margi
     :func:`deepmir_tasks.preprocess.brain.rough_intracranial_mask`) dilated by two voxels. Without
     the masks the scalp of a small head was matched to the template's brain surface in about half
     of the simulated subjects (scale 10-20 % off); with them the warped brain prior reached Dice
-    0.95-0.99 on 12 simulated small subjects. Similarity first, then Affine.
+    0.95-0.99 on 12 simulated small subjects. Similarity first, from ``start_scales`` (head size
+    relative to the template) about the centres of mass, the start with the highest normalised
+    mutual information kept (one start alone fell into a wrong basin for 1 in 13 extra-warped
+    heads), then Affine.
     """
     import tempfile
 
     from scipy import ndimage
 
-    from deepmir_tasks.preprocess._ants import ants_transform_to_ras, seeded, set_threads, to_ants
+    from deepmir_tasks.preprocess._ants import (ants_transform_to_ras, seeded, set_threads, to_ants,
+                                                write_affine_transform)
     from deepmir_tasks.preprocess.bias import head_mask
     from deepmir_tasks.preprocess.brain import rough_intracranial_mask
 
@@ -122,14 +127,44 @@ def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margi
     fixed = to_ants(tmpl)
     masks = dict(mask=to_ants(region.astype(np.float32), prob.affine), moving_mask=moving_mask,
                  mask_all_stages=True)
+    region_img = to_ants(region.astype(np.float32), prob.affine)
+    c_fixed = np.asarray(ants.get_center_of_mass(fixed * region_img))
+    c_moving = np.asarray(ants.get_center_of_mass(moving * moving_mask))
     with tempfile.TemporaryDirectory(prefix="deepmir_mni_") as tmp, seeded():
-        init = None
-        for kind, its in zip(("Similarity", "Affine"), iterations):
-            reg = ants.registration(fixed=fixed, moving=moving, type_of_transform=kind, initial_transform=init,
-                                    aff_iterations=tuple(its), aff_shrink_factors=(4, 2, 1),
-                                    aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.3,
-                                    outprefix=str(Path(tmp) / f"{kind}_"), **masks)
-            init = reg["fwdtransforms"][0]
-        m = ants_transform_to_ras(init)
+        # Similarity from several initial scales about the centres of mass; keep the best-matching
+        # start (normalised mutual information inside the template region), then Affine.
+        best = None
+        for scale in start_scales:
+            lps = np.eye(4)
+            lps[:3, :3] *= scale
+            lps[:3, 3] = c_moving - scale * c_fixed
+            start = write_affine_transform(lps, Path(tmp) / f"start_{scale}.mat")
+            reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Similarity",
+                                    initial_transform=str(start), aff_iterations=tuple(iterations[0]),
+                                    aff_shrink_factors=(4, 2), aff_smoothing_sigmas=(2, 1),
+                                    aff_random_sampling_rate=0.3, outprefix=str(Path(tmp) / f"sim{scale}_"),
+                                    **masks)
+            score = _nmi(fixed.numpy(), reg["warpedmovout"].numpy(), region)
+            if best is None or score > best[0]:
+                best = (score, reg["fwdtransforms"][0])
+        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="Affine", initial_transform=best[1],
+                                aff_iterations=tuple(iterations[1]), aff_shrink_factors=(4, 2, 1),
+                                aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.3,
+                                outprefix=str(Path(tmp) / "affine_"), **masks)
+        m = ants_transform_to_ras(reg["fwdtransforms"][0])
     return write_matrix(m, out_file, comment=f"RAS world mm of the T2w -> {MNI_SPACE} world mm "
                                              "(x_mni = M @ [x, y, z, 1])")
+
+
+def _nmi(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int = 32) -> float:
+    """Normalised mutual information (H(a) + H(b)) / H(a, b) of two arrays inside ``mask``."""
+    x, y = a[mask], b[mask]
+    h, _, _ = np.histogram2d(x, y, bins=bins)
+    p = h / max(h.sum(), 1)
+    px, py = p.sum(1), p.sum(0)
+
+    def ent(q):
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    return (ent(px) + ent(py)) / max(ent(p.ravel()), 1e-12)
