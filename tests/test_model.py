@@ -423,3 +423,13 @@ def test_deepmir_train_command(tmp_path, monkeypatch, capsys):
     assert pred.predict({"t2": vols["t2"], "qsm": vols["qsm"]}, mask).shape == (2, 24, 24, 16)
     with pytest.raises(MissingModalityError, match="QSM"):
         pred.predict({"t2": vols["t2"], "swi": vols["swi"]}, mask)
+
+
+def test_patch_sampler_centres_hard_negatives_on_mimics():
+    subj = [train_subject(13)]
+    calc = subj[0].extra["mimics"]["calcification"]
+    sampler = PatchSampler(subj, patch=16, lesion_fraction=0.0, augment=False, mimic_fraction=1.0)
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        si, c = sampler.centre(rng)
+        assert np.min(np.abs(calc - c).max(axis=1)) <= 4  # within the jitter of a calcification

@@ -74,6 +74,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     lesion_fraction: float = 0.67
+    mimic_fraction: float = 0.2  # patches centred on veins / calcifications (hard negatives)
     class_weights: tuple = (1.0, 3.0, 3.0)
     dice_weight: float = 1.0
     seed: int = 0
@@ -241,10 +242,20 @@ class PatchSampler:
     """Draw (augmented) training patches from in-memory subjects with a numpy ``Generator``."""
 
     def __init__(self, subjects: list[TrainSubject], patch: int, lesion_fraction: float = 0.67,
-                 augment: bool = True):
+                 augment: bool = True, mimic_fraction: float = 0.0):
         self.subjects = subjects
         self.patch = int(patch)
         self.lesion_fraction = lesion_fraction
+        self.mimic_fraction = mimic_fraction
+        # voxel centres of mimics (veins, calcifications: labelled background) per subject
+        self.mimics = []
+        for si, s in enumerate(subjects):
+            inv = np.linalg.inv(np.asarray(s.affine, float))
+            for xyz in (s.extra.get("mimics") or {}).values():
+                for c in np.asarray(xyz, float).reshape(-1, 3):
+                    ijk = np.rint(inv[:3, :3] @ c + inv[:3, 3]).astype(int)
+                    if np.all(ijk >= 0) and np.all(ijk < np.array(s.label.shape)):
+                        self.mimics.append((si, ijk))
         self.augment = augment
         self.margin = int(math.ceil(self.patch * 0.15)) if augment else 0
         n_classes = max((max(s.lesions, default=0) for s in subjects), default=0)
@@ -254,7 +265,11 @@ class PatchSampler:
         self.by_class = {c: v for c, v in self.by_class.items() if v}
 
     def centre(self, rng):
-        if self.by_class and rng.random() < self.lesion_fraction:
+        r = rng.random()
+        if self.mimics and self.lesion_fraction <= r < self.lesion_fraction + self.mimic_fraction:
+            si, centre = self.mimics[rng.integers(len(self.mimics))]
+            return si, centre + rng.integers(-self.patch // 4, self.patch // 4 + 1, size=3)
+        if self.by_class and r < self.lesion_fraction:
             c = list(self.by_class)[rng.integers(len(self.by_class))]
             si, li = self.by_class[c][rng.integers(len(self.by_class[c]))]
             vox = self.subjects[si].lesions[c][li]
@@ -627,7 +642,8 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
         if "torch_rng" in ckpt:
             torch.set_rng_state(ckpt["torch_rng"])
         state = json.loads(ckpt.get("state", "{}")) or state
-    sampler = PatchSampler(train_subs, config.patch, config.lesion_fraction, config.augment)
+    sampler = PatchSampler(train_subs, config.patch, config.lesion_fraction, config.augment,
+                           config.mimic_fraction)
     weights = list(config.class_weights)[: len(config.classes) + 1]
     weights += [weights[-1]] * (len(config.classes) + 1 - len(weights))
 
