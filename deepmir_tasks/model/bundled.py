@@ -318,3 +318,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
     write_json(rec, record_path(out))
     print(json.dumps(rec["validation"]["held_out_test"], indent=2))
     return rec
+
+
+if __name__ == "__main__":
+    sys.exit(main())
