@@ -33,7 +33,7 @@ from deepmir_tasks.io import write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(n_train=16, n_val=3, n_test=6, train_seed=1000, val_seed=800000, test_seed=900000, steps=3300, patch=32, batch=4,
+DEFAULTS = dict(n_train=16, n_val=3, n_test=6, train_seed=1000, val_seed=800000, test_seed=900000, steps=4300, patch=32, batch=4,
                 folds=1, fold=0, levels=5, base=16, max_width=128, validate_every=500, seed=0,
                 checkpoint_seconds=120.0)
 
@@ -182,7 +182,7 @@ def metrics_for(predictor, subjects, probs, inference=None) -> dict:
 
 
 def calibrate_component_threshold(predictor, subjects, probs,
-                                  grid=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)) -> dict:
+                                  grid=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)) -> dict:
     """Per-class minimum peak probability of a kept lesion that maximises lesion-wise F1 on
     ``subjects`` (voxel labels stay argmax; ties go to the lower threshold)."""
     classes = [c for c in predictor.classes if c != "background"]
