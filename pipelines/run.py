@@ -249,7 +249,9 @@ def _submit(subjects, *, model_path, params, worker, n_procs, cache_dir, sbatch_
 
     kwargs = {}
     if worker == "cf":
-        kwargs["n_procs"] = n_procs
+        from pipelines.workers import LocalWorker
+
+        worker = LocalWorker(n_procs=n_procs)
     elif worker == "slurm":
         from pipelines.slurm import slurm_worker
 
