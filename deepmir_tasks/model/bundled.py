@@ -33,7 +33,7 @@ from deepmir_tasks.io import write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(n_train=16, n_val=3, n_test=6, train_seed=1000, val_seed=800000, test_seed=900000, steps=4300, patch=32, batch=4,
+DEFAULTS = dict(n_train=16, n_val=3, n_test=6, train_seed=1000, val_seed=800000, test_seed=900000, steps=6000, patch=32, batch=4,
                 folds=1, fold=0, levels=5, base=16, max_width=128, validate_every=500, seed=0,
                 checkpoint_seconds=120.0)
 
