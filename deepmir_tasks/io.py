@@ -26,6 +26,7 @@ __all__ = [
     "save_nifti",
     "write_json",
     "write_tsv",
+    "as_path",
 ]
 
 
@@ -145,6 +146,13 @@ def write_tsv(df, path, **kwargs):
     with atomic_path(path) as tmp:
         df.to_csv(tmp, sep="\t", index=False, na_rep="n/a", **kwargs)
     return Path(path)
+
+
+def as_path(value):
+    """A filesystem path from a str, a Path or a fileformats object (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    return Path(str(getattr(value, "fspath", value)))
 
 
 def _umask() -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from deepmir_tasks import __version__
 from deepmir_tasks.model.modelfile import sha256_file
-from deepmir_tasks.io import InputError, write_json
+from deepmir_tasks.io import InputError, as_path as _as_path, write_json
 
 from . import bids, derivatives
 
@@ -328,12 +328,6 @@ def _output_names(outputs):
     import attrs
 
     return [f.name for f in attrs.fields(type(outputs)) if not f.name.startswith("_")]
-
-
-def _as_path(value):
-    if value is None:
-        return None
-    return Path(getattr(value, "fspath", value))
 
 
 def _cohort_report(output_dir, written, group):

@@ -14,8 +14,7 @@ from deepmir_tasks import __version__
 __all__ = ["ExtractLesions", "CombineTables"]
 
 
-def _fspath(f):
-    return None if f is None else Path(str(getattr(f, "fspath", f)))
+from deepmir_tasks.io import as_path as _fspath
 
 
 @python.define

@@ -44,19 +44,10 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
 
     @staticmethod
     def function(t2, swi, qsm, mask, model, tta, threads, version):
-        import os
-
+        from deepmir_tasks.io import as_path
         from deepmir_tasks.model.predictor import segment_subject
+        from deepmir_tasks.threads import n_threads
 
-        try:
-            from deepmir_tasks.threads import n_threads
-        except ImportError:  # pragma: no cover - older tree without the shared helper
-            def n_threads():
-                return os.cpu_count() or 1
-
-        def fspath(f):
-            return None if f is None else Path(str(f.fspath if hasattr(f, "fspath") else f))
-
-        out = segment_subject(fspath(t2), fspath(swi), fspath(qsm), fspath(mask), Path.cwd(),
-                              model_file=fspath(model), tta=tta, threads=threads or n_threads())
+        out = segment_subject(as_path(t2), as_path(swi), as_path(qsm), as_path(mask), Path.cwd(),
+                              model_file=as_path(model), tta=tta, threads=threads or n_threads())
         return out["probseg_cmb"], out["probseg_iron"], out["dseg"]

@@ -53,10 +53,8 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
     def function(participant_id, t2, swi, qsm, mask, dseg, lesions_tsv, dropped_tsv, inputs,
                  provenance, session_id, version):
         from deepmir_tasks.report.subject import render_subject_report
+        from deepmir_tasks.io import as_path as fspath
         from deepmir_tasks.report._tables import strip_prefix
-
-        def fspath(f):
-            return None if f is None else Path(str(f.fspath if hasattr(f, "fspath") else f))
 
         name = f"sub-{strip_prefix(participant_id, 'sub-')}"
         if session_id:
