@@ -31,7 +31,8 @@ import numpy as np
 CHILD = """
 import sys, json
 from deepmir_tasks.preprocess import preprocess_subject
-out = preprocess_subject(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], keep_intermediate=True)
+out = preprocess_subject(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], keep_intermediate=True,
+                         voxel_size=float(sys.argv[5]))
 print(json.dumps({k: str(v) for k, v in out.items()}))
 """
 
@@ -56,7 +57,7 @@ def _extreme(data, affine, centre, radius_mm, sign):
     return float(vals[np.argmax(sign * vals)]) if vals.size else 0.0
 
 
-def bench_one(seed: int, size: str, threads: int, root: Path) -> dict:
+def bench_one(seed: int, size: str, threads: int, root: Path, voxel_size: float = 1.0) -> dict:
     import nibabel as nib
 
     from deepmir_tasks.preprocess.brain import dice
@@ -78,7 +79,7 @@ def bench_one(seed: int, size: str, threads: int, root: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, str(files["t2"]), str(files["swi"]), str(files["qsm"]),
-                           str(d / "out")], capture_output=True, text=True, env=env)
+                           str(d / "out"), str(voxel_size)], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
@@ -190,6 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", default="full", choices=["full", "small"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", type=Path, default=None, help="keep the files in this folder")
+    ap.add_argument("--voxel-size", type=float, default=1.0, help="working grid voxel size (mm)")
     ap.add_argument("--warp-eval", type=int, nargs="*", default=None, metavar="SEED",
                     help="only evaluate brain extraction on these small subjects with extra 4/6 mm warps")
     args = ap.parse_args(argv)
@@ -202,7 +204,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_pre_") as tmp:
         root = args.keep or Path(tmp)
         for seed in args.seeds:
-            res = bench_one(seed, args.size, args.threads, root)
+            res = bench_one(seed, args.size, args.threads, root, args.voxel_size)
             res["load_average"] = [round(x, 2) for x in os.getloadavg()]
             print(json.dumps(res, indent=None), flush=True)
             print(f"seed {seed}: preprocessing {res['wall_s']} s wall ({res['cpu_s']} s CPU), "
