@@ -64,20 +64,13 @@ def synthetic_subject(seed: int, shape=(40, 40, 32), n_cmb=4, n_iron=4, n_calc=2
 
 def train_subject(seed: int, classes=("cmb", "iron"), **kwargs):
     """A :class:`deepmir_tasks.model.train.TrainSubject` built from :func:`synthetic_subject`."""
-    import cc3d
 
     from deepmir_tasks.model.normalize import normalize_stack
-    from deepmir_tasks.model.train import DSEG_VALUE, TrainSubject
+    from deepmir_tasks.model.train import TrainSubject, class_labels
 
     vols, mask, dseg, affine, centres = synthetic_subject(seed, **kwargs)
     img = normalize_stack(vols, mask, ["t2", "swi", "qsm"], DEFAULT_NORMALIZATION).astype(np.float16)
-    label = np.zeros(dseg.shape, np.uint8)
-    lesions = {}
-    for ci, name in enumerate(classes, start=1):
-        sel = dseg == DSEG_VALUE[name]
-        label[sel] = ci
-        cc = cc3d.connected_components(sel.astype(np.uint8), connectivity=26)
-        lesions[ci] = [np.argwhere(cc == i).astype(np.int16) for i in range(1, int(cc.max()) + 1)]
+    label, lesions = class_labels(dseg, classes)
     s = TrainSubject(f"sub-{seed:02d}", img, label, mask, affine, lesions,
                      np.argwhere(mask).astype(np.int16), dseg)
     s.extra["volumes"] = vols

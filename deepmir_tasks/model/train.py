@@ -213,10 +213,23 @@ class TrainSubject:
     extra: dict = field(default_factory=dict)
 
 
-def load_train_subject(key: str, paths: dict, modalities, classes, normalization) -> TrainSubject:
-    """Load a prepared subject: normalise its modalities and map the dseg to class indices."""
+def class_labels(dseg: np.ndarray, classes) -> tuple[np.ndarray, dict]:
+    """Training labels (0 background, then 1.. in the order of ``classes``) from an annotation dseg,
+    and the voxel coordinates of each lesion (26-connected component) per class."""
     import cc3d
 
+    label = np.zeros(dseg.shape, np.uint8)
+    lesions = {}
+    for ci, name in enumerate(classes, start=1):
+        sel = dseg == DSEG_VALUE[name]
+        label[sel] = ci
+        cc = cc3d.connected_components(sel.astype(np.uint8), connectivity=26)
+        lesions[ci] = [np.argwhere(cc == i).astype(np.int16) for i in range(1, int(cc.max()) + 1)]
+    return label, lesions
+
+
+def load_train_subject(key: str, paths: dict, modalities, classes, normalization) -> TrainSubject:
+    """Load a prepared subject: normalise its modalities and map the dseg to class indices."""
     from deepmir_tasks.model.normalize import normalize_volume
 
     mimg = load_image(paths["mask"], what="brain mask")
@@ -226,13 +239,7 @@ def load_train_subject(key: str, paths: dict, modalities, classes, normalization
         data = np.asarray(load_image(paths[m], what=m).dataobj, dtype=np.float32)
         chans.append(normalize_volume(data, mask, normalization[m]).astype(np.float16))
     dseg = np.asarray(load_image(paths["dseg"], what="annotation dseg", allow_empty=True).dataobj).astype(np.uint8)
-    label = np.zeros(dseg.shape, np.uint8)
-    lesions = {}
-    for ci, name in enumerate(classes, start=1):
-        sel = dseg == DSEG_VALUE[name]
-        label[sel] = ci
-        cc = cc3d.connected_components(sel.astype(np.uint8), connectivity=26)
-        lesions[ci] = [np.argwhere(cc == i).astype(np.int16) for i in range(1, int(cc.max()) + 1)]
+    label, lesions = class_labels(dseg, classes)
     return TrainSubject(key, np.stack(chans), label, mask, mimg.affine, lesions,
                         np.argwhere(mask).astype(np.int16), dseg)
 
