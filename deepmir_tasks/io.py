@@ -22,6 +22,7 @@ __all__ = [
     "InputError",
     "load_image",
     "load_volume",
+    "load_mask",
     "atomic_path",
     "save_nifti",
     "write_json",
@@ -91,6 +92,15 @@ def load_image(path, *, what: str = "image", allow_empty: bool = False, squeeze_
     out = nib.Nifti1Image(data, affine, img.header)
     out.set_data_dtype(np.float32)
     return out
+
+
+def load_mask(path, shape, against: str, *, what: str = "brain mask"):
+    """Load a mask as a boolean array, refusing one whose shape is not ``shape`` (the grid of
+    ``against``, named in the message)."""
+    img = load_image(path, what=what)
+    if img.shape != tuple(shape):
+        raise InputError(path, f"{what} shape {img.shape} does not match the {against} {tuple(shape)}")
+    return np.asarray(img.dataobj) > 0
 
 
 def load_volume(path, **kwargs):

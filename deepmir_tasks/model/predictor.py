@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmir_tasks.io import InputError, load_image, save_nifti, write_json
+from deepmir_tasks.io import InputError, load_image, load_mask, save_nifti, write_json
 
 __all__ = ["Predictor", "MissingModalityError", "segment_subject", "gaussian_window", "DSEG_LABELS"]
 
@@ -302,10 +302,7 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
         volumes[m] = np.asarray(img.dataobj, dtype=np.float32)
     mask = None
     if mask_file is not None:
-        mimg = load_image(mask_file, what="brain mask")
-        if mimg.shape != ref.shape:
-            raise InputError(mask_file, f"brain mask shape {mimg.shape} differs from the images' {ref.shape}")
-        mask = np.asarray(mimg.dataobj) > 0
+        mask = load_mask(mask_file, ref.shape, "images")
     probs = pred.predict(volumes, mask, tta=tta)
     lab = pred.labels(probs, mask)
     dseg = np.zeros(lab.shape, np.uint8)

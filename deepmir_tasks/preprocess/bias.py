@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmir_tasks.io import InputError, load_image, save_nifti
+from deepmir_tasks.io import InputError, load_image, load_mask, save_nifti
 
 __all__ = ["otsu_threshold", "head_mask", "n4_correct"]
 
@@ -70,10 +70,7 @@ def n4_correct(in_file, out_file, *, mask_file=None, bias_file=None, shrink_mm: 
     img = load_image(in_file, what=what)
     data = np.asarray(img.dataobj, dtype=np.float32)
     if mask_file is not None:
-        m = load_image(mask_file, what="mask")
-        if m.shape != img.shape:
-            raise InputError(mask_file, f"mask shape {m.shape} does not match the {what} {img.shape}")
-        mask = np.asarray(m.dataobj) > 0
+        mask = load_mask(mask_file, img.shape, what, what="mask")
     else:
         mask = head_mask(data)
     if not mask.any():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmir_tasks.io import InputError, load_image, save_nifti
+from deepmir_tasks.io import load_image, load_mask, save_nifti
 
 __all__ = ["QSM_RANGE_PPM", "robust_zscore", "normalise_intensity"]
 
@@ -39,11 +39,8 @@ def normalise_intensity(in_file, mask_file, out_file, *, kind: str = "zscore",
                         qsm_range_ppm=QSM_RANGE_PPM, what: str = "image") -> Path:
     """Normalise one image on the mask's grid: ``kind="zscore"`` (T2w, SWI) or ``"qsm"`` (ppm, clipped)."""
     img = load_image(in_file, what=what, allow_empty=(kind == "qsm"))
-    m = load_image(mask_file, what="brain mask")
-    if m.shape != img.shape:
-        raise InputError(mask_file, f"mask shape {m.shape} does not match the {what} {img.shape}")
+    mask = load_mask(mask_file, img.shape, what)
     data = np.asarray(img.dataobj, dtype=np.float32)
-    mask = np.asarray(m.dataobj) > 0
     if kind == "zscore":
         out = robust_zscore(data, mask)
     elif kind == "qsm":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmir_tasks.io import InputError, load_image, save_nifti
+from deepmir_tasks.io import InputError, load_image, load_mask, save_nifti
 
 __all__ = ["INTERPOLATORS", "working_grid", "make_grid", "resample_to_grid", "resample_labels",
            "coverage_fraction"]
@@ -65,10 +65,7 @@ def make_grid(t2_file, out_file, *, mask_file=None, voxel_size: float = 1.0, mar
     t2 = load_image(t2_file, what="T2w")
     mask = None
     if mask_file is not None:
-        m = load_image(mask_file, what="brain mask")
-        if m.shape != t2.shape:
-            raise InputError(mask_file, f"brain mask shape {m.shape} does not match the T2w {t2.shape}")
-        mask = np.asarray(m.dataobj) > 0
+        mask = load_mask(mask_file, t2.shape, "T2w")
     shape, affine = working_grid(t2, mask, voxel_size, margin_mm)
     return save_nifti(np.zeros(shape, np.uint8), affine, out_file, dtype=np.uint8)
 
@@ -109,10 +106,7 @@ def resample_to_grid(in_file, reference_file, out_file, *, transform_file=None,
     img = load_image(in_file, what=what, allow_empty=True)
     ref = load_image(reference_file, what="reference grid", allow_empty=True)
     if mask_file is not None:
-        m = load_image(mask_file, what="brain mask")
-        if m.shape != ref.shape:
-            raise InputError(mask_file, f"brain mask shape {m.shape} does not match the grid {ref.shape}")
-        frac = coverage_fraction(img, ref, np.asarray(m.dataobj) > 0, transform_file)
+        frac = coverage_fraction(img, ref, load_mask(mask_file, ref.shape, "grid"), transform_file)
         if frac < min_coverage:
             raise InputError(in_file, f"{what} field of view covers only {100 * frac:.0f}% of the T2w brain "
                                       f"after registration (need {100 * min_coverage:.0f}%)")
