@@ -18,6 +18,7 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -97,11 +98,13 @@ class _ExtractInputSpec(BaseInterfaceInputSpec):
     t2_to_mni = File(exists=True, desc="T2w -> MNI affine, for the MARS region column")
     participant_id = traits.Str(mandatory=True, desc="label without 'sub-'")
     session_id = traits.Str("", usedefault=True)
-    threshold = traits.Float(0.5, usedefault=True)
+    model = File(exists=True, desc="model whose record's lesion rules apply (default: the bundled model)")
+    threshold = traits.Float(desc="voxel probability threshold (default: the model's)")
 
 
 class _ExtractOutputSpec(TraitedSpec):
     lesions = File(exists=True, desc="per-lesion TSV")
+    dseg = File(exists=True, desc="label map of the kept lesions (1 CMB, 2 iron)")
     lesions_json = File(exists=True, desc="column descriptions")
     dropped = File(exists=True, desc="candidates dropped as mimics, with the reason")
     summary = File(exists=True, desc="per-subject summary TSV")
@@ -115,12 +118,20 @@ class ExtractLesions(SimpleInterface):
 
     def _run_interface(self, runtime):
         from deepmir_tasks.lesions import extract_lesions_files
+        from deepmir_tasks.model.modelfile import lesion_rules
 
         i = self.inputs
+        rules = lesion_rules(i.model if isdefined(i.model) else None)
+        if isdefined(i.threshold):
+            rules["threshold"] = i.threshold
         out = extract_lesions_files(
             i.probseg_cmb, i.probseg_iron, i.dseg, i.qsm, i.swi, i.mask if i.mask else None,
             Path(runtime.cwd), participant_id=i.participant_id, session_id=i.session_id or None,
-            t2_to_mni=i.t2_to_mni if i.t2_to_mni else None, threshold=i.threshold)
-        for name in ("lesions", "lesions_json", "dropped", "summary"):
+            t2_to_mni=i.t2_to_mni if i.t2_to_mni else None, threshold=rules["threshold"],
+            min_voxels=rules["min_voxels"],
+            min_prob_max={"cmb": rules["min_prob_cmb"], "iron": rules["min_prob_iron"]},
+            max_cmb_qsm_extent_mm=rules["max_cmb_qsm_extent_mm"],
+            max_cmb_qsm_elongation=rules["max_cmb_qsm_elongation"])
+        for name in ("lesions", "lesions_json", "dropped", "summary", "dseg"):
             self._results[name] = os.fspath(out[name])
         return runtime

@@ -92,7 +92,7 @@ def run_cohort(
     n_procs: int | None = None,
     cache_dir=None,
     model=None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     voxel_size: float = 1.0,
     tta: bool = False,
     report: bool = True,

@@ -22,6 +22,7 @@ from deepmir_tasks.lesions import (
     extract_lesions,
     extract_lesions_files,
 )
+from deepmir_tasks.lesions.extract import qsm_peak_shape
 from deepmir_tasks.lesions.regions import REGIONS, classify_mni, classify_world
 
 SHAPE = (40, 40, 32)
@@ -112,6 +113,52 @@ def test_small_and_outside_mask_candidates_are_dropped():
     kept, dropped = extract_lesions(prob_cmb, None, None, np.eye(4), qsm, swi, mask, participant_id="01")
     assert kept[["i", "j", "k"]].values.tolist() == [[15.0, 20.0, 12.0]]
     assert dict(zip(dropped["i"], dropped["reason"])) == {5.0: "too_small", 30.0: "outside_mask"}
+
+
+def test_cmb_candidate_on_a_vein_is_dropped_as_vein_like_and_a_microbleed_is_kept():
+    prob_cmb, prob_iron, qsm, swi = _maps()
+    qsm[2:38, 20:22, 10:12] = 0.3              # a vein: a paramagnetic tube 2 mm wide, 36 mm long
+    bleed = ball(SHAPE, (20, 8, 24), 1.2)
+    qsm[bleed] = 0.5
+    prob_cmb[18:21, 20:22, 10:12] = 0.9        # the network fires on a short stretch of the vein
+    prob_cmb[bleed] = 0.9
+    kept, dropped = extract_lesions(prob_cmb, None, None, np.eye(4), qsm, swi, participant_id="01")
+    assert kept[["i", "j", "k"]].values.tolist() == [[20.0, 8.0, 24.0]]
+    assert kept["qsm_extent_mm"].iloc[0] < 3.0 and kept["qsm_elongation"].iloc[0] < 1.5
+    assert dropped["reason"].tolist() == ["vein_like"]
+    assert dropped["qsm_extent_mm"].iloc[0] > 6.0 and dropped["qsm_elongation"].iloc[0] > 3.0
+    # the rule switched off keeps both; an iron candidate is never tested for it
+    kept2, _ = extract_lesions(prob_cmb, None, None, np.eye(4), qsm, swi, participant_id="01",
+                               max_cmb_qsm_extent_mm=None, max_cmb_qsm_elongation=None)
+    assert len(kept2) == 2
+    kept3, _ = extract_lesions(None, prob_cmb, None, np.eye(4), qsm, swi, participant_id="01")
+    assert kept3["label"].tolist() == ["iron", "iron"]
+
+
+def test_microbleed_inside_an_iron_rich_nucleus_is_measured_against_the_nucleus():
+    prob_cmb, prob_iron, qsm, swi = _maps()
+    qsm[ball(SHAPE, (20, 20, 16), 14.0)] = 0.25  # a nucleus brighter than half the bleed's peak
+    bleed = ball(SHAPE, (22, 19, 15), 1.0)
+    qsm[bleed] = 0.45
+    prob_cmb[bleed] = 0.9
+    kept, dropped = extract_lesions(prob_cmb, None, None, np.eye(4), qsm, swi, participant_id="01")
+    assert len(kept) == 1 and len(dropped) == 0
+    assert kept["qsm_extent_mm"].iloc[0] <= 1.0 + 1e-6  # the bleed, measured from its centre
+    # (half the bleed's peak, 0.225 ppm, is below the nucleus: measured against zero the region
+    # would have been the whole nucleus, 28 mm across, and the bleed dropped as vein-like)
+    # a flat QSM has no peak to measure
+    assert np.isnan(qsm_peak_shape(np.full(SHAPE, 0.1, np.float32), (5, 5, 5), (1, 1, 1))[0])
+
+
+def test_low_probability_rule_per_class():
+    prob_cmb, prob_iron, qsm, swi = _maps()
+    weak, strong, iron = ball(SHAPE, (10, 10, 10), 1.5), ball(SHAPE, (30, 30, 20), 1.5), ball(SHAPE, (10, 30, 10), 2.0)
+    prob_cmb[weak], prob_cmb[strong], prob_iron[iron] = 0.7, 0.99, 0.7
+    qsm[weak | strong | iron] = 0.3
+    kept, dropped = extract_lesions(prob_cmb, prob_iron, None, np.eye(4), qsm, swi, participant_id="01",
+                                    min_prob_max={"cmb": 0.95, "iron": 0.6})
+    assert kept[["label", "i"]].values.tolist() == [["cmb", 30.0], ["iron", 10.0]]
+    assert dropped[["label", "i", "reason"]].values.tolist() == [["cmb", 10.0, "low_probability"]]
 
 
 def test_threshold_and_class_overlap():
@@ -209,6 +256,13 @@ def test_extract_lesions_files_writes_bids_tables(tmp_path):
     assert sidecar["volume_mm3"]["Units"] == "mm^3" and sidecar["x_mm"]["Units"] == "mm"
     dropped = pd.read_csv(out["dropped"], sep="\t")
     assert dropped["reason"].tolist() == ["negative_qsm"]
+    # the dseg holds the kept lesions only (not the dropped calcification)
+    import nibabel as nib
+
+    dseg = np.asarray(nib.load(out["dseg"]).dataobj)
+    assert out["dseg"].name == "sub-01_ses-pre_space-T2w_desc-deepmir_dseg.nii.gz"
+    assert int((dseg == 1).sum()) == lesions["n_voxels"].iloc[0] and int((dseg == 2).sum()) == lesions["n_voxels"].iloc[1]
+    assert dseg[30, 10, 10] == 0 and dseg[12, 12, 10] == 1 and dseg[25, 25, 20] == 2
     summary = pd.read_csv(out["summary"], sep="\t")
     assert summary.loc[0, "n_cmb"] == 1 and summary.loc[0, "n_iron"] == 1
     assert summary.loc[0, "n_dropped_negative_qsm"] == 1

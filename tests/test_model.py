@@ -433,3 +433,52 @@ def test_patch_sampler_centres_hard_negatives_on_mimics():
     for _ in range(10):
         si, c = sampler.centre(rng)
         assert np.min(np.abs(calc - c).max(axis=1)) <= 4  # within the jitter of a calcification
+
+
+def test_mined_hard_examples_are_written_and_sampled(tmp_path):
+    from deepmir_tasks.model.train import HARD_EXAMPLES, mine_hard_examples
+
+    subj = train_subject(17)
+    cmb = subj.lesions[1]  # voxel lists of the CMBs
+    probs = np.zeros((3,) + subj.label.shape, np.float32)
+    probs[0] = 1.0
+    for vox in cmb[1:]:
+        probs[1][tuple(vox.T)] = 0.999              # found
+    probs[1][tuple(cmb[0].T)] = 0.4                  # weak: found at 0.4 only
+    for vox in subj.lesions[2]:
+        probs[2][tuple(vox.T)] = 0.99
+    fp = subj.extra["mimics"]["calcification"][0].astype(int)
+    probs[1][tuple(fp)] = 0.8                        # fired on a calcification
+
+    class Fake:
+        classes, source = ["background", "cmb", "iron"], "fake"
+
+        def predict(self, volumes, mask):
+            return probs
+
+    counts = mine_hard_examples(Fake(), [subj], tmp_path)
+    assert counts == {subj.key: {"false_positives": 1, "weak_lesions": 1}}
+    rec = json.loads((tmp_path / subj.key / HARD_EXAMPLES).read_text())
+    np.testing.assert_allclose(rec["false_positives"][0], fp, atol=0.01)
+    np.testing.assert_allclose(rec["weak_lesions"][0], cmb[0].mean(axis=0), atol=0.01)
+
+    subj.extra["hard_examples"] = rec
+    rng = np.random.default_rng(0)
+    hard = PatchSampler([subj], patch=16, lesion_fraction=0.0, augment=False, hard_fraction=1.0)
+    for _ in range(10):
+        _, c = hard.centre(rng)
+        assert np.abs(c - cmb[0].mean(axis=0)).max() <= 16 // 3 + 1
+    assert any(np.array_equal(ijk, fp) for _, ijk in hard.mimics)  # a mined background look-alike
+
+
+def test_lesion_rules_come_from_the_record_with_defaults(tmp_path):
+    from deepmir_tasks.model.modelfile import DEFAULT_MODEL, LESION_RULE_DEFAULTS, lesion_rules
+
+    assert lesion_rules(tmp_path / "none.safetensors") == LESION_RULE_DEFAULTS
+    weights = tmp_path / "m.safetensors"
+    record_path(weights).write_text(json.dumps({"inference": {"lesions": {"threshold": 0.35, "min_prob_cmb": 0.9,
+                                                                           "unknown": 1}}}))
+    rules = lesion_rules(weights)
+    assert rules == dict(LESION_RULE_DEFAULTS, threshold=0.35, min_prob_cmb=0.9)
+    # the bundled model's record carries calibrated rules
+    assert set(lesion_rules(DEFAULT_MODEL)) == set(LESION_RULE_DEFAULTS)

@@ -20,7 +20,7 @@ OUTPUTS = ["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "preproc_report
 
 @workflow.define(outputs=OUTPUTS)
 def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, participant_id: str,
-                    session_id: str = "", threshold: float = 0.5, voxel_size: float = 1.0,
+                    session_id: str = "", threshold: float | None = None, voxel_size: float = 1.0,
                     tta: bool = False, report: bool = True, mask: NiftiGz | None = None,
                     version: str = __version__):
     """Find cerebral microbleeds and iron deposits in one subject.
@@ -30,9 +30,12 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
     ``voxel_size`` mm isotropic; T2w and SWI become robust z-scores inside the brain and QSM stays in
     ppm. A deep 3-D U-Net (``model``) gives CMB and iron-deposit probability maps; connected
     components above ``threshold`` become lesions, tabulated with size, world position, probability,
-    susceptibility, SWI contrast and MARS region; candidates with negative susceptibility
-    (calcification) or CMB candidates over 10 mm are dropped with the reason. A self-contained HTML
-    page shows each detection for visual review.
+    susceptibility, SWI contrast and MARS region; candidates that are too small, below the class's
+    minimum peak probability, of negative susceptibility (calcification), CMB candidates over
+    10 mm and CMB candidates on a tube of high susceptibility (vein) are dropped with the reason.
+    These rules' parameters come from the model record's ``inference.lesions`` (calibrated with the
+    model); ``threshold``, when given, replaces the record's voxel threshold. The ``dseg`` output
+    holds the kept lesions. A self-contained HTML page shows each detection for visual review.
 
     ``version`` changes with the package, so results of an older release are never reused; the
     model is a file input, so a new model reruns segmentation and what follows, not preprocessing.
@@ -41,23 +44,33 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
     # The record beside the weights (thresholds, normalisation) is part of the model too.
     seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
                                       tta=tta, version=f"{version}+record.{_record_digest(model)}"))
+    rules = lesion_rules(model)
+    if threshold is not None:
+        rules["threshold"] = threshold
     tab = workflow.add(ExtractLesions(probseg_cmb=seg.probseg_cmb, probseg_iron=seg.probseg_iron,
                                       dseg=seg.dseg, qsm=pre.qsm, swi=pre.swi, mask=pre.mask,
                                       t2_to_mni=pre.t2_to_mni, participant_id=participant_id,
-                                      session_id=session_id or None, threshold=threshold, version=version))
+                                      session_id=session_id or None, version=version, **rules))
     html = None
     if report:
         rep = workflow.add(RenderSubjectReport(
             participant_id=participant_id, session_id=session_id or None, t2=pre.t2, swi=pre.swi,
-            qsm=pre.qsm, mask=pre.mask, dseg=seg.dseg, lesions_tsv=tab.lesions, dropped_tsv=tab.dropped,
+            qsm=pre.qsm, mask=pre.mask, dseg=tab.dseg, lesions_tsv=tab.lesions, dropped_tsv=tab.dropped,
             inputs=_describe_inputs(t2=t2, swi=swi, qsm=qsm),
             provenance={"deepmir": __version__, "model": str(getattr(model, "name", model)),
-                        "threshold": threshold, "voxel_size_mm": voxel_size, "tta": tta},
+                        **rules, "voxel_size_mm": voxel_size, "tta": tta},
             version=version))
         html = rep.report
     return (pre.t2, pre.swi, pre.qsm, pre.mask, pre.swi_to_t2, pre.t2_to_mni, pre.report,
-            seg.probseg_cmb, seg.probseg_iron, seg.dseg, tab.lesions, tab.lesions_json, tab.dropped,
+            seg.probseg_cmb, seg.probseg_iron, tab.dseg, tab.lesions, tab.lesions_json, tab.dropped,
             tab.summary, html)
+
+
+def lesion_rules(model) -> dict:
+    """The :class:`ExtractLesions` parameters in the model record (``inference.lesions``)."""
+    from deepmir_tasks.model.modelfile import lesion_rules as from_record
+
+    return from_record(str(getattr(model, "fspath", model)))
 
 
 def _record_digest(model) -> str:

@@ -9,12 +9,21 @@ region. Components that are not credible detections are moved to a second table 
     fewer than half of its voxels lie inside the brain mask;
 ``too_small``
     fewer than ``min_voxels`` voxels;
+``low_probability``
+    its largest class probability is below the class's ``min_prob_max`` (the bundled model's record
+    holds values calibrated on held-out subjects);
 ``negative_qsm``
     mean susceptibility below ``qsm_min_ppm`` (default 0 ppm): a diamagnetic mimic such as a
     calcification, never reported as CMB or iron;
 ``too_large_for_cmb``
     a CMB candidate whose largest extent exceeds ``max_cmb_diameter_mm`` (10 mm, the clinical
-    definition of a microbleed): flagged and dropped rather than kept as a CMB.
+    definition of a microbleed): flagged and dropped rather than kept as a CMB;
+``vein_like``
+    a CMB candidate sitting on a tube of high susceptibility: around the candidate's QSM peak,
+    the 6-connected region above half the peak's contrast over the local background reaches
+    further than ``max_cmb_qsm_extent_mm`` (6 mm) from it, or is elongated (ratio of its two
+    longest principal axes above ``max_cmb_qsm_elongation``, 3). A microbleed is a compact blob on QSM; a vein in
+    cross-section looks like one on a slice, but goes on (see :func:`qsm_peak_shape`).
 
 Rules are checked in that order and the first that applies is the reason.
 """
@@ -30,6 +39,7 @@ from deepmir_tasks.io import InputError
 
 __all__ = [
     "CLASSES",
+    "qsm_peak_shape",
     "LESION_COLUMNS",
     "COLUMN_DESCRIPTIONS",
     "SUMMARY_COLUMNS",
@@ -45,7 +55,7 @@ CLASSES = {1: "cmb", 2: "iron"}
 LESION_COLUMNS = (
     "participant_id", "session_id", "lesion_id", "label", "n_voxels", "volume_mm3", "diameter_mm",
     "x_mm", "y_mm", "z_mm", "i", "j", "k", "prob_max", "prob_mean", "qsm_mean_ppm", "qsm_max_ppm",
-    "swi_contrast", "region",
+    "swi_contrast", "qsm_extent_mm", "qsm_elongation", "region",
 )
 
 #: BIDS-style sidecar for the lesion tables: column -> {"Description", "Units"?, "Levels"?}
@@ -78,6 +88,17 @@ COLUMN_DESCRIPTIONS = {
                        "deviation is used rather than to its mean because DEEPMIR's SWI is a z-score "
                        "whose local mean may be near 0.",
         "Units": "arbitrary (ratio)"},
+    "qsm_extent_mm": {
+        "Description": "Around the lesion's QSM peak, the 6-connected region above the local background "
+                       "(median QSM within 10 mm) plus half the peak's contrast over it: its largest "
+                       "distance from the peak (searched up to 10 mm). Small for a compact microbleed, "
+                       "long for a vein; n/a without QSM or when the peak stands less than 0.02 ppm "
+                       "above the background",
+        "Units": "mm"},
+    "qsm_elongation": {
+        "Description": "Of the same region: square root of the ratio of the two largest variances along "
+                       "its principal axes (1 = round, large = tubular); n/a as above",
+        "Units": "ratio"},
     "region": {
         "Description": "MARS location (Gregoire et al. 2009) of the centroid after mapping it to MNI152 "
                        "space with the T2w->MNI affine; n/a when no affine was given",
@@ -94,8 +115,10 @@ COLUMN_DESCRIPTIONS = {
         "Description": "Why the candidate was dropped",
         "Levels": {"outside_mask": "fewer than half of its voxels inside the brain mask",
                    "too_small": "fewer voxels than the minimum size",
+                   "low_probability": "largest probability below the class's minimum",
                    "negative_qsm": "diamagnetic (mean QSM below the minimum, e.g. calcification)",
-                   "too_large_for_cmb": "CMB candidate larger than the clinical 10 mm limit"}},
+                   "too_large_for_cmb": "CMB candidate larger than the clinical 10 mm limit",
+                   "vein_like": "CMB candidate on an elongated or extended QSM-bright structure (vein)"}},
 }
 
 _SHELL_MM = 2.0
@@ -131,6 +154,40 @@ def _principal_extent(ijk: np.ndarray, affine: np.ndarray) -> float:
     return float((proj.max(axis=0) - proj.min(axis=0)).max() + voxel)
 
 
+def qsm_peak_shape(qsm: np.ndarray, peak, zooms, *, fraction: float = 0.5, search_mm: float = 10.0,
+                   min_contrast_ppm: float = 0.02) -> tuple[float, float]:
+    """Extent (mm) and elongation of the QSM-bright region around voxel ``peak``.
+
+    Within ``search_mm`` of ``peak`` along each axis, the local background is the median QSM; the
+    region is the 6-connected set of voxels, joined to ``peak``, at or above the background plus
+    ``fraction`` of the peak's contrast over it (so that a microbleed inside an iron-rich nucleus is
+    measured against the nucleus). Extent is the region's largest distance from ``peak`` in mm;
+    elongation is ``sqrt(l1 / l2)`` for the two largest eigenvalues of the covariance of its voxel
+    positions (mm), 1 for fewer than four voxels. ``(nan, nan)`` when the peak stands less than
+    ``min_contrast_ppm`` above the background (nothing to measure).
+    """
+    import cc3d
+
+    zooms = np.asarray(zooms, float)
+    peak = np.asarray(peak, int)
+    r = np.ceil(search_mm / zooms).astype(int)
+    lo = np.maximum(peak - r, 0)
+    hi = np.minimum(peak + r + 1, qsm.shape)
+    box = np.asarray(qsm[tuple(slice(a, b) for a, b in zip(lo, hi))], np.float32)
+    c = tuple(peak - lo)
+    background = float(np.median(box))
+    contrast = float(box[c]) - background
+    if not contrast >= min_contrast_ppm:
+        return float("nan"), float("nan")
+    cc = cc3d.connected_components((box >= background + fraction * contrast).astype(np.uint8), connectivity=6)
+    reg = (np.argwhere(cc == cc[c]) - np.asarray(c)) * zooms
+    extent = float(np.sqrt((reg ** 2).sum(axis=1)).max())
+    if len(reg) < 4:
+        return extent, 1.0
+    ev = np.sort(np.linalg.eigvalsh(np.cov(reg.T)))[::-1]
+    return extent, float(np.sqrt(ev[0] / max(ev[1], 1e-3 * float(zooms.min()) ** 2)))
+
+
 def _ball(radius_vox: np.ndarray) -> np.ndarray:
     r = np.maximum(np.ceil(radius_vox).astype(int), 1)
     grid = np.ogrid[tuple(slice(-n, n + 1) for n in r)]
@@ -140,8 +197,9 @@ def _ball(radius_vox: np.ndarray) -> np.ndarray:
 
 def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, participant_id,
                     session_id=None, t2_to_mni=None, threshold: float = 0.5, min_voxels: int = 3,
-                    max_cmb_diameter_mm: float = 10.0,
-                    qsm_min_ppm: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    max_cmb_diameter_mm: float = 10.0, qsm_min_ppm: float = 0.0,
+                    min_prob_max: dict | None = None, max_cmb_qsm_extent_mm: float | None = 6.0,
+                    max_cmb_qsm_elongation: float | None = 3.0, return_labels: bool = False):
     """Find and measure the lesions of each class; return (kept, dropped) tables.
 
     Args:
@@ -158,11 +216,18 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
         threshold: a voxel is a candidate when its class probability is at least this; a voxel
             above threshold for both classes goes to the more probable one.
         min_voxels, max_cmb_diameter_mm, qsm_min_ppm: the dropping rules (module docstring).
+        min_prob_max: ``{"cmb": p, "iron": q}``: a lesion whose largest probability is below its
+            class's value is dropped (``low_probability``); ``None`` keeps every candidate.
+        max_cmb_qsm_extent_mm, max_cmb_qsm_elongation: the ``vein_like`` rule; ``None`` turns
+            that half of it off.
+
+        return_labels: also return the label map of the kept lesions (uint8: 0, 1 CMB, 2 iron).
 
     Returns:
-        ``kept`` with :data:`LESION_COLUMNS` (``session_id`` only if given), one row per lesion,
-        CMBs first then iron, each in order of position; ``dropped`` with the same columns plus
-        ``reason``. Lesion ids number the kept rows from 1 and the dropped rows from 1.
+        ``(kept, dropped)``, or ``(kept, dropped, labels)`` with ``return_labels``: ``kept`` has
+        :data:`LESION_COLUMNS` (``session_id`` only if given), one row per lesion, CMBs first then
+        iron, each in order of position; ``dropped`` has the same columns plus ``reason``. Lesion
+        ids number the kept rows from 1 and the dropped rows from 1.
     """
     from deepmir_tasks.lesions.regions import classify_world, load_affine
 
@@ -208,7 +273,7 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
     pad = np.ceil(_SHELL_MM / zooms).astype(int)
     ball = _ball(_SHELL_MM / zooms)
 
-    rows = []
+    rows, voxels = [], []
     for name in ("cmb", "iron"):
         if not cand[name].any():
             continue
@@ -235,10 +300,16 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
                 "i": centroid[0], "j": centroid[1], "k": centroid[2],
                 "prob_max": float(p_vals.max()), "prob_mean": float(p_vals.mean()),
                 "qsm_mean_ppm": np.nan, "qsm_max_ppm": np.nan, "swi_contrast": np.nan,
+                "qsm_extent_mm": np.nan, "qsm_elongation": np.nan,
             }
             if qsm_arr is not None:
                 q = qsm_arr[crop][comp]
                 row["qsm_mean_ppm"], row["qsm_max_ppm"] = float(q.mean()), float(q.max())
+                # the QSM peak (of equal values, the one nearest the centroid)
+                near = np.linalg.norm(ijk - centroid, axis=1)
+                top = np.flatnonzero(q >= q.max())
+                row["qsm_extent_mm"], row["qsm_elongation"] = qsm_peak_shape(
+                    qsm_arr, ijk[top[np.argmin(near[top])]], zooms)
             if swi_arr is not None:
                 shell = ndimage.binary_dilation(comp, structure=ball) & ~any_cand[crop] & mask_arr[crop]
                 if shell.sum() >= 3:
@@ -252,17 +323,23 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
                 reason = "outside_mask"
             elif n < min_voxels:
                 reason = "too_small"
+            elif min_prob_max and row["prob_max"] < float(min_prob_max.get(name, 0.0)):
+                reason = "low_probability"
             elif qsm_arr is not None and row["qsm_mean_ppm"] < qsm_min_ppm:
                 reason = "negative_qsm"
             elif name == "cmb" and _principal_extent(ijk.astype(float), affine) > max_cmb_diameter_mm:
                 reason = "too_large_for_cmb"
+            elif name == "cmb" and _vein_like(row, max_cmb_qsm_extent_mm, max_cmb_qsm_elongation):
+                reason = "vein_like"
             row["reason"] = reason
+            row["_index"] = len(rows)
             rows.append(row)
+            voxels.append(ijk)
 
     with_session = ses is not None
     table = pd.DataFrame(rows, columns=[c for c in LESION_COLUMNS if c not in
                                         ("participant_id", "session_id", "lesion_id", "region")]
-                         + ["reason"])
+                         + ["reason", "_index"])
     if len(table):
         table["region"] = classify_world(table[["x_mm", "y_mm", "z_mm"]].to_numpy(float), world_to_mni)
     else:
@@ -277,10 +354,20 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
 
     kept = table[table["reason"].isna()].reset_index(drop=True)
     dropped = table[table["reason"].notna()].reset_index(drop=True)
+    labels = np.zeros(shape, np.uint8)
+    for index, name in zip(kept["_index"], kept["label"]):
+        v = voxels[int(index)]
+        labels[v[:, 0], v[:, 1], v[:, 2]] = 1 if name == "cmb" else 2
     kept = kept.assign(lesion_id=np.arange(1, len(kept) + 1, dtype=int))[_columns(with_session)]
     dropped = dropped.assign(lesion_id=np.arange(1, len(dropped) + 1, dtype=int))[
         _columns(with_session, dropped=True)]
-    return kept, dropped
+    return (kept, dropped, labels) if return_labels else (kept, dropped)
+
+
+def _vein_like(row: dict, max_extent, max_elongation) -> bool:
+    ext, elong = row["qsm_extent_mm"], row["qsm_elongation"]
+    return bool((max_extent is not None and ext == ext and ext > max_extent)
+                or (max_elongation is not None and elong == elong and elong > max_elongation))
 
 
 SUMMARY_COLUMNS_DOC = {
@@ -352,7 +439,9 @@ def _load(path, what, *, allow_empty=True):
 def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_dir, participant_id,
                           session_id=None, t2_to_mni=None, threshold: float = 0.5, *,
                           min_voxels: int = 3, max_cmb_diameter_mm: float = 10.0,
-                          qsm_min_ppm: float = 0.0) -> dict:
+                          qsm_min_ppm: float = 0.0, min_prob_max: dict | None = None,
+                          max_cmb_qsm_extent_mm: float | None = 6.0,
+                          max_cmb_qsm_elongation: float | None = 3.0) -> dict:
     """File-level :func:`extract_lesions`: read NIfTI maps, write the BIDS-derivative tables.
 
     Every image must be on one grid (the T2w working grid); a file on another grid raises
@@ -362,13 +451,14 @@ def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_d
     - ``<prefix>_space-T2w_desc-deepmir_lesions.tsv`` (+ ``.json`` sidecar describing each column),
     - ``<prefix>_space-T2w_desc-dropped_lesions.tsv``,
     - ``<prefix>_space-T2w_desc-deepmir_summary.tsv`` (+ ``.json``),
+    - ``<prefix>_space-T2w_desc-deepmir_dseg.nii.gz``: the kept lesions (0, 1 CMB, 2 iron),
 
     where ``<prefix>`` is ``sub-XX[_ses-YY]``. Returns a dict with keys ``lesions``,
-    ``lesions_json``, ``dropped``, ``summary`` (paths) and ``summary_json`` (the summary's column
+    ``lesions_json``, ``dropped``, ``summary``, ``dseg`` (paths) and ``summary_json`` (the summary's column
     descriptions plus the parameters and software version that produced the tables).
     """
     from deepmir_tasks import __version__
-    from deepmir_tasks.io import write_json, write_tsv
+    from deepmir_tasks.io import save_nifti, write_json, write_tsv
     from deepmir_tasks.lesions.regions import load_affine
 
     if probseg_cmb is None and probseg_iron is None and dseg is None:
@@ -394,10 +484,12 @@ def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_d
             raise InputError(files[key][0], f"{files[key][1]} has values outside [0, 1] "
                                             f"({data[key].min():.3g} to {data[key].max():.3g})")
     mni = load_affine(t2_to_mni)
-    kept, dropped = extract_lesions(
+    kept, dropped, labels = extract_lesions(
         data["probseg_cmb"], data["probseg_iron"], data["dseg"], ref.affine, data["qsm"], data["swi"],
         data["mask"], participant_id=sub, session_id=ses, t2_to_mni=mni, threshold=threshold,
-        min_voxels=min_voxels, max_cmb_diameter_mm=max_cmb_diameter_mm, qsm_min_ppm=qsm_min_ppm)
+        min_voxels=min_voxels, max_cmb_diameter_mm=max_cmb_diameter_mm, qsm_min_ppm=qsm_min_ppm,
+        min_prob_max=min_prob_max, max_cmb_qsm_extent_mm=max_cmb_qsm_extent_mm,
+        max_cmb_qsm_elongation=max_cmb_qsm_elongation, return_labels=True)
     summary = summarise_lesions(kept, dropped, sub, ses)
 
     out_dir = Path(out_dir)
@@ -408,6 +500,7 @@ def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_d
         "dropped": out_dir / f"{prefix}_space-T2w_desc-dropped_lesions.tsv",
         "summary": out_dir / f"{prefix}_space-T2w_desc-deepmir_summary.tsv",
         "summary_json": out_dir / f"{prefix}_space-T2w_desc-deepmir_summary.json",
+        "dseg": out_dir / f"{prefix}_space-T2w_desc-deepmir_dseg.nii.gz",
     }
     sidecar = {c: COLUMN_DESCRIPTIONS[c] for c in kept.columns}
     summary_sidecar = {c: {"Description": d} for c, d in SUMMARY_COLUMNS_DOC.items()}
@@ -415,6 +508,8 @@ def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_d
         "Name": "deepmir", "Version": __version__,
         "Parameters": {"threshold": threshold, "min_voxels": min_voxels, "connectivity": 26,
                        "max_cmb_diameter_mm": max_cmb_diameter_mm, "qsm_min_ppm": qsm_min_ppm,
+                       "min_prob_max": min_prob_max, "max_cmb_qsm_extent_mm": max_cmb_qsm_extent_mm,
+                       "max_cmb_qsm_elongation": max_cmb_qsm_elongation,
                        "t2_to_mni": None if t2_to_mni is None else str(t2_to_mni)
                        if isinstance(t2_to_mni, (str, Path)) else "array"},
         "Sources": {k: str(v[0]) for k, v in files.items() if v[0] is not None},
@@ -424,6 +519,7 @@ def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_d
     write_json(summary_sidecar, paths["summary_json"])
     write_tsv(_round(dropped), paths["dropped"])
     write_tsv(_round(summary), paths["summary"])
+    save_nifti(labels, ref.affine, paths["dseg"])
     return paths
 
 

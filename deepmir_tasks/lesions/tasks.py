@@ -35,6 +35,10 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
         min_voxels: smallest component kept
         max_cmb_diameter_mm: largest CMB extent kept (clinical 10 mm rule)
         qsm_min_ppm: candidates with a lower mean susceptibility are dropped (diamagnetic mimics)
+        min_prob_cmb: CMB lesions whose largest probability is lower are dropped
+        min_prob_iron: iron lesions whose largest probability is lower are dropped
+        max_cmb_qsm_extent_mm: CMB candidates whose QSM-bright region reaches further are dropped as vein-like
+        max_cmb_qsm_elongation: CMB candidates whose QSM-bright region is more elongated are dropped as vein-like
         version: package version, so that a new release is a new cache entry
     """
 
@@ -51,6 +55,10 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
     min_voxels: int = 3
     max_cmb_diameter_mm: float = 10.0
     qsm_min_ppm: float = 0.0
+    min_prob_cmb: float = 0.0
+    min_prob_iron: float = 0.0
+    max_cmb_qsm_extent_mm: float = 6.0
+    max_cmb_qsm_elongation: float = 3.0
     version: str = __version__
 
     class Outputs(python.Outputs):
@@ -58,18 +66,22 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
         lesions_json: File
         dropped: File
         summary: File
+        dseg: NiftiGz
 
     @staticmethod
     def function(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, t2_to_mni, participant_id, session_id,
-                 threshold, min_voxels, max_cmb_diameter_mm, qsm_min_ppm, version):
+                 threshold, min_voxels, max_cmb_diameter_mm, qsm_min_ppm, min_prob_cmb, min_prob_iron,
+                 max_cmb_qsm_extent_mm, max_cmb_qsm_elongation, version):
         from deepmir_tasks.lesions.extract import extract_lesions_files
 
         out = extract_lesions_files(
             _fspath(probseg_cmb), _fspath(probseg_iron), _fspath(dseg), _fspath(qsm), _fspath(swi),
             _fspath(mask), Path.cwd(), participant_id, session_id=session_id,
             t2_to_mni=_fspath(t2_to_mni), threshold=threshold, min_voxels=min_voxels,
-            max_cmb_diameter_mm=max_cmb_diameter_mm, qsm_min_ppm=qsm_min_ppm)
-        return out["lesions"], out["lesions_json"], out["dropped"], out["summary"]
+            max_cmb_diameter_mm=max_cmb_diameter_mm, qsm_min_ppm=qsm_min_ppm,
+            min_prob_max={"cmb": min_prob_cmb, "iron": min_prob_iron},
+            max_cmb_qsm_extent_mm=max_cmb_qsm_extent_mm, max_cmb_qsm_elongation=max_cmb_qsm_elongation)
+        return out["lesions"], out["lesions_json"], out["dropped"], out["summary"], out["dseg"]
 
 
 @python.define

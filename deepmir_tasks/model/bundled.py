@@ -12,10 +12,15 @@ Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run c
    (both cohorts in the ``write_bids_cohort`` layout; the training cohort with raised lesion
    counts, ``TRAIN_LESION_COUNTS``, the test cohort with the simulator's defaults), and every
    subject through the pipeline's own ``preprocess_subject`` (cached), ``--jobs`` at a time;
-2. ``train``: :func:`deepmir_tasks.model.train.train` (``--resume`` continues the checkpoint);
-3. ``evaluate``: per-class minimum lesion peak probabilities chosen on a separate calibration
-   cohort (``--n-val`` subjects, seed ``--val-seed``, default lesion counts), then lesion-wise
-   figures on the held-out test cohort written into the model record.
+2. ``train``: :func:`deepmir_tasks.model.train.train` (``--resume`` continues the checkpoint;
+   ``--lesion-fraction``/``--mimic-fraction``/``--hard-fraction`` change the patch mix on resume);
+   ``mine``: :func:`deepmir_tasks.model.train.mine_hard_examples` runs the current model on the
+   training cohort and records its false positives and weak lesions, which a resumed ``train``
+   with ``--hard-fraction`` > 0 then samples (not part of ``all``: it needs a trained model);
+3. ``evaluate``: the lesion-extraction rules (voxel threshold, minimum size, per-class minimum
+   peak probability; :data:`RULE_GRID`) chosen on a separate calibration cohort (``--n-val``
+   subjects, seed ``--val-seed``, default lesion counts), then lesion-wise figures of the lesion
+   table on the held-out test cohort, all written into the model record.
 """
 
 from __future__ import annotations
@@ -159,42 +164,77 @@ def predict_subjects(predictor, subjects) -> list[np.ndarray]:
     return [predictor.predict(s.extra["volumes"], s.mask).astype(np.float16) for s in subjects]
 
 
-def metrics_for(predictor, subjects, probs, inference=None) -> dict:
-    """Lesion-wise figures of ``predictor`` with its record's ``inference`` settings replaced."""
-    from deepmir_tasks.model.predictor import DSEG_LABELS
-    from deepmir_tasks.model.train import lesion_metrics, summarise_metrics
+#: the calibration grid of the lesion-extraction rules (``inference.lesions`` of the record)
+RULE_GRID = {"threshold": (0.2, 0.35, 0.5), "min_voxels": (1, 2, 3),
+             "min_prob": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)}
 
-    old = predictor.record.get("inference")
-    predictor.record["inference"] = dict(old or {}, **(inference or {}))
+
+def candidate_tables(subjects, probs, threshold: float) -> list:
+    """Every lesion candidate of each subject, as the pipeline's :func:`extract_lesions` finds and
+    measures it at voxel ``threshold`` (``min_voxels`` 1, no probability minimum, so that those two
+    rules can be applied afterwards for any value); dropped rows keep their ``reason``."""
+    import pandas as pd
+
+    from deepmir_tasks.lesions.extract import extract_lesions
+
+    out = []
+    for s, p in zip(subjects, probs):
+        p = np.asarray(p, np.float32)
+        kept, dropped = extract_lesions(p[1], p[2], None, s.affine, s.extra["volumes"]["qsm"],
+                                        s.extra["volumes"]["swi"], s.mask, participant_id=s.key,
+                                        threshold=threshold, min_voxels=1)
+        out.append(pd.concat([kept.assign(reason=None), dropped], ignore_index=True))
+    return out
+
+
+def score_tables(subjects, tables, rules: dict, vein_rule: bool = True) -> dict:
+    """Lesion-wise figures per class of the lesions kept under ``rules`` (``min_voxels``,
+    ``min_prob_cmb``, ``min_prob_iron``) from :func:`candidate_tables`."""
+    from deepmir_tasks.model.train import DSEG_VALUE, lesion_components, match_lesions, summarise_metrics
+
     per = []
-    classes = [c for c in predictor.classes if c in DSEG_LABELS and c != "background"]
-    try:
-        for s, p in zip(subjects, probs):
-            lab = predictor.labels(p, s.mask)
-            dseg = np.zeros(lab.shape, np.uint8)
-            for i, name in enumerate(predictor.classes):
-                if name in DSEG_LABELS:
-                    dseg[lab == i] = DSEG_LABELS[name]
-            per.append(lesion_metrics(dseg, s.dseg, s.affine, classes, other_xyz=s.extra.get("mimics")))
-    finally:
-        predictor.record["inference"] = old
-    return {"n_subjects": len(subjects), **summarise_metrics(per, classes)}
+    for s, t in zip(subjects, tables):
+        ok = t["reason"].isna() | ((t["reason"] == "vein_like") & (not vein_rule))
+        ok &= t["n_voxels"] >= rules["min_voxels"]
+        ok &= t["prob_max"] >= t["label"].map({"cmb": rules["min_prob_cmb"], "iron": rules["min_prob_iron"]})
+        m = {}
+        for name, value in DSEG_VALUE.items():
+            pred = t.loc[ok & (t["label"] == name), ["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+            true = lesion_components(s.dseg, value, s.affine)
+            tp = len(match_lesions(pred, true, 5.0))
+            m[name] = {"tp": tp, "fp": len(pred) - tp, "fn": len(true) - tp, "n_pred": len(pred), "n_true": len(true)}
+            for kind, xyz in (s.extra.get("mimics") or {}).items():
+                xyz = np.asarray(xyz, float).reshape(-1, 3)
+                near = np.linalg.norm(pred[:, None] - xyz[None], axis=-1).min(1) <= 5.0 if len(pred) and len(xyz) \
+                    else np.zeros(0, bool)
+                m[name][f"on_{kind}"] = int(near.sum())
+        per.append(m)
+    return {"n_subjects": len(subjects), **summarise_metrics(per, tuple(DSEG_VALUE))}
 
 
-def calibrate_component_threshold(predictor, subjects, probs,
-                                  grid=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)) -> dict:
-    """Per-class minimum peak probability of a kept lesion that maximises lesion-wise F1 on
-    ``subjects`` (voxel labels stay argmax; ties go to the lower threshold)."""
-    classes = [c for c in predictor.classes if c != "background"]
-    best = {}
-    for c in classes:
-        scores = []
-        for t in grid:
-            m = metrics_for(predictor, subjects, probs, {"component_min_prob": {**best, c: t}})[c]
-            f1 = m["f1"] if m["f1"] == m["f1"] else 0.0
-            scores.append((round(f1, 6), -t))
-        best[c] = -max(scores)[1]
-    return best
+def calibrate_rules(subjects, probs) -> tuple[dict, dict]:
+    """The lesion rules that maximise the mean lesion-wise F1 of CMB and iron on ``subjects``
+    (each class its own minimum peak probability; ties go to the lower values). Returns the rules
+    and their figures."""
+    from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
+
+    def f1(m):
+        return m["f1"] if m["f1"] == m["f1"] else 0.0
+
+    best = None
+    for threshold in RULE_GRID["threshold"]:
+        tables = candidate_tables(subjects, probs, threshold)
+        for min_voxels in RULE_GRID["min_voxels"]:
+            rules = dict(LESION_RULE_DEFAULTS, threshold=threshold, min_voxels=min_voxels)
+            for name in ("cmb", "iron"):
+                options = [(f1(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}))[name]), -t)
+                           for t in RULE_GRID["min_prob"] if t == 0.0 or t >= threshold]
+                rules[f"min_prob_{name}"] = -max(options)[1]
+            figures = score_tables(subjects, tables, rules)
+            score = (round((f1(figures["cmb"]) + f1(figures["iron"])) / 2, 6), -threshold, -min_voxels)
+            if best is None or score > best[0]:
+                best = (score, rules, figures)
+    return best[1], best[2]
 
 
 def main(argv=None) -> int:
@@ -202,11 +242,14 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("work_tmp/bundled"))
     p.add_argument("--out", type=Path, default=Path("deepmir_tasks/models/deepmir_default.safetensors"))
-    p.add_argument("--stage", default="all", choices=["all", "data", "train", "evaluate"])
+    p.add_argument("--stage", default="all", choices=["all", "data", "train", "mine", "evaluate"])
     p.add_argument("--jobs", type=int, default=2, help="subjects simulated/preprocessed in parallel")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     p.add_argument("--resume", nargs="?", const=True, default=None)
+    for name in ("lesion_fraction", "mimic_fraction", "hard_fraction"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
+                       help="patch mix; on --resume replaces the checkpoint's value")
     p.add_argument("--only-prepared", action="store_true",
                    help="train on the training subjects whose preprocessing has finished (while the data "
                         "stage still runs); a later --resume picks up the rest")
@@ -234,9 +277,11 @@ def main(argv=None) -> int:
         cohorts = simulate_and_prepare(work, cache, args.n_train, args.n_test, args.train_seed, args.test_seed,
                                        jobs=args.jobs, progress=not args.no_progress, n_val=args.n_val,
                                        val_seed=args.val_seed)
+    mix = {k: getattr(args, k) for k in ("lesion_fraction", "mimic_fraction", "hard_fraction")
+           if getattr(args, k) is not None}
     config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
                          batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,
-                         validate_every=args.validate_every, checkpoint_seconds=args.checkpoint_seconds)
+                         validate_every=args.validate_every, checkpoint_seconds=args.checkpoint_seconds, **mix)
     # the one command that rebuilds the model from nothing (staging options left out), and this run's
     extra = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
     command = " ".join(["python -m deepmir_tasks.model.bundled", f"--work {args.work}", f"--out {args.out}",
@@ -252,20 +297,35 @@ def main(argv=None) -> int:
                                      "lesion_counts": "simulator defaults"},
                      "preprocessing": "deepmir_tasks.preprocess.preprocess_subject (voxel_size 1.0, defaults)"},
             "command": command, "this_run": this_run}
+    if "mine" in stages:
+        from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
+        from deepmir_tasks.model.predictor import Predictor
+        from deepmir_tasks.model.train import mine_hard_examples
+
+        subs = load_subjects(cohorts["train"], cohorts["train"] / "derivatives" / "annotations", cache, config,
+                             DEFAULT_NORMALIZATION, None, with_volumes=True, progress=not args.no_progress)
+        counts = mine_hard_examples(Predictor.from_file(args.out), subs, cache)
+        print(json.dumps(counts, indent=1))
     if "train" in stages:
         if args.only_prepared:
             cohorts = dict(cohorts, train=ready_view(cohorts["train"], cache, work / "train_ready"))
         train(cohorts["train"], cohorts["train"] / "derivatives" / "annotations", args.out, config,
               cache_dir=cache, resume=args.resume, threads=args.threads, device=args.device,
-              progress=not args.no_progress, training_info=info, stop_at=args.stop_at)
+              progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides=mix)
     if "evaluate" in stages:
         evaluate_bundled(args.out, cohorts, cache, config, info)
     return 0
 
 
 def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) -> dict:
-    """Choose lesion thresholds on the calibration cohort, score the test cohort, update the record."""
-    from deepmir_tasks.model.modelfile import load_record, record_path
+    """Calibrate the lesion rules on the calibration cohort, score the test cohort, update the record.
+
+    Both go through the pipeline's own lesion extraction (:func:`extract_lesions`), so the figures
+    are those of the lesion table a user gets. The record also keeps, as ablations, the test
+    figures of the network's argmax label map (every candidate, no rule) and of the calibrated rules
+    without the ``vein_like`` rule.
+    """
+    from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS, load_record, record_path
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
     from deepmir_tasks.model.predictor import Predictor
     from deepmir_tasks.model.train import load_subjects
@@ -273,41 +333,42 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
     rec = load_record(out)
     pred = Predictor.from_file(out)
     pred.record["inference"] = {k: v for k, v in (pred.record.get("inference") or {}).items()
-                                if k not in ("thresholds", "component_min_prob")}
+                                if k not in ("thresholds", "component_min_prob", "lesions")}
     t0 = time.perf_counter()
-    calib = None
+    rules, calib = dict(LESION_RULE_DEFAULTS), None
     val_dir = cohorts.get("val")
     if val_dir is not None and val_dir.exists() and any(val_dir.glob("sub-*")):
         val = load_subjects(val_dir, val_dir / "derivatives" / "annotations", cohort_cache(cache, "val"), config,
                             DEFAULT_NORMALIZATION, None, with_volumes=True, progress=False)
-        vprobs = predict_subjects(pred, val)
-        comp = calibrate_component_threshold(pred, val, vprobs)
-        calib = {"subjects": len(val), "component_min_prob": comp,
-                 "argmax": metrics_for(pred, val, vprobs),
-                 "calibrated": metrics_for(pred, val, vprobs, {"component_min_prob": comp})}
-        del val, vprobs
+        rules, figures = calibrate_rules(val, predict_subjects(pred, val))
+        calib = {"subjects": len(val), "rules": rules, "figures": figures}
+        log.info("calibrated lesion rules %s: %s", rules, json.dumps(figures))
+        del val
     ann = cohorts["test"] / "derivatives" / "annotations"
     test = load_subjects(cohorts["test"], ann, cohort_cache(cache, "test"), config, DEFAULT_NORMALIZATION, None,
                          with_volumes=True, progress=False)
     t1 = time.perf_counter()
     tprobs = predict_subjects(pred, test)
     t_pred = (time.perf_counter() - t1) / max(len(test), 1)
-    test_argmax = metrics_for(pred, test, tprobs)
-    inference = dict(pred.record.get("inference") or {})
-    if calib:
-        inference["component_min_prob"] = calib["component_min_prob"]
-    test_final = metrics_for(pred, test, tprobs, inference)
-    rec["inference"] = dict(inference, thresholds=None)
+    tables = candidate_tables(test, tprobs, rules["threshold"])
+    shipped = score_tables(test, tables, rules)
+    no_vein = score_tables(test, tables, rules, vein_rule=False)
+    argmax_tables = candidate_tables(test, tprobs, 0.5)
+    everything = dict(LESION_RULE_DEFAULTS, min_voxels=1)
+    argmax = score_tables(test, [t.assign(reason=None) for t in argmax_tables], everything)
+    rec["inference"] = {k: v for k, v in (rec.get("inference") or {}).items() if k != "component_min_prob"}
+    rec["inference"].update(thresholds=None, lesions=rules)
     history = rec.get("validation", {}).get("training_history")
     if history is None:
         history = rec.get("validation")
     rec["validation"] = {
-        "rule": "lesion-wise: a detection counts when its centroid lies within 5 mm of a true lesion of "
-                "the same class, matched one-to-one greedily by distance; on_calcification / on_vein count "
-                "predicted lesions within 5 mm of a simulated calcification / vein",
+        "rule": "lesion-wise, on the lesion table of the pipeline's extraction: a detection counts when "
+                "its centroid lies within 5 mm of a true lesion of the same class, matched one-to-one "
+                "greedily by distance; on_calcification / on_vein count kept lesions within 5 mm of a "
+                "simulated calcification / vein",
         "calibration_cohort": calib,
-        "held_out_test": {"cohort": info["data"]["test_cohort"], "argmax": test_argmax,
-                          "as_shipped": test_final,
+        "held_out_test": {"cohort": info["data"]["test_cohort"], "as_shipped": shipped,
+                          "without_vein_rule": no_vein, "network_only": argmax,
                           "seconds_per_subject_predict": round(t_pred, 1)},
         "training_history": history,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -316,7 +377,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
     rec["training"].update({k: v for k, v in info.items() if k != "this_run"})
     rec["training"]["runs"] = runs + [info["this_run"]]
     write_json(rec, record_path(out))
-    print(json.dumps(rec["validation"]["held_out_test"], indent=2))
+    print(json.dumps({"rules": rules, **rec["validation"]["held_out_test"]}, indent=2))
     return rec
 
 

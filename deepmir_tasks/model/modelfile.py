@@ -53,6 +53,25 @@ def record_path(weights_path) -> Path:
     return weights_path.with_name(weights_path.name.removesuffix(".safetensors") + ".json")
 
 
+#: lesion-extraction parameters (``ExtractLesions`` inputs) used when a record gives none
+LESION_RULE_DEFAULTS = {"threshold": 0.5, "min_voxels": 3, "min_prob_cmb": 0.0, "min_prob_iron": 0.0,
+                        "max_cmb_qsm_extent_mm": 6.0, "max_cmb_qsm_elongation": 3.0}
+
+
+def lesion_rules(path=None) -> dict:
+    """The lesion-extraction parameters a model's record calibrated (``inference.lesions``),
+    completed with :data:`LESION_RULE_DEFAULTS`; the defaults when the record cannot be read
+    (loading the model reports that)."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    rules = dict(LESION_RULE_DEFAULTS)
+    try:
+        inference = json.loads(record_path(path).read_text()).get("inference") or {}
+    except (OSError, ValueError, AttributeError):
+        return rules
+    rules.update({k: v for k, v in (inference.get("lesions") or {}).items() if k in rules})
+    return {k: type(LESION_RULE_DEFAULTS[k])(v) for k, v in rules.items()}
+
+
 def sha256_file(path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -47,6 +47,7 @@ __all__ = [
     "match_lesions",
     "lesion_metrics",
     "evaluate_predictor",
+    "mine_hard_examples",
     "save_checkpoint",
     "load_checkpoint",
     "train",
@@ -75,6 +76,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     lesion_fraction: float = 0.67
     mimic_fraction: float = 0.2  # patches centred on veins / calcifications (hard negatives)
+    hard_fraction: float = 0.0   # patches centred on mined hard lesions (see mine_hard_examples)
     class_weights: tuple = (1.0, 3.0, 3.0)
     dice_weight: float = 1.0
     seed: int = 0
@@ -249,20 +251,25 @@ class PatchSampler:
     """Draw (augmented) training patches from in-memory subjects with a numpy ``Generator``."""
 
     def __init__(self, subjects: list[TrainSubject], patch: int, lesion_fraction: float = 0.67,
-                 augment: bool = True, mimic_fraction: float = 0.0):
+                 augment: bool = True, mimic_fraction: float = 0.0, hard_fraction: float = 0.0):
         self.subjects = subjects
         self.patch = int(patch)
         self.lesion_fraction = lesion_fraction
         self.mimic_fraction = mimic_fraction
-        # voxel centres of mimics (veins, calcifications: labelled background) per subject
-        self.mimics = []
+        self.hard_fraction = hard_fraction
+        # voxel centres of mimics (veins, calcifications, mined false positives: labelled
+        # background) and of mined hard lesions (missed or weak), per subject
+        self.mimics, self.hard = [], []
         for si, s in enumerate(subjects):
             inv = np.linalg.inv(np.asarray(s.affine, float))
-            for xyz in (s.extra.get("mimics") or {}).values():
+            hard = s.extra.get("hard_examples") or {}
+            groups = [(self.mimics, xyz) for xyz in (s.extra.get("mimics") or {}).values()]
+            groups += [(self.mimics, hard.get("false_positives", [])), (self.hard, hard.get("weak_lesions", []))]
+            for dest, xyz in groups:
                 for c in np.asarray(xyz, float).reshape(-1, 3):
                     ijk = np.rint(inv[:3, :3] @ c + inv[:3, 3]).astype(int)
                     if np.all(ijk >= 0) and np.all(ijk < np.array(s.label.shape)):
-                        self.mimics.append((si, ijk))
+                        dest.append((si, ijk))
         self.augment = augment
         self.margin = int(math.ceil(self.patch * 0.15)) if augment else 0
         n_classes = max((max(s.lesions, default=0) for s in subjects), default=0)
@@ -276,6 +283,10 @@ class PatchSampler:
         if self.mimics and self.lesion_fraction <= r < self.lesion_fraction + self.mimic_fraction:
             si, centre = self.mimics[rng.integers(len(self.mimics))]
             return si, centre + rng.integers(-self.patch // 4, self.patch // 4 + 1, size=3)
+        if self.hard and self.lesion_fraction + self.mimic_fraction <= r < (
+                self.lesion_fraction + self.mimic_fraction + self.hard_fraction):
+            si, centre = self.hard[rng.integers(len(self.hard))]
+            return si, centre + rng.integers(-self.patch // 3, self.patch // 3 + 1, size=3)
         if self.by_class and r < self.lesion_fraction:
             c = list(self.by_class)[rng.integers(len(self.by_class))]
             si, li = self.by_class[c][rng.integers(len(self.by_class[c]))]
@@ -487,6 +498,56 @@ def _score(summary: dict, classes) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
+#: per-subject file of mined hard examples in the preprocessing cache
+HARD_EXAMPLES = "hard_examples.json"
+
+
+def mine_hard_examples(predictor, subjects: list[TrainSubject], cache_dir, *, min_prob: float = 0.3,
+                       weak_below: float = 0.98, max_dist: float = 5.0) -> dict:
+    """Run ``predictor`` on training subjects and write what it gets wrong, for the sampler.
+
+    Per subject, ``<cache_dir>/<key>/hard_examples.json`` holds world-mm centres of
+    ``false_positives`` (components of a lesion class's probability above ``min_prob`` with no
+    true lesion of that class within ``max_dist``) and ``weak_lesions`` (true lesions whose peak
+    probability of their class stays below ``weak_below``). Training with ``hard_fraction`` > 0
+    then centres that share of patches on weak lesions and adds the false positives to the
+    background look-alikes of ``mimic_fraction``. Returns the counts per subject.
+    """
+    import cc3d
+    from scipy import ndimage
+
+    out = {}
+    for s in subjects:
+        probs = predictor.predict(s.extra["volumes"], s.mask)
+        fps, weak = [], []
+        for ci, name in enumerate(predictor.classes):
+            if name not in DSEG_VALUE:
+                continue
+            cand = cc3d.connected_components(((probs[ci] > min_prob) & s.mask).astype(np.uint8), connectivity=26)
+            n = int(cand.max())
+            true = lesion_components(s.dseg, DSEG_VALUE[name], s.affine)
+            if n:
+                cent = np.asarray(cc3d.statistics(cand)["centroids"])[1:n + 1]
+                xyz = cent @ s.affine[:3, :3].T + s.affine[:3, 3]
+                near = (np.linalg.norm(xyz[:, None] - true[None], axis=-1).min(1) <= max_dist) if len(true) \
+                    else np.zeros(n, bool)
+                fps += xyz[~near].round(2).tolist()
+            tcc = cc3d.connected_components((s.dseg == DSEG_VALUE[name]).astype(np.uint8), connectivity=26)
+            m = int(tcc.max())
+            if m:
+                grown = ndimage.grey_dilation(tcc, size=(3, 3, 3))
+                peak = ndimage.maximum(probs[ci], grown, np.arange(1, m + 1))
+                cent = np.asarray(cc3d.statistics(tcc)["centroids"])[1:m + 1]
+                xyz = cent @ s.affine[:3, :3].T + s.affine[:3, 3]
+                weak += xyz[np.asarray(peak) < weak_below].round(2).tolist()
+        rec = {"false_positives": fps, "weak_lesions": weak, "model": predictor.source,
+               "min_prob": min_prob, "weak_below": weak_below}
+        write_json(rec, Path(cache_dir) / s.key / HARD_EXAMPLES)
+        out[s.key] = {"false_positives": len(fps), "weak_lesions": len(weak)}
+        log.info("%s: %d false positives, %d weak lesions", s.key, len(fps), len(weak))
+    return out
+
+
 # ---------------------------------------------------------------------- checkpoints
 def save_checkpoint(path, net, optimizer, step: int, rng, config: TrainConfig, state: dict) -> Path:
     """Weights, optimiser, step and RNG states in one file readable with ``weights_only=True``."""
@@ -567,6 +628,9 @@ def load_subjects(bids_dir, annotations_dir, cache_dir, config: TrainConfig, nor
         paths = prepare_subject(sub, cache_dir, config.voxel_size)
         ts = load_train_subject(sub.key, paths, config.modalities, config.classes, normalization)
         ts.extra["mimics"] = read_mimics(sub.lesions_tsv)
+        hard = Path(cache_dir) / sub.key / HARD_EXAMPLES
+        if config.hard_fraction > 0 and hard.exists():
+            ts.extra["hard_examples"] = json.loads(hard.read_text())
         ts.extra["paths"] = {k: str(v) for k, v in paths.items()}
         if with_volumes:
             ts.extra["volumes"] = {m: np.asarray(load_image(paths[m]).dataobj, np.float32)
@@ -578,14 +642,15 @@ def load_subjects(bids_dir, annotations_dir, cache_dir, config: TrainConfig, nor
 def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *, cache_dir=None,
           resume=None, threads: int | None = None, device: str = "auto", progress: bool = True,
           normalization: dict | None = None, training_info: dict | None = None,
-          stop_at: int | None = None, max_seconds: float | None = None) -> dict:
+          stop_at: int | None = None, max_seconds: float | None = None, overrides: dict | None = None) -> dict:
     """Train a model and write it to ``out`` (``.safetensors`` + ``.json``) with a checkpoint beside.
 
     ``resume``: a checkpoint path, or ``True`` for the default one beside ``out``
     (``<out>.ckpt.pt``); training then continues from its step with its optimiser and RNG states
     (the configuration stored in the checkpoint is used, except ``steps``: the cosine schedule is
     recomputed for the new total, which may be larger or smaller than before but not below the
-    checkpoint's step).
+    checkpoint's step). ``overrides`` replaces fields of the stored configuration on resume
+    (e.g. ``{"hard_fraction": 0.2}`` to fine-tune with mined hard examples).
     ``stop_at`` / ``max_seconds`` end this run early (after that step / that much time) with a
     checkpoint, without changing the schedule, so a later ``resume`` continues exactly.
     Returns a dict with ``model``, ``record``, ``checkpoint``, ``step`` and ``validation``.
@@ -611,7 +676,7 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
                 raise InputError(rpath, f"checkpoint is at step {int(ckpt['step'])}, past the {config.steps} steps asked for")
             # the stored configuration wins, except the number of steps (the schedule is stretched
             # or shortened from the current step on)
-            config = dataclasses.replace(stored, steps=config.steps)
+            config = dataclasses.replace(stored, steps=config.steps, **(overrides or {}))
             log.info("resuming from %s at step %d", rpath, ckpt["step"])
         elif resume is not True:
             raise InputError(rpath, "checkpoint to resume from does not exist")
@@ -650,7 +715,7 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
             torch.set_rng_state(ckpt["torch_rng"])
         state = json.loads(ckpt.get("state", "{}")) or state
     sampler = PatchSampler(train_subs, config.patch, config.lesion_fraction, config.augment,
-                           config.mimic_fraction)
+                           config.mimic_fraction, config.hard_fraction)
     weights = list(config.class_weights)[: len(config.classes) + 1]
     weights += [weights[-1]] * (len(config.classes) + 1 - len(weights))
 

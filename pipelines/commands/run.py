@@ -24,7 +24,9 @@ def add_arguments(p):
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="pydra cache (default OUTPUT_DIR/sourcedata/deepmir_cache); reruns resume from it")
     p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the bundled model)")
-    p.add_argument("--threshold", type=float, default=0.5, help="probability threshold for a lesion (default 0.5)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="voxel probability threshold for a lesion candidate (default: the model's calibrated "
+                        "value, 0.5 if its record gives none)")
     p.add_argument("--voxel-size", type=float, default=1.0, help="working grid voxel size in mm (default 1)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, steadier)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML reports")
