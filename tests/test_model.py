@@ -482,3 +482,18 @@ def test_lesion_rules_come_from_the_record_with_defaults(tmp_path):
     assert rules == dict(LESION_RULE_DEFAULTS, threshold=0.35, min_prob_cmb=0.9)
     # the bundled model's record carries calibrated rules
     assert set(lesion_rules(DEFAULT_MODEL)) == set(LESION_RULE_DEFAULTS)
+
+
+def test_small_cmb_labels_grow_to_cover_an_offset_dot_and_large_ones_do_not():
+    from deepmir_tasks.model.train import class_labels
+
+    dseg = np.zeros((20, 20, 20), np.uint8)
+    dseg[5, 5, 5] = 1                       # a one-voxel microbleed
+    dseg[12:16, 12:16, 12:16] = 1           # a 64-voxel one
+    dseg[3:6, 14:17, 3:6] = 2               # iron
+    label, lesions = class_labels(dseg, ("cmb", "iron"), grow_small_cmb=1)
+    assert int((label == 1).sum()) == 27 + 64 and label[6, 6, 6] == 1 and label[4, 5, 5] == 1
+    assert label[11, 12, 12] == 0 and int((label == 2).sum()) == 27   # large CMB and iron untouched
+    assert [len(v) for v in lesions[1]] == [1, 64]                     # lesion lists stay the annotation's
+    plain, _ = class_labels(dseg, ("cmb", "iron"))
+    assert int((plain == 1).sum()) == 65

@@ -250,6 +250,8 @@ def main(argv=None) -> int:
     for name in ("lesion_fraction", "mimic_fraction", "hard_fraction"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
                        help="patch mix; on --resume replaces the checkpoint's value")
+    p.add_argument("--grow-small-cmb", type=int, default=None,
+                   help="grow small CMB training labels by this many voxels; on --resume replaces the checkpoint's value")
     p.add_argument("--only-prepared", action="store_true",
                    help="train on the training subjects whose preprocessing has finished (while the data "
                         "stage still runs); a later --resume picks up the rest")
@@ -277,7 +279,7 @@ def main(argv=None) -> int:
         cohorts = simulate_and_prepare(work, cache, args.n_train, args.n_test, args.train_seed, args.test_seed,
                                        jobs=args.jobs, progress=not args.no_progress, n_val=args.n_val,
                                        val_seed=args.val_seed)
-    mix = {k: getattr(args, k) for k in ("lesion_fraction", "mimic_fraction", "hard_fraction")
+    mix = {k: getattr(args, k) for k in ("lesion_fraction", "mimic_fraction", "hard_fraction", "grow_small_cmb")
            if getattr(args, k) is not None}
     config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
                          batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,

@@ -77,6 +77,7 @@ class TrainConfig:
     lesion_fraction: float = 0.67
     mimic_fraction: float = 0.2  # patches centred on veins / calcifications (hard negatives)
     hard_fraction: float = 0.0   # patches centred on mined hard lesions (see mine_hard_examples)
+    grow_small_cmb: int = 0      # training labels of small CMBs grown by this many voxels (class_labels)
     class_weights: tuple = (1.0, 3.0, 3.0)
     dice_weight: float = 1.0
     seed: int = 0
@@ -215,10 +216,22 @@ class TrainSubject:
     extra: dict = field(default_factory=dict)
 
 
-def class_labels(dseg: np.ndarray, classes) -> tuple[np.ndarray, dict]:
+#: CMB components with fewer voxels than this count as small for ``grow_small_cmb``
+SMALL_CMB_VOXELS = 8
+
+
+def class_labels(dseg: np.ndarray, classes, grow_small_cmb: int = 0) -> tuple[np.ndarray, dict]:
     """Training labels (0 background, then 1.. in the order of ``classes``) from an annotation dseg,
-    and the voxel coordinates of each lesion (26-connected component) per class."""
+    and the voxel coordinates of each lesion (26-connected component) per class.
+
+    ``grow_small_cmb`` > 0 grows the label of every CMB smaller than :data:`SMALL_CMB_VOXELS` by that
+    many voxels (26-neighbourhood, into background only). An annotation drawn on thick slices
+    places a one-voxel microbleed up to a voxel or two off its dark dot in the working grid; the
+    grown label covers the dot, so the network is not taught that the dot itself is background.
+    The lesion voxel lists stay those of the annotation.
+    """
     import cc3d
+    from scipy import ndimage
 
     label = np.zeros(dseg.shape, np.uint8)
     lesions = {}
@@ -227,10 +240,19 @@ def class_labels(dseg: np.ndarray, classes) -> tuple[np.ndarray, dict]:
         label[sel] = ci
         cc = cc3d.connected_components(sel.astype(np.uint8), connectivity=26)
         lesions[ci] = [np.argwhere(cc == i).astype(np.int16) for i in range(1, int(cc.max()) + 1)]
+    if grow_small_cmb > 0 and "cmb" in classes:
+        ci = list(classes).index("cmb") + 1
+        small = np.zeros(dseg.shape, bool)
+        for vox in lesions[ci]:
+            if len(vox) < SMALL_CMB_VOXELS:
+                small[tuple(vox.T)] = True
+        grown = ndimage.binary_dilation(small, np.ones((3, 3, 3), bool), iterations=int(grow_small_cmb))
+        label[grown & (label == 0)] = ci
     return label, lesions
 
 
-def load_train_subject(key: str, paths: dict, modalities, classes, normalization) -> TrainSubject:
+def load_train_subject(key: str, paths: dict, modalities, classes, normalization,
+                       grow_small_cmb: int = 0) -> TrainSubject:
     """Load a prepared subject: normalise its modalities and map the dseg to class indices."""
     from deepmir_tasks.model.normalize import normalize_volume
 
@@ -241,7 +263,7 @@ def load_train_subject(key: str, paths: dict, modalities, classes, normalization
         data = np.asarray(load_image(paths[m], what=m).dataobj, dtype=np.float32)
         chans.append(normalize_volume(data, mask, normalization[m]).astype(np.float16))
     dseg = np.asarray(load_image(paths["dseg"], what="annotation dseg", allow_empty=True).dataobj).astype(np.uint8)
-    label, lesions = class_labels(dseg, classes)
+    label, lesions = class_labels(dseg, classes, grow_small_cmb)
     return TrainSubject(key, np.stack(chans), label, mask, mimg.affine, lesions,
                         np.argwhere(mask).astype(np.int16), dseg)
 
@@ -626,7 +648,8 @@ def load_subjects(bids_dir, annotations_dir, cache_dir, config: TrainConfig, nor
     out = []
     for sub in tqdm(subs, desc="prepare", unit="subject", disable=not progress):
         paths = prepare_subject(sub, cache_dir, config.voxel_size)
-        ts = load_train_subject(sub.key, paths, config.modalities, config.classes, normalization)
+        ts = load_train_subject(sub.key, paths, config.modalities, config.classes, normalization,
+                                config.grow_small_cmb)
         ts.extra["mimics"] = read_mimics(sub.lesions_tsv)
         hard = Path(cache_dir) / sub.key / HARD_EXAMPLES
         if config.hard_fraction > 0 and hard.exists():

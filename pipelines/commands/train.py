@@ -35,6 +35,9 @@ def add_arguments(p):
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine decay)")
     p.add_argument("--validate-every", type=int, default=500, help="steps between validations")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--grow-small-cmb", type=int, default=0, metavar="N",
+                   help="grow the training labels of CMBs under 8 voxels by N voxels, so that a dot "
+                        "annotated on thick slices is covered (the bundled model used 1; default 0)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from <out>.ckpt.pt, or from the checkpoint given")
     p.add_argument("--cache-dir", type=Path, default=None, help="preprocessing cache (default beside --out)")
@@ -62,7 +65,8 @@ def run(args) -> int:
                 steps = json.loads(load_checkpoint(ck)["config"])["steps"]
     config = TrainConfig(modalities=tuple(args.modalities), classes=tuple(args.classes), levels=args.levels,
                          base=args.base, patch=args.patch, batch=args.batch, steps=steps, lr=args.lr,
-                         seed=args.seed, folds=args.folds, fold=args.fold, validate_every=args.validate_every)
+                         seed=args.seed, folds=args.folds, fold=args.fold, validate_every=args.validate_every,
+                         grow_small_cmb=args.grow_small_cmb)
     if args.threads:
         import os
 
