@@ -1,11 +1,11 @@
 """Reproduce the bundled default model: simulate, preprocess, train, calibrate, test.
 
-One command rebuilds ``deepmir_tasks/models/deepmir_default.safetensors`` and its record::
+``bash scripts/rebuild_bundled_model.sh`` rebuilds ``deepmir_tasks/models/deepmir_default.safetensors``
+and its record with the recipe that produced them, stage by stage. ``--stage all`` runs data, one
+training schedule and evaluate, without the hard-example fine-tuning.
 
-    python -m deepmir_tasks.model.bundled --work work_tmp/bundled \\
-        --out deepmir_tasks/models/deepmir_default.safetensors
-
-Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run continues):
+Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run continues; a
+``--resume``d training stage whose checkpoint is already at its last step is skipped):
 
 1. ``data``: a training cohort (``--n-train`` subjects, seed ``--train-seed``) and a held-out
    test cohort (``--n-test``, seed ``--test-seed``, never used in training) at full size
@@ -18,7 +18,8 @@ Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run c
    training cohort and records its false positives and weak lesions, which a resumed ``train``
    with ``--hard-fraction`` > 0 then samples (not part of ``all``: it needs a trained model);
 3. ``evaluate``: the lesion-extraction rules (voxel threshold, minimum size, per-class minimum
-   peak probability; :data:`RULE_GRID`) chosen on a separate calibration cohort (``--n-val``
+   peak probability; :data:`RULE_GRID`; the most sensitive at a precision of at least
+   :data:`MIN_CALIBRATION_PRECISION`) chosen on a separate calibration cohort (``--n-val``
    subjects, seed ``--val-seed``, default lesion counts), then lesion-wise figures of the lesion
    table on the held-out test cohort, all written into the model record.
 """
@@ -38,7 +39,7 @@ from deepmir_tasks.io import write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(n_train=16, n_val=3, n_test=6, train_seed=1000, val_seed=800000, test_seed=900000, steps=6000, patch=32, batch=4,
+DEFAULTS = dict(n_train=16, n_val=9, n_test=10, train_seed=1000, val_seed=800000, test_seed=910000, steps=6000, patch=32, batch=4,
                 folds=1, fold=0, levels=5, base=16, max_width=128, validate_every=500, seed=0,
                 checkpoint_seconds=120.0)
 
@@ -165,8 +166,8 @@ def predict_subjects(predictor, subjects) -> list[np.ndarray]:
 
 
 #: the calibration grid of the lesion-extraction rules (``inference.lesions`` of the record)
-RULE_GRID = {"threshold": (0.2, 0.35, 0.5), "min_voxels": (1, 2, 3),
-             "min_prob": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)}
+RULE_GRID = {"threshold": (0.2, 0.35, 0.5), "min_voxels": (1, 3, 8, 12),
+             "min_prob": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)}
 
 
 def candidate_tables(subjects, probs, threshold: float) -> list:
@@ -212,14 +213,25 @@ def score_tables(subjects, tables, rules: dict, vein_rule: bool = True) -> dict:
     return {"n_subjects": len(subjects), **summarise_metrics(per, tuple(DSEG_VALUE))}
 
 
-def calibrate_rules(subjects, probs) -> tuple[dict, dict]:
-    """The lesion rules that maximise the mean lesion-wise F1 of CMB and iron on ``subjects``
-    (each class its own minimum peak probability; ties go to the lower values). Returns the rules
-    and their figures."""
-    from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
+#: the operating point: the most sensitive rules whose precision on the calibration cohort is at
+#: least this (per class; when no rule reaches it, the most precise one)
+MIN_CALIBRATION_PRECISION = 0.9
 
-    def f1(m):
-        return m["f1"] if m["f1"] == m["f1"] else 0.0
+
+def _operating_score(m: dict) -> tuple:
+    sens = m["sensitivity"] if m["sensitivity"] == m["sensitivity"] else 0.0
+    prec = m["precision"] if m["precision"] == m["precision"] else 0.0
+    ok = prec >= MIN_CALIBRATION_PRECISION
+    return (ok, sens, prec) if ok else (ok, prec, sens)
+
+
+def calibrate_rules(subjects, probs) -> tuple[dict, dict]:
+    """The lesion rules on ``subjects``: for each voxel threshold and minimum size of
+    :data:`RULE_GRID`, each class's minimum peak probability is the one giving the highest
+    sensitivity at a precision of at least :data:`MIN_CALIBRATION_PRECISION`; the threshold and
+    size are those where the most classes reach that precision, then the highest mean sensitivity
+    (ties go to the lower values). Returns the rules and their figures."""
+    from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
 
     best = None
     for threshold in RULE_GRID["threshold"]:
@@ -227,11 +239,13 @@ def calibrate_rules(subjects, probs) -> tuple[dict, dict]:
         for min_voxels in RULE_GRID["min_voxels"]:
             rules = dict(LESION_RULE_DEFAULTS, threshold=threshold, min_voxels=min_voxels)
             for name in ("cmb", "iron"):
-                options = [(f1(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}))[name]), -t)
+                options = [(_operating_score(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}))[name]), -t)
                            for t in RULE_GRID["min_prob"] if t == 0.0 or t >= threshold]
                 rules[f"min_prob_{name}"] = -max(options)[1]
             figures = score_tables(subjects, tables, rules)
-            score = (round((f1(figures["cmb"]) + f1(figures["iron"])) / 2, 6), -threshold, -min_voxels)
+            per = [_operating_score(figures[c]) for c in ("cmb", "iron")]
+            score = (sum(p[0] for p in per), round(sum(p[1] for p in per), 6), round(sum(p[2] for p in per), 6),
+                     -threshold, -min_voxels)
             if best is None or score > best[0]:
                 best = (score, rules, figures)
     return best[1], best[2]
@@ -308,6 +322,14 @@ def main(argv=None) -> int:
                              DEFAULT_NORMALIZATION, None, with_volumes=True, progress=not args.no_progress)
         counts = mine_hard_examples(Predictor.from_file(args.out), subs, cache)
         print(json.dumps(counts, indent=1))
+    if "train" in stages and args.resume:
+        from deepmir_tasks.model.train import checkpoint_path, load_checkpoint
+
+        ckpt = checkpoint_path(args.out) if args.resume is True else Path(args.resume)
+        done = int(load_checkpoint(ckpt)["step"]) if ckpt.exists() else 0
+        if done >= min(args.steps, args.stop_at or args.steps):
+            log.info("checkpoint %s is at step %d: this training stage is done", ckpt, done)
+            stages.remove("train")
     if "train" in stages:
         if args.only_prepared:
             cohorts = dict(cohorts, train=ready_view(cohorts["train"], cache, work / "train_ready"))
