@@ -4,6 +4,7 @@ through the real preprocessing, and the bundled default model."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +116,12 @@ def test_bundled_default_model_loads_with_a_complete_record():
     rec = pred.record
     assert pred.modalities == ["t2", "swi", "qsm"]
     assert pred.classes == ["background", "cmb", "iron"]
-    assert "deepmir_tasks.model.bundled" in rec["training"]["command"]
+    assert "rebuild_bundled_model.sh" in rec["training"]["command"]
+    assert Path(__file__).parent.parent.joinpath("scripts", "rebuild_bundled_model.sh").exists()
+    # calibrated lesion rules and the held-out figures of the lesion table are in the record
+    assert set(rec["inference"]["lesions"]) >= {"threshold", "min_voxels", "min_prob_cmb", "min_prob_iron"}
+    shipped = rec["validation"]["held_out_test"]["as_shipped"]
+    assert shipped["cmb"]["on_calcification"] == 0 and shipped["n_subjects"] >= 10
     assert rec["training"]["data"]["test_cohort"]["seeds"][0] > rec["training"]["data"]["train_cohort"]["seeds"][1]
     assert rec == json.loads(record_path(DEFAULT_MODEL).read_text())
     vols = {m: np.random.default_rng(0).normal(size=(32, 32, 16)).astype(np.float32) for m in pred.modalities}
