@@ -57,6 +57,17 @@ def test_evaluate_prints_the_table_and_writes_tsvs(pair, tmp_path, capsys):
     assert (out / "detections.tsv").exists() and (out / "evaluation.json").exists()
 
 
+def test_evaluate_ignores_the_pipeline_cache_under_sourcedata(pair, tmp_path):
+    pred_dir, truth_dir = pair
+    # the Pydra cache keeps intermediate dsegs of the same subject under OUTPUT_DIR/sourcedata
+    cached = pred_dir / "sourcedata" / "deepmir_cache" / "python-0123" / "sub-01_space-T2w_desc-deepmir_dseg.nii.gz"
+    save_nifti(np.zeros(SHAPE, np.uint8), oblique_affine(), cached)
+    out = tmp_path / "eval_cached"
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "--out", str(out)]) == 0
+    per_class = pd.read_csv(out / "per_class.tsv", sep="\t").set_index("label")
+    assert tuple(per_class.loc["iron", ["n_true", "tp", "fp", "fn"]]) == (1, 1, 0, 0)
+
+
 def test_evaluate_accepts_a_plain_folder_and_a_subset(pair, tmp_path):
     _, truth_dir = pair
     flat = tmp_path / "flat"

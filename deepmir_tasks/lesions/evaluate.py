@@ -50,10 +50,11 @@ def _label(key) -> str:
 
 
 def _find_dsegs(root: Path, *, prefer: str, what: str) -> dict:
-    """{(sub, ses): path} for the ``sub-*_dseg.nii[.gz]`` files under ``root``."""
+    """{(sub, ses): path} for the ``sub-*_dseg.nii[.gz]`` files under ``root`` (not under
+    ``evaluation/`` or ``sourcedata/``, where the pipeline keeps its outputs and its cache)."""
     found: dict = {}
     for path in sorted(root.rglob("sub-*_dseg.nii*")):
-        if "evaluation" in path.relative_to(root).parts or not path.is_file():
+        if {"evaluation", "sourcedata"} & set(path.relative_to(root).parts) or not path.is_file():
             continue
         key = _key(path)
         if key is not None:
