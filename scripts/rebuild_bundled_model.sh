@@ -18,3 +18,6 @@ run --stage train --resume --steps 14000 --stop-at 9500 \
     --lesion-fraction 0.45 --mimic-fraction 0.25 --hard-fraction 0.15
 run --stage train --resume --steps 18000 --grow-small-cmb 1
 run --stage evaluate                               # lesion rules on the calibration cohort, figures on the test cohort
+# a second held-out test cohort, scored with the rules as calibrated; figures pooled over both
+run --work "$work-test2" --stage data --n-train 0 --n-val 0 --n-test 10 --test-seed 920000
+run --work "$work-test2" --stage test --n-test 10 --test-seed 920000

@@ -122,6 +122,9 @@ def test_bundled_default_model_loads_with_a_complete_record():
     assert set(rec["inference"]["lesions"]) >= {"threshold", "min_voxels", "min_prob_cmb", "min_prob_iron"}
     shipped = rec["validation"]["held_out_test"]["as_shipped"]
     assert shipped["cmb"]["on_calcification"] == 0 and shipped["n_subjects"] >= 10
+    pooled = rec["validation"]["pooled_test"]
+    assert pooled["n_subjects"] == shipped["n_subjects"] + sum(
+        m["as_shipped"]["n_subjects"] for m in rec["validation"]["more_test_cohorts"])
     assert rec["training"]["data"]["test_cohort"]["seeds"][0] > rec["training"]["data"]["train_cohort"]["seeds"][1]
     assert rec == json.loads(record_path(DEFAULT_MODEL).read_text())
     vols = {m: np.random.default_rng(0).normal(size=(32, 32, 16)).astype(np.float32) for m in pred.modalities}

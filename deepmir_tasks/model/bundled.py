@@ -21,7 +21,10 @@ Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run c
    peak probability; :data:`RULE_GRID`; the most sensitive at a precision of at least
    :data:`MIN_CALIBRATION_PRECISION`) chosen on a separate calibration cohort (``--n-val``
    subjects, seed ``--val-seed``, default lesion counts), then lesion-wise figures of the lesion
-   table on the held-out test cohort, all written into the model record.
+   table on the held-out test cohort, all written into the model record;
+4. ``test``: the model as it is (rules from its record) on one more held-out cohort (use another
+   ``--work`` and ``--test-seed``, after its ``data`` stage with ``--n-train 0 --n-val 0``), added
+   to the record with the figures pooled over every test cohort.
 """
 
 from __future__ import annotations
@@ -256,7 +259,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("work_tmp/bundled"))
     p.add_argument("--out", type=Path, default=Path("deepmir_tasks/models/deepmir_default.safetensors"))
-    p.add_argument("--stage", default="all", choices=["all", "data", "train", "mine", "evaluate"])
+    p.add_argument("--stage", default="all", choices=["all", "data", "train", "mine", "evaluate", "test"])
     p.add_argument("--jobs", type=int, default=2, help="subjects simulated/preprocessed in parallel")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
@@ -338,6 +341,8 @@ def main(argv=None) -> int:
               progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides=mix)
     if "evaluate" in stages:
         evaluate_bundled(args.out, cohorts, cache, config, info)
+    if "test" in stages:
+        test_bundled(args.out, cohorts["test"], cohort_cache(cache, "test"), config, info["data"]["test_cohort"])
     return 0
 
 
@@ -402,6 +407,40 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
     rec["training"]["runs"] = runs + [info["this_run"]]
     write_json(rec, record_path(out))
     print(json.dumps({"rules": rules, **rec["validation"]["held_out_test"]}, indent=2))
+    return rec
+
+
+def test_bundled(out: Path, bids: Path, cache: Path, config, cohort: dict) -> dict:
+    """Score the model as it is (lesion rules from its record, nothing chosen here) on one more
+    held-out test cohort; add it to the record's ``validation.more_test_cohorts`` and recompute
+    ``validation.pooled_test``, the counts pooled over every test cohort."""
+    from deepmir_tasks.model.modelfile import lesion_rules, load_record, record_path
+    from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
+    from deepmir_tasks.model.predictor import Predictor
+    from deepmir_tasks.model.train import load_subjects
+
+    rec = load_record(out)
+    rules = lesion_rules(out)
+    subjects = load_subjects(bids, bids / "derivatives" / "annotations", cache, config, DEFAULT_NORMALIZATION, None,
+                             with_volumes=True, progress=False)
+    pred = Predictor.from_file(out)
+    tables = candidate_tables(subjects, predict_subjects(pred, subjects), rules["threshold"])
+    result = {"cohort": cohort, "as_shipped": score_tables(subjects, tables, rules),
+              "without_vein_rule": score_tables(subjects, tables, rules, vein_rule=False)}
+    val = rec["validation"]
+    more = [m for m in val.get("more_test_cohorts", []) if m["cohort"]["seeds"] != cohort["seeds"]] + [result]
+    val["more_test_cohorts"] = more
+    runs = [val["held_out_test"]["as_shipped"]] + [m["as_shipped"] for m in more]
+    pooled = {"n_subjects": sum(r["n_subjects"] for r in runs)}
+    for c in ("cmb", "iron"):
+        agg = {k: sum(r[c][k] for r in runs) for k in runs[0][c] if k not in ("sensitivity", "precision", "f1")}
+        tp, fp, fn = agg["tp"], agg["fp"], agg["fn"]
+        pooled[c] = dict(agg, sensitivity=round(tp / (tp + fn), 4) if tp + fn else None,
+                         precision=round(tp / (tp + fp), 4) if tp + fp else None,
+                         f1=round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None)
+    val["pooled_test"] = {"cohorts": [val["held_out_test"]["cohort"]] + [m["cohort"] for m in more], **pooled}
+    write_json(rec, record_path(out))
+    print(json.dumps({"this_cohort": result["as_shipped"], "pooled": val["pooled_test"]}, indent=2))
     return rec
 
 
