@@ -417,7 +417,7 @@ def test_bundled(out: Path, bids: Path, cache: Path, config, cohort: dict) -> di
     from deepmir_tasks.model.modelfile import lesion_rules, load_record, record_path
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
     from deepmir_tasks.model.predictor import Predictor
-    from deepmir_tasks.model.train import load_subjects
+    from deepmir_tasks.model.train import load_subjects, summarise_metrics
 
     rec = load_record(out)
     rules = lesion_rules(out)
@@ -431,14 +431,11 @@ def test_bundled(out: Path, bids: Path, cache: Path, config, cohort: dict) -> di
     more = [m for m in val.get("more_test_cohorts", []) if m["cohort"]["seeds"] != cohort["seeds"]] + [result]
     val["more_test_cohorts"] = more
     runs = [val["held_out_test"]["as_shipped"]] + [m["as_shipped"] for m in more]
-    pooled = {"n_subjects": sum(r["n_subjects"] for r in runs)}
-    for c in ("cmb", "iron"):
-        agg = {k: sum(r[c][k] for r in runs) for k in runs[0][c] if k not in ("sensitivity", "precision", "f1")}
-        tp, fp, fn = agg["tp"], agg["fp"], agg["fn"]
-        pooled[c] = dict(agg, sensitivity=round(tp / (tp + fn), 4) if tp + fn else None,
-                         precision=round(tp / (tp + fp), 4) if tp + fp else None,
-                         f1=round(2 * tp / (2 * tp + fp + fn), 4) if tp + fp + fn else None)
-    val["pooled_test"] = {"cohorts": [val["held_out_test"]["cohort"]] + [m["cohort"] for m in more], **pooled}
+    counts = [{c: {k: v for k, v in r[c].items() if k not in ("sensitivity", "precision", "f1")}
+               for c in ("cmb", "iron")} for r in runs]
+    val["pooled_test"] = {"cohorts": [val["held_out_test"]["cohort"]] + [m["cohort"] for m in more],
+                          "n_subjects": sum(r["n_subjects"] for r in runs),
+                          **summarise_metrics(counts, ("cmb", "iron"))}
     write_json(rec, record_path(out))
     print(json.dumps({"this_cohort": result["as_shipped"], "pooled": val["pooled_test"]}, indent=2))
     return rec
