@@ -191,29 +191,40 @@ def candidate_tables(subjects, probs, threshold: float) -> list:
     return out
 
 
-def score_tables(subjects, tables, rules: dict, vein_rule: bool = True) -> dict:
-    """Lesion-wise figures per class of the lesions kept under ``rules`` (``min_voxels``,
-    ``min_prob_cmb``, ``min_prob_iron``) from :func:`candidate_tables`."""
-    from deepmir_tasks.model.train import DSEG_VALUE, lesion_components, match_lesions, summarise_metrics
+def truth_centroids(subjects) -> list[dict]:
+    """World-mm centroids of each subject's annotated lesions, per class (computed once, then
+    passed to :func:`score_tables` for every rule setting)."""
+    from deepmir_tasks.model.train import DSEG_VALUE, lesion_components
 
+    return [{name: lesion_components(s.dseg, value, s.affine) for name, value in DSEG_VALUE.items()}
+            for s in subjects]
+
+
+def score_tables(subjects, tables, rules: dict, vein_rule: bool = True, truths=None) -> dict:
+    """Lesion-wise figures per class of the lesions kept under ``rules`` (``min_voxels``,
+    ``min_prob_cmb``, ``min_prob_iron``) from :func:`candidate_tables`; ``truths`` from
+    :func:`truth_centroids` (computed here when not given)."""
+    from deepmir_tasks.model.train import DSEG_VALUE, match_counts, summarise_metrics
+
+    truths = truths if truths is not None else truth_centroids(subjects)
     per = []
-    for s, t in zip(subjects, tables):
+    for s, t, true in zip(subjects, tables, truths):
         ok = t["reason"].isna() | ((t["reason"] == "vein_like") & (not vein_rule))
         ok &= t["n_voxels"] >= rules["min_voxels"]
         ok &= t["prob_max"] >= t["label"].map({"cmb": rules["min_prob_cmb"], "iron": rules["min_prob_iron"]})
-        m = {}
-        for name, value in DSEG_VALUE.items():
-            pred = t.loc[ok & (t["label"] == name), ["x_mm", "y_mm", "z_mm"]].to_numpy(float)
-            true = lesion_components(s.dseg, value, s.affine)
-            tp = len(match_lesions(pred, true, 5.0))
-            m[name] = {"tp": tp, "fp": len(pred) - tp, "fn": len(true) - tp, "n_pred": len(pred), "n_true": len(true)}
-            for kind, xyz in (s.extra.get("mimics") or {}).items():
-                xyz = np.asarray(xyz, float).reshape(-1, 3)
-                near = np.linalg.norm(pred[:, None] - xyz[None], axis=-1).min(1) <= 5.0 if len(pred) and len(xyz) \
-                    else np.zeros(0, bool)
-                m[name][f"on_{kind}"] = int(near.sum())
-        per.append(m)
+        per.append({name: match_counts(t.loc[ok & (t["label"] == name), ["x_mm", "y_mm", "z_mm"]].to_numpy(float),
+                                       true[name], 5.0, s.extra.get("mimics"))
+                    for name in DSEG_VALUE})
     return {"n_subjects": len(subjects), **summarise_metrics(per, tuple(DSEG_VALUE))}
+
+
+def score_shipped(subjects, probs, rules: dict) -> tuple[list, dict, dict]:
+    """Candidate tables at the rules' threshold, and the figures with and without the
+    ``vein_like`` rule."""
+    tables = candidate_tables(subjects, probs, rules["threshold"])
+    truths = truth_centroids(subjects)
+    return (tables, score_tables(subjects, tables, rules, truths=truths),
+            score_tables(subjects, tables, rules, vein_rule=False, truths=truths))
 
 
 #: the operating point: the most sensitive rules whose precision on the calibration cohort is at
@@ -237,15 +248,17 @@ def calibrate_rules(subjects, probs) -> tuple[dict, dict]:
     from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
 
     best = None
+    truths = truth_centroids(subjects)
     for threshold in RULE_GRID["threshold"]:
         tables = candidate_tables(subjects, probs, threshold)
         for min_voxels in RULE_GRID["min_voxels"]:
             rules = dict(LESION_RULE_DEFAULTS, threshold=threshold, min_voxels=min_voxels)
             for name in ("cmb", "iron"):
-                options = [(_operating_score(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}))[name]), -t)
+                options = [(_operating_score(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}),
+                                                          truths=truths)[name]), -t)
                            for t in RULE_GRID["min_prob"] if t == 0.0 or t >= threshold]
                 rules[f"min_prob_{name}"] = -max(options)[1]
-            figures = score_tables(subjects, tables, rules)
+            figures = score_tables(subjects, tables, rules, truths=truths)
             per = [_operating_score(figures[c]) for c in ("cmb", "iron")]
             score = (sum(p[0] for p in per), round(sum(p[1] for p in per), 6), round(sum(p[2] for p in per), 6),
                      -threshold, -min_voxels)
@@ -379,10 +392,8 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
     t1 = time.perf_counter()
     tprobs = predict_subjects(pred, test)
     t_pred = (time.perf_counter() - t1) / max(len(test), 1)
-    tables = candidate_tables(test, tprobs, rules["threshold"])
-    shipped = score_tables(test, tables, rules)
-    no_vein = score_tables(test, tables, rules, vein_rule=False)
-    argmax_tables = candidate_tables(test, tprobs, 0.5)
+    tables, shipped, no_vein = score_shipped(test, tprobs, rules)
+    argmax_tables = tables if rules["threshold"] == 0.5 else candidate_tables(test, tprobs, 0.5)
     everything = dict(LESION_RULE_DEFAULTS, min_voxels=1)
     argmax = score_tables(test, [t.assign(reason=None) for t in argmax_tables], everything)
     rec["inference"] = {k: v for k, v in (rec.get("inference") or {}).items() if k != "component_min_prob"}
@@ -423,10 +434,8 @@ def test_bundled(out: Path, bids: Path, cache: Path, config, cohort: dict) -> di
     rules = lesion_rules(out)
     subjects = load_subjects(bids, bids / "derivatives" / "annotations", cache, config, DEFAULT_NORMALIZATION, None,
                              with_volumes=True, progress=False)
-    pred = Predictor.from_file(out)
-    tables = candidate_tables(subjects, predict_subjects(pred, subjects), rules["threshold"])
-    result = {"cohort": cohort, "as_shipped": score_tables(subjects, tables, rules),
-              "without_vein_rule": score_tables(subjects, tables, rules, vein_rule=False)}
+    _, shipped, no_vein = score_shipped(subjects, predict_subjects(Predictor.from_file(out), subjects), rules)
+    result = {"cohort": cohort, "as_shipped": shipped, "without_vein_rule": no_vein}
     val = rec["validation"]
     more = [m for m in val.get("more_test_cohorts", []) if m["cohort"]["seeds"] != cohort["seeds"]] + [result]
     val["more_test_cohorts"] = more

@@ -46,6 +46,7 @@ __all__ = [
     "lesion_components",
     "match_lesions",
     "lesion_metrics",
+    "match_counts",
     "evaluate_predictor",
     "mine_hard_examples",
     "save_checkpoint",
@@ -447,19 +448,25 @@ def lesion_metrics(pred_dseg, true_dseg, affine, classes=ALL_CLASSES, max_dist: 
     (e.g. ``"calcification"``) to world-mm centres of mimics; the result then counts, per class,
     how many predicted lesions lie within ``max_dist`` of one (``<class>_on_<name>``).
     """
-    out = {}
-    for name in classes:
-        v = DSEG_VALUE[name]
-        p = lesion_components(pred_dseg, v, affine)
-        t = lesion_components(true_dseg, v, affine)
-        tp = len(match_lesions(p, t, max_dist))
-        out[name] = {"tp": tp, "fp": len(p) - tp, "fn": len(t) - tp, "n_pred": len(p), "n_true": len(t)}
-        for oname, oxyz in (other_xyz or {}).items():
-            oxyz = np.asarray(oxyz, float).reshape(-1, 3)
-            hits = 0
-            if len(p) and len(oxyz):
-                hits = int((np.linalg.norm(p[:, None] - oxyz[None], axis=-1).min(1) <= max_dist).sum())
-            out[name][f"on_{oname}"] = hits
+    return {name: match_counts(lesion_components(pred_dseg, DSEG_VALUE[name], affine),
+                               lesion_components(true_dseg, DSEG_VALUE[name], affine), max_dist, other_xyz)
+            for name in classes}
+
+
+def match_counts(pred_xyz, true_xyz, max_dist: float = 5.0, other_xyz: dict | None = None) -> dict:
+    """Counts of one class in one subject from world-mm centroids: ``tp``/``fp``/``fn`` (one-to-one
+    matching within ``max_dist``), ``n_pred``/``n_true``, and ``on_<name>`` for each entry of
+    ``other_xyz``: predicted lesions within ``max_dist`` of one of those centres."""
+    pred_xyz = np.asarray(pred_xyz, float).reshape(-1, 3)
+    tp = len(match_lesions(pred_xyz, true_xyz, max_dist))
+    out = {"tp": tp, "fp": len(pred_xyz) - tp, "fn": len(true_xyz) - tp, "n_pred": len(pred_xyz),
+           "n_true": len(true_xyz)}
+    for oname, oxyz in (other_xyz or {}).items():
+        oxyz = np.asarray(oxyz, float).reshape(-1, 3)
+        hits = 0
+        if len(pred_xyz) and len(oxyz):
+            hits = int((np.linalg.norm(pred_xyz[:, None] - oxyz[None], axis=-1).min(1) <= max_dist).sum())
+        out[f"on_{oname}"] = hits
     return out
 
 
@@ -545,14 +552,11 @@ def mine_hard_examples(predictor, subjects: list[TrainSubject], cache_dir, *, mi
         for ci, name in enumerate(predictor.classes):
             if name not in DSEG_VALUE:
                 continue
-            cand = cc3d.connected_components(((probs[ci] > min_prob) & s.mask).astype(np.uint8), connectivity=26)
-            n = int(cand.max())
+            xyz = lesion_components((probs[ci] > min_prob) & s.mask, True, s.affine)
             true = lesion_components(s.dseg, DSEG_VALUE[name], s.affine)
-            if n:
-                cent = np.asarray(cc3d.statistics(cand)["centroids"])[1:n + 1]
-                xyz = cent @ s.affine[:3, :3].T + s.affine[:3, 3]
+            if len(xyz):
                 near = (np.linalg.norm(xyz[:, None] - true[None], axis=-1).min(1) <= max_dist) if len(true) \
-                    else np.zeros(n, bool)
+                    else np.zeros(len(xyz), bool)
                 fps += xyz[~near].round(2).tolist()
             tcc = cc3d.connected_components((s.dseg == DSEG_VALUE[name]).astype(np.uint8), connectivity=26)
             m = int(tcc.max())
