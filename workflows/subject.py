@@ -7,7 +7,9 @@ from fileformats.medimage import NiftiGz
 from pydra.compose import workflow
 
 from deepmir_tasks import __version__
+from deepmir_tasks.io import as_path
 from deepmir_tasks.lesions.tasks import ExtractLesions
+from deepmir_tasks.model.modelfile import lesion_rules, record_path
 from deepmir_tasks.model.tasks import SegmentLesions
 from deepmir_tasks.report.tasks import RenderSubjectReport
 from workflows.preprocess import PreprocessSubject
@@ -44,7 +46,7 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
     # The record beside the weights (thresholds, normalisation) is part of the model too.
     seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
                                       tta=tta, version=f"{version}+record.{_record_digest(model)}"))
-    rules = lesion_rules(model)
+    rules = lesion_rules(as_path(model))
     if threshold is not None:
         rules["threshold"] = threshold
     tab = workflow.add(ExtractLesions(probseg_cmb=seg.probseg_cmb, probseg_iron=seg.probseg_iron,
@@ -66,19 +68,10 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
             tab.summary, html)
 
 
-def lesion_rules(model) -> dict:
-    """The :class:`ExtractLesions` parameters in the model record (``inference.lesions``)."""
-    from deepmir_tasks.model.modelfile import lesion_rules as from_record
-
-    return from_record(str(getattr(model, "fspath", model)))
-
-
 def _record_digest(model) -> str:
     import hashlib
 
-    from deepmir_tasks.model.modelfile import record_path
-
-    record = record_path(str(getattr(model, "fspath", model)))
+    record = record_path(as_path(model))
     return hashlib.sha256(record.read_bytes()).hexdigest()[:16] if record.exists() else "none"
 
 
@@ -88,7 +81,7 @@ def _describe_inputs(**files) -> dict:
 
     out = {}
     for name, f in files.items():
-        path = str(getattr(f, "fspath", f))
+        path = str(as_path(f))
         try:
             hdr = nib.load(path).header
             out[name] = {"file": path.rsplit("/", 1)[-1], "shape": [int(s) for s in hdr.get_data_shape()],
