@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from deepmir_tasks import __version__
+from deepmir_tasks.codehash import code_version
 from deepmir_tasks.io import InputError
 
 #: subcommand -> (module under pipelines.commands, one-line help)
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deepmir",
         description="DEEPMIR: cerebral microbleeds and iron deposits from T2w, SWI and QSM.",
     )
-    parser.add_argument("--version", action="version", version=f"deepmir {__version__}")
+    parser.add_argument("--version", action="version", version=f"deepmir {code_version()}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():

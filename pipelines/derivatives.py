@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepmir_tasks import __version__
+from deepmir_tasks.codehash import code_version
 from deepmir_tasks.io import atomic_path, write_json, write_tsv
 
 #: workflow output name -> BIDS-derivatives file name template ({key} = sub-XX[_ses-YY])
@@ -60,7 +60,7 @@ def write_dataset_description(output_dir, *, model_file, model_sha256: str, para
         "DatasetType": "derivative",
         "GeneratedBy": [{
             "Name": "deepmir",
-            "Version": __version__,
+            "Version": code_version(),
             "CodeURL": "https://github.com/deepmir/deepmir",
             "Model": {"File": Path(model_file).name, "SHA256": model_sha256},
             "Parameters": parameters,

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deepmir_tasks import __version__
+from deepmir_tasks.codehash import code_version
 from deepmir_tasks.model.modelfile import sha256_file
 from deepmir_tasks.io import InputError, as_path as _as_path, write_json
 
@@ -194,7 +194,7 @@ def _record(output_dir, status: SubjectStatus, progress):
     """Write ``logs/<key>_status.json`` (read by the group level) and tell the caller."""
     write_json({"participant_id": status.subject.participant_id, "session_id": status.subject.session_id,
                 "status": status.status, "reason": status.reason, "seconds": round(status.seconds, 1),
-                "version": __version__},
+                "version": code_version()},
                Path(output_dir) / "logs" / f"{status.subject.key}_status.json")
     if progress:
         progress(status.subject.key, status.status, status.reason)

@@ -302,6 +302,11 @@ def _subject_files(folder, with_lesions):
 def test_pydra_tasks_run_under_each_worker(tmp_path, worker):
     from deepmir_tasks.lesions.tasks import CombineTables, ExtractLesions
 
+    if worker == "slurm":  # pydra's own slurm worker needs sacct (accounting); DEEPMIR's does not
+        from pipelines.slurm import slurm_worker
+
+        worker = slurm_worker(poll_delay=0.2)
+
     f = _write_subject(tmp_path / "in", np.eye(4))
     outs = [ExtractLesions(probseg_cmb=f["pc"], probseg_iron=f["pi"], qsm=f["q"], swi=f["s"], mask=f["m"],
                            participant_id=sub)(worker=worker, cache_root=tmp_path / "cache")
