@@ -1,4 +1,7 @@
-"""Shared fixtures: small simulated subjects and cohorts with known truth, and the worker matrix."""
+"""Shared fixtures: small simulated subjects and cohorts with known truth, and the worker matrix.
+
+Plain helper functions and constants (no fixtures) live in the ``helpers`` package beside this file.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,15 @@ def small_subject():
     from deepmir_tasks.simulate import simulate_subject
 
     return simulate_subject(11, size="small")
+
+
+@pytest.fixture(scope="session")
+def sim_all_kinds():
+    """A small simulated subject with 6 CMBs, 2 iron deposits, 2 calcifications and 3 veins."""
+    from deepmir_tasks.simulate import simulate_subject
+    from helpers.simulate import ALL_KINDS, SEED_ALL_KINDS
+
+    return simulate_subject(SEED_ALL_KINDS, size="small", lesion_counts=ALL_KINDS)
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_lesions import labelled_volume, oblique_affine, write_pair
 from deepmir_tasks.io import save_nifti
 from deepmir_tasks.lesions.metrics import lesions_from_labels, match_lesions
 from pipelines.cli import main
+from helpers.lesions import labelled_volume, oblique_affine, write_pair
 
 SHAPE = (40, 40, 32)
 TRUTH = [(1, (10, 10, 10), 1.5), (1, (28, 12, 20), 1.5), (2, (20, 30, 15), 3.0)]
@@ -109,17 +109,6 @@ def test_evaluate_errors_are_one_line(pair, tmp_path, capsys):
     assert "PRED_DIR is not an existing folder" in capsys.readouterr().err
 
 
-def _has_simulator():
-    try:
-        from deepmir_tasks.simulate import simulate_subject, write_bids_cohort  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_simulator = pytest.mark.skipif(not _has_simulator(), reason="deepmir_tasks.simulate not available")
-
-
 def _simulated_truth_is_found(subj):
     from deepmir_tasks.lesions import extract_lesions
 
@@ -139,14 +128,12 @@ def _simulated_truth_is_found(subj):
     return kept
 
 
-@needs_simulator
 def test_perfect_prediction_from_simulated_truth_finds_every_lesion(small_subject):
     """The truth dseg as a "perfect" prediction: every CMB/iron lesion found at its coordinates."""
     kept = _simulated_truth_is_found(small_subject)
     assert len(kept) == int(small_subject.lesions["kind"].isin(["cmb", "iron"]).sum())
 
 
-@needs_simulator
 def test_evaluate_on_a_simulated_cohort_against_its_annotations(small_cohort, tmp_path, capsys):
     """The annotations copied as predictions, with one lesion erased from sub-01: exactly one miss."""
     ann = small_cohort / "derivatives" / "annotations"

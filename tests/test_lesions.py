@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nibabel.affines import apply_affine
 
-from conftest_lesions import ball, labelled_volume, oblique_affine
 from deepmir_tasks.io import InputError, save_nifti
 from deepmir_tasks.lesions import (
     COLUMN_DESCRIPTIONS,
@@ -24,6 +23,7 @@ from deepmir_tasks.lesions import (
 )
 from deepmir_tasks.lesions.extract import qsm_peak_shape
 from deepmir_tasks.lesions.regions import REGIONS, classify_mni, classify_world
+from helpers.lesions import ball, labelled_volume, oblique_affine
 
 SHAPE = (40, 40, 32)
 

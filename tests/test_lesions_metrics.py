@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nibabel.affines import apply_affine
 
-from conftest_lesions import labelled_volume, oblique_affine
 from deepmir_tasks.lesions.metrics import (
     detection_scores,
     evaluate_subject,
@@ -23,6 +22,7 @@ from deepmir_tasks.lesions.metrics import (
     pool_counts,
     voxel_dice,
 )
+from helpers.lesions import labelled_volume, oblique_affine
 
 SHAPE = (40, 40, 32)
 TRUTH = [(1, (10, 10, 10), 1.5), (1, (28, 12, 20), 1.5), (2, (20, 30, 15), 3.0)]

@@ -6,22 +6,20 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from deepmir_tasks.io import InputError  # noqa: E402
-from deepmir_tasks.model.modelfile import load_model, record_path, save_model  # noqa: E402
-from deepmir_tasks.model.predictor import MissingModalityError, Predictor, segment_subject  # noqa: E402
-from deepmir_tasks.model.train import (  # noqa: E402
+from deepmir_tasks.io import InputError
+from deepmir_tasks.model.modelfile import load_model, record_path, save_model
+from deepmir_tasks.model.predictor import MissingModalityError, Predictor, segment_subject
+from deepmir_tasks.model.train import (
     PatchSampler,
     dice_ce_loss,
     lesion_metrics,
     match_lesions,
     split_folds,
 )
-from deepmir_tasks.model.unet import UNet  # noqa: E402
-
-from conftest_model import TINY_RECORD, synthetic_subject, train_subject  # noqa: E402
+from deepmir_tasks.model.unet import UNet
+from helpers.model import TINY_RECORD, synthetic_subject, train_subject
 
 
 @pytest.fixture(autouse=True)
@@ -216,14 +214,24 @@ def test_segment_subject_writes_bids_named_outputs(tmp_path):
     out = segment_subject(files["t2"], files["swi"], files["qsm"], mfile, tmp_path / "out", path)
     assert out["dseg"].name == "sub-07_ses-1_space-T2w_desc-deepmir_dseg.nii.gz"
     assert out["probseg_cmb"].name == "sub-07_ses-1_space-T2w_label-CMB_probseg.nii.gz"
-    dseg = load_image(out["dseg"], allow_empty=True)
-    assert dseg.get_data_dtype() == np.float32 or True
     import nibabel as nib
 
     raw = nib.load(str(out["dseg"]))
     assert raw.get_data_dtype() == np.uint8
     assert np.allclose(raw.affine, aff)
-    assert set(np.unique(np.asarray(raw.dataobj))) <= {0, 1, 2}
+    labels = np.asarray(raw.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    # the package's own loader reads the same labels back
+    np.testing.assert_array_equal(np.asarray(load_image(out["dseg"], allow_empty=True).dataobj), labels)
+    # the labels are the most probable class of the written maps (the tiny record has no
+    # thresholds), inside the mask, and background outside it
+    cmb, iron = (np.asarray(load_image(out[k], allow_empty=True).dataobj) for k in ("probseg_cmb", "probseg_iron"))
+    probs = np.stack([1.0 - cmb - iron, cmb, iron])
+    assert np.all(labels[~mask] == 0)
+    top = np.sort(probs, axis=0)
+    clear = mask & (top[-1] - top[-2] > 1e-4)       # leave out near-ties (float rounding)
+    assert clear.sum() > 0.9 * mask.sum()
+    np.testing.assert_array_equal(labels[clear], np.argmax(probs, axis=0)[clear])
     side = json.loads((tmp_path / "out" / "sub-07_ses-1_space-T2w_desc-deepmir_dseg.json").read_text())
     assert side["ModelWeightsSHA256"] == json.loads(record_path(path).read_text())["weights_sha256"]
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left behind
@@ -353,7 +361,7 @@ def _tiny_config(**kw):
 
 def test_train_loop_exports_validated_model_and_resume_is_exact(tmp_path, monkeypatch):
     import deepmir_tasks.model.train as tr
-    from conftest_model import identity_prepare, write_synthetic_bids
+    from helpers.model import identity_prepare, write_synthetic_bids
 
     monkeypatch.setattr(tr, "prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [21, 22, 23])
@@ -382,7 +390,7 @@ def test_train_loop_exports_validated_model_and_resume_is_exact(tmp_path, monkey
 
 def test_resume_from_a_missing_or_broken_checkpoint_is_an_input_error(tmp_path, monkeypatch):
     import deepmir_tasks.model.train as tr
-    from conftest_model import identity_prepare, write_synthetic_bids
+    from helpers.model import identity_prepare, write_synthetic_bids
 
     monkeypatch.setattr(tr, "prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [24, 25])
@@ -400,7 +408,7 @@ def test_resume_from_a_missing_or_broken_checkpoint_is_an_input_error(tmp_path, 
 
 def test_deepmir_train_command(tmp_path, monkeypatch, capsys):
     import deepmir_tasks.model.train as tr
-    from conftest_model import identity_prepare, write_synthetic_bids
+    from helpers.model import identity_prepare, write_synthetic_bids
     from pipelines.cli import main
 
     monkeypatch.setattr(tr, "prepare_subject", identity_prepare)

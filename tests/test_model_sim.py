@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from conftest_model import simulated_on_t2_grid  # noqa: E402
+from helpers.model import simulated_on_t2_grid
 
 
 @pytest.fixture(autouse=True)

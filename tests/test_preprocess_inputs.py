@@ -12,7 +12,7 @@ import pytest
 from deepmir_tasks.io import InputError
 from deepmir_tasks.preprocess.checks import QsmScaleWarning, check_inputs, guess_qsm_units
 
-from conftest_preprocess import make_head_image, save
+from helpers.preprocess import make_head_image, save
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_implausible_voxel_size_and_shear_are_refused(trio, tmp_path):
 
 
 def test_oblique_affine_is_accepted(trio, tmp_path):
-    from conftest_preprocess import rotation
+    from helpers.preprocess import rotation
 
     data = nib.load(trio["t2"]).get_fdata()
     aff = rotation((12, -7, 20)) @ nib.load(trio["t2"]).affine

@@ -12,7 +12,7 @@ from deepmir_tasks.preprocess._ants import (ants_affine, ants_transform_to_ras, 
                                             read_affine_transform, to_ants, write_affine_transform)
 from deepmir_tasks.preprocess.register import register_rigid, register_to_t2, transform_to_ras
 
-from conftest_preprocess import make_head_image, rotation, save
+from helpers.preprocess import make_head_image, rotation, save
 
 
 def _mean_error_mm(estimated, truth, points):

@@ -11,7 +11,7 @@ from deepmir_tasks.preprocess.normalise import normalise_intensity, robust_zscor
 from deepmir_tasks.preprocess.resample import (make_grid, resample_labels, resample_to_grid,
                                                working_grid)
 
-from conftest_preprocess import grid_affine, rotation, save
+from helpers.preprocess import grid_affine, rotation, save
 
 
 def test_working_grid_keeps_t2_axes_and_covers_the_brain():

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_report import decode_data_png, make_phantom, parse_page
 from deepmir_tasks.io import InputError
 from deepmir_tasks.report import render_cohort_report, render_subject_report
 from deepmir_tasks.report._images import edges, lesion_tile_picture, load_grid
 from deepmir_tasks.report._tables import sort_lesions
+from helpers.report import decode_data_png, make_phantom, parse_page
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest_report import make_simulated, parse_page
 from deepmir_tasks.report import render_subject_report
+from helpers.report import make_simulated, parse_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # simulating the subject takes a few seconds
 

@@ -6,10 +6,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from conftest_report import make_phantom, parse_page
 from deepmir_tasks import __version__
 from deepmir_tasks.report import render_subject_report
 from deepmir_tasks.report.tasks import RenderCohortReport, RenderSubjectReport
+from helpers.report import make_phantom, parse_page
 
 
 def _count(text, cls):

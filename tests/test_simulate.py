@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest_simulate import (ALL_KINDS, SEED_ALL_KINDS, data, neighbourhood, ring_median, sample,  # noqa: F401
-                               sim_all_kinds, swi_point, t2_point)
 
 from deepmir_tasks.simulate import SimulatedSubject, simulate_subject
+from helpers.simulate import ALL_KINDS, SEED_ALL_KINDS, data, neighbourhood, ring_median, sample, swi_point, t2_point
 
 
 def _by_kind(subject, kind):

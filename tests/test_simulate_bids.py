@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest_simulate import ALL_KINDS, SEED_ALL_KINDS, data, sim_all_kinds  # noqa: F401
 
 from deepmir_tasks.io import load_image
 from deepmir_tasks.simulate import write_bids_cohort
 from pipelines.cli import main
+from helpers.simulate import ALL_KINDS, SEED_ALL_KINDS, data
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest_simulate import data, neighbourhood, ring_median, sample, swi_point, t2_point
+
+from helpers.simulate import data, neighbourhood, ring_median, sample, swi_point, t2_point
 
 pytestmark = pytest.mark.slow
 

@@ -1,21 +1,12 @@
-"""Fixtures and measuring helpers for the simulator's tests (import from test modules)."""
+"""Measuring helpers for the simulator's tests (the ``sim_all_kinds`` fixture is in conftest.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 #: every kind of lesion present, so each property can be checked on one small subject
 ALL_KINDS = {"cmb": (6, 6), "iron": (2, 2), "calcification": (2, 2), "vein": (3, 3)}
 SEED_ALL_KINDS = 5
-
-
-@pytest.fixture(scope="session")
-def sim_all_kinds():
-    """A small simulated subject with 6 CMBs, 2 iron deposits, 2 calcifications and 3 veins."""
-    from deepmir_tasks.simulate import simulate_subject
-
-    return simulate_subject(SEED_ALL_KINDS, size="small", lesion_counts=ALL_KINDS)
 
 
 def data(img) -> np.ndarray:
