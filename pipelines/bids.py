@@ -9,15 +9,13 @@ message naming them, rather than guessed.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deepmir_tasks.bids_names import MODALITIES, MODALITY_SUFFIX, check_label, subject_key
 from deepmir_tasks.io import InputError
 
-#: BIDS suffix of each modality DEEPMIR reads, in the model's channel order.
-MODALITY_SUFFIX = {"t2": "T2w", "swi": "swi", "qsm": "Chimap"}
-LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
+__all__ = ["SubjectInputs", "check_label", "find_subjects", "dataset_name", "MODALITY_SUFFIX"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,7 @@ class SubjectInputs:
     @property
     def key(self) -> str:
         """``sub-01`` or ``sub-01_ses-A``: the prefix of every derivative of this subject."""
-        return f"sub-{self.participant_id}" + (f"_ses-{self.session_id}" if self.session_id else "")
+        return subject_key(self.participant_id, self.session_id)
 
     @property
     def missing(self) -> list[str]:
@@ -46,22 +44,11 @@ class SubjectInputs:
         return rel / "anat"
 
 
-def check_label(label: str, what: str = "participant label") -> str:
-    """Strip an optional ``sub-``/``ses-`` prefix and check BIDS label characters."""
-    label = str(label)
-    for prefix in ("sub-", "ses-"):
-        if label.startswith(prefix):
-            label = label[len(prefix):]
-    if not LABEL_RE.match(label):
-        raise InputError(label, f"invalid {what}: BIDS labels are letters and digits only")
-    return label
-
-
 def find_subjects(
     bids_dir,
     participant_labels=None,
     session_labels=None,
-    modalities=("t2", "swi", "qsm"),
+    modalities=MODALITIES,
 ) -> list[SubjectInputs]:
     """List the subjects (and sessions) of ``bids_dir`` with their input files.
 

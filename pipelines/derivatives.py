@@ -13,30 +13,18 @@ from pathlib import Path
 
 import pandas as pd
 
+from deepmir_tasks.bids_names import DERIVATIVE_NAMES
 from deepmir_tasks.codehash import code_version
 from deepmir_tasks.io import atomic_path, write_json, write_tsv
+from deepmir_tasks.labels import CLASS_DESCRIPTIONS, DSEG_LABELS
 
-#: workflow output name -> BIDS-derivatives file name template ({key} = sub-XX[_ses-YY])
-DERIVATIVE_NAMES = {
-    "t2": "{key}_space-T2w_desc-preproc_T2w.nii.gz",
-    "swi": "{key}_space-T2w_desc-preproc_swi.nii.gz",
-    "qsm": "{key}_space-T2w_desc-preproc_Chimap.nii.gz",
-    "mask": "{key}_space-T2w_desc-brain_mask.nii.gz",
-    "dseg": "{key}_space-T2w_desc-deepmir_dseg.nii.gz",
-    "probseg_cmb": "{key}_space-T2w_label-CMB_probseg.nii.gz",
-    "probseg_iron": "{key}_space-T2w_label-iron_probseg.nii.gz",
-    "lesions": "{key}_space-T2w_desc-deepmir_lesions.tsv",
-    "lesions_json": "{key}_space-T2w_desc-deepmir_lesions.json",
-    "dropped": "{key}_space-T2w_desc-dropped_lesions.tsv",
-    "summary": "{key}_desc-deepmir_summary.tsv",
-    "swi_to_t2": "{key}_from-swi_to-T2w_mode-image_xfm.mat",
-    "t2_to_mni": "{key}_from-T2w_to-MNI152NLin2009aAsym_mode-image_xfm.txt",
-    "preproc_report": "{key}_desc-preproc_qc.json",
-}
+__all__ = ["DERIVATIVE_NAMES", "DSEG_LOOKUP", "copy_atomic", "write_dataset_description", "write_subject",
+           "write_group_tables"]
 
+#: the lookup table of the published dseg (``desc-deepmir_dseg.tsv``)
 DSEG_LOOKUP = pd.DataFrame(
-    {"index": [0, 1, 2], "name": ["background", "cmb", "iron"],
-     "description": ["no lesion", "cerebral microbleed", "non-haemorrhagic iron deposit"]}
+    {"index": list(DSEG_LABELS.values()), "name": list(DSEG_LABELS),
+     "description": [CLASS_DESCRIPTIONS[c] for c in DSEG_LABELS]}
 )
 
 

@@ -32,6 +32,7 @@ import pydra.engine  # noqa: F401 - import first: pydra.workers.base alone is a 
 from pydra.workers import base
 from pydra.workers.slurm import SlurmWorker
 
+from deepmir_tasks.bids_names import check_label
 from deepmir_tasks.io import InputError, atomic_path
 
 log = logging.getLogger("deepmir.slurm")
@@ -55,7 +56,6 @@ FINAL_STATES = frozenset({
 })
 #: sbatch options the worker sets itself (one script per job), so users may not pass them.
 _REFUSED_WORKER_OPTS = ("--wrap", "--array", "-a")
-_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 
 class SlurmJobError(RuntimeError):
@@ -332,12 +332,7 @@ def validate_labels(participants: Sequence[str]) -> list[str]:
         participants = [participants]
     labels: list[str] = []
     for raw in participants:
-        label = str(raw)
-        if label.startswith("sub-"):
-            label = label[4:]
-        if not _LABEL_RE.match(label):
-            raise InputError("--participant-label",
-                             f"invalid participant label {str(raw)!r}: BIDS labels are letters and digits only")
+        label = check_label(raw, source="--participant-label")
         if label not in labels:
             labels.append(label)
     if not labels:

@@ -11,19 +11,16 @@ matched in world mm (see :mod:`deepmir_tasks.lesions.metrics` for the definition
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from deepmir_tasks.bids_names import entities, strip_prefix, subject_key
 from deepmir_tasks.io import InputError
 
 __all__ = ["Evaluation", "find_pairs", "evaluate_cohort", "write_evaluation", "evaluate_dirs"]
-
-_ENT = re.compile(r"^sub-(?P<sub>[A-Za-z0-9]+)(?:_ses-(?P<ses>[A-Za-z0-9]+))?")
-
 
 @dataclass
 class Evaluation:
@@ -39,14 +36,8 @@ class Evaluation:
     scored_by_probability: bool
 
 
-def _key(path: Path):
-    m = _ENT.match(path.name)
-    return (m.group("sub"), m.group("ses")) if m else None
-
-
 def _label(key) -> str:
-    sub, ses = key
-    return f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+    return subject_key(*key)
 
 
 def _find_dsegs(root: Path, *, prefer: str, what: str) -> dict:
@@ -56,7 +47,7 @@ def _find_dsegs(root: Path, *, prefer: str, what: str) -> dict:
     for path in sorted(root.rglob("sub-*_dseg.nii*")):
         if {"evaluation", "sourcedata"} & set(path.relative_to(root).parts) or not path.is_file():
             continue
-        key = _key(path)
+        key = entities(path.name)
         if key is not None:
             found.setdefault(key, []).append(path)
     out = {}
@@ -74,7 +65,7 @@ def _find_dsegs(root: Path, *, prefer: str, what: str) -> dict:
 
 def _probsegs(dseg: Path) -> dict:
     out = {}
-    prefix = _label(_key(dseg))
+    prefix = _label(entities(dseg.name))
     for name, tags in (("cmb", ("CMB", "cmb")), ("iron", ("iron", "IRON", "Iron"))):
         for tag in tags:
             hits = sorted(dseg.parent.glob(f"{prefix}_*label-{tag}_probseg.nii*"))
@@ -105,7 +96,7 @@ def find_pairs(pred_dir, truth_dir, participant_labels=None) -> dict:
     if not truths:
         raise InputError(truth_dir, "TRUTH_DIR holds no sub-*_dseg.nii.gz annotation")
     if participant_labels:
-        wanted = {str(lab)[4:] if str(lab).startswith("sub-") else str(lab) for lab in participant_labels}
+        wanted = {strip_prefix(lab) for lab in participant_labels}
         keys = sorted((k for k in preds if k[0] in wanted), key=lambda k: (k[0], k[1] or ""))
         missing = sorted(wanted - {k[0] for k in keys})
         if missing:

@@ -35,7 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepmir_tasks.bids_names import bids_prefix, job_file_name
 from deepmir_tasks.io import InputError
+from deepmir_tasks.labels import CLASS_DESCRIPTIONS, CLASSES, DSEG_LABELS, LESION_CLASSES
 
 __all__ = [
     "CLASSES",
@@ -49,9 +51,6 @@ __all__ = [
     "bids_prefix",
 ]
 
-#: label value in the DEEPMIR dseg -> class name
-CLASSES = {1: "cmb", 2: "iron"}
-
 LESION_COLUMNS = (
     "participant_id", "session_id", "lesion_id", "label", "n_voxels", "volume_mm3", "diameter_mm",
     "x_mm", "y_mm", "z_mm", "i", "j", "k", "prob_max", "prob_mean", "qsm_mean_ppm", "qsm_max_ppm",
@@ -64,7 +63,7 @@ COLUMN_DESCRIPTIONS = {
     "session_id": {"Description": "BIDS session label, with the 'ses-' prefix (only when sessions exist)"},
     "lesion_id": {"Description": "Lesion number within this subject (and session), from 1, CMBs first"},
     "label": {"Description": "Class of the lesion",
-              "Levels": {"cmb": "cerebral microbleed", "iron": "non-haemorrhagic iron deposit"}},
+              "Levels": {c: CLASS_DESCRIPTIONS[c] for c in LESION_CLASSES}},
     "n_voxels": {"Description": "Number of voxels in the 26-connected component", "Units": "voxels"},
     "volume_mm3": {"Description": "Lesion volume: number of voxels times the voxel volume", "Units": "mm^3"},
     "diameter_mm": {"Description": "Equivalent-sphere diameter, (6 V / pi)^(1/3)", "Units": "mm"},
@@ -122,19 +121,6 @@ COLUMN_DESCRIPTIONS = {
 }
 
 _SHELL_MM = 2.0
-
-
-def bids_prefix(participant_id: str, session_id: str | None = None) -> tuple[str, str | None, str]:
-    """Normalise labels (with or without ``sub-``/``ses-``); return (sub, ses, filename prefix)."""
-    sub = str(participant_id).strip()
-    if not sub or sub in ("sub-",):
-        raise ValueError("participant_id is empty")
-    sub = sub if sub.startswith("sub-") else f"sub-{sub}"
-    ses = None
-    if session_id not in (None, ""):
-        ses = str(session_id).strip()
-        ses = ses if ses.startswith("ses-") else f"ses-{ses}"
-    return sub, ses, sub + (f"_{ses}" if ses else "")
 
 
 def _columns(with_session: bool, dropped: bool = False) -> list[str]:
@@ -253,9 +239,9 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
         raise ValueError(f"all maps must share one 3-D grid; shapes: {shapes}")
 
     probs = {}
-    for value, name, p in ((1, "cmb", prob_cmb), (2, "iron", prob_iron)):
+    for name, p in (("cmb", prob_cmb), ("iron", prob_iron)):
         if p is None:
-            p = np.zeros(shape, np.float32) if dseg is None else (np.asarray(dseg) == value).astype(np.float32)
+            p = np.zeros(shape, np.float32) if dseg is None else (np.asarray(dseg) == DSEG_LABELS[name]).astype(np.float32)
         probs[name] = np.asarray(p, dtype=np.float32)
     cand = {name: p >= threshold for name, p in probs.items()}
     both = cand["cmb"] & cand["iron"]
@@ -274,7 +260,7 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
     ball = _ball(_SHELL_MM / zooms)
 
     rows, voxels = [], []
-    for name in ("cmb", "iron"):
+    for name in LESION_CLASSES:
         if not cand[name].any():
             continue
         labels = cc3d.connected_components(cand[name].astype(np.uint8), connectivity=26)
@@ -347,7 +333,7 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
     table["participant_id"] = sub
     if with_session:
         table["session_id"] = ses
-    table["label"] = pd.Categorical(table["label"], categories=["cmb", "iron"], ordered=True)
+    table["label"] = pd.Categorical(table["label"], categories=list(LESION_CLASSES), ordered=True)
     table = table.sort_values(["label", "k", "j", "i"], kind="stable").reset_index(drop=True)
     table["label"] = table["label"].astype(object)
     table["n_voxels"] = table["n_voxels"].astype(int)
@@ -357,7 +343,7 @@ def extract_lesions(prob_cmb, prob_iron, dseg, affine, qsm, swi, mask=None, *, p
     labels = np.zeros(shape, np.uint8)
     for index, name in zip(kept["_index"], kept["label"]):
         v = voxels[int(index)]
-        labels[v[:, 0], v[:, 1], v[:, 2]] = 1 if name == "cmb" else 2
+        labels[v[:, 0], v[:, 1], v[:, 2]] = DSEG_LABELS[name]
     kept = kept.assign(lesion_id=np.arange(1, len(kept) + 1, dtype=int))[_columns(with_session)]
     dropped = dropped.assign(lesion_id=np.arange(1, len(dropped) + 1, dtype=int))[
         _columns(with_session, dropped=True)]
@@ -390,7 +376,7 @@ def _summary_columns(with_session: bool) -> list[str]:
     from deepmir_tasks.lesions.regions import REGIONS
 
     cols = ["participant_id"] + (["session_id"] if with_session else [])
-    for lab in ("cmb", "iron"):
+    for lab in LESION_CLASSES:
         cols.append(f"n_{lab}")
         cols += [f"n_{lab}_{_region_key(r)}" for r in REGIONS + ("n/a",)]
     cols += ["total_cmb_volume_mm3", "total_iron_volume_mm3", "mean_cmb_qsm_ppm", "mean_iron_qsm_ppm",
@@ -412,7 +398,7 @@ def summarise_lesions(kept: pd.DataFrame, dropped: pd.DataFrame, participant_id,
     for col in _summary_columns(ses is not None):
         if col.startswith("n_"):
             row.setdefault(col, 0)
-    for lab in ("cmb", "iron"):
+    for lab in LESION_CLASSES:
         sel = kept[kept["label"] == lab]
         row[f"n_{lab}"] = int(len(sel))
         for reg, count in sel["region"].value_counts().items():
@@ -494,14 +480,8 @@ def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_d
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "lesions": out_dir / f"{prefix}_space-T2w_desc-deepmir_lesions.tsv",
-        "lesions_json": out_dir / f"{prefix}_space-T2w_desc-deepmir_lesions.json",
-        "dropped": out_dir / f"{prefix}_space-T2w_desc-dropped_lesions.tsv",
-        "summary": out_dir / f"{prefix}_space-T2w_desc-deepmir_summary.tsv",
-        "summary_json": out_dir / f"{prefix}_space-T2w_desc-deepmir_summary.json",
-        "dseg": out_dir / f"{prefix}_space-T2w_desc-deepmir_dseg.nii.gz",
-    }
+    paths = {name: out_dir / job_file_name(name, prefix)
+             for name in ("lesions", "lesions_json", "dropped", "summary", "summary_json", "dseg")}
     sidecar = {c: COLUMN_DESCRIPTIONS[c] for c in kept.columns}
     summary_sidecar = {c: {"Description": d} for c, d in SUMMARY_COLUMNS_DOC.items()}
     summary_sidecar["GeneratedBy"] = {

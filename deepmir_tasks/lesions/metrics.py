@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from deepmir_tasks.labels import CLASSES as _CLASSES
+
 __all__ = [
     "Matching",
     "match_lesions",
@@ -37,9 +39,6 @@ __all__ = [
     "froc",
     "plot_froc",
 ]
-
-_CLASSES = {1: "cmb", 2: "iron"}
-
 
 @dataclass(frozen=True)
 class Matching:
@@ -98,7 +97,7 @@ def lesions_from_labels(dseg, affine, *, classes=None, prob_maps=None) -> pd.Dat
     Args:
         dseg: integer label map (e.g. 0 background, 1 CMB, 2 iron).
         affine: 4x4 voxel -> world affine.
-        classes: {label value: class name}; default ``{1: "cmb", 2: "iron"}``.
+        classes: {label value: class name}; default :data:`deepmir_tasks.labels.CLASSES`.
         prob_maps: optional {class name: probability array on the same grid}; a lesion's
             ``score`` is its maximum probability there, else 1.0.
 

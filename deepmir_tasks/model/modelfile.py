@@ -28,6 +28,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from deepmir_tasks.bids_names import MODALITIES
 from deepmir_tasks.io import InputError, atomic_path, write_json
 
 __all__ = [
@@ -41,7 +42,6 @@ __all__ = [
     "build_network",
 ]
 
-MODALITIES = ("t2", "swi", "qsm")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "deepmir_default.safetensors"
 FORMAT = "deepmir-model"
 FORMAT_VERSION = 1

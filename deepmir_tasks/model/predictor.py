@@ -13,21 +13,19 @@ the predictions over mirrored copies. It returns float32 class probabilities of 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from pathlib import Path
 
 import numpy as np
 
+from deepmir_tasks.bids_names import MODALITY_NAMES, entities, job_file_name, subject_key
 from deepmir_tasks.io import InputError, load_image, load_mask, save_nifti, write_json
+from deepmir_tasks.labels import DSEG_LABELS
 
 __all__ = ["Predictor", "MissingModalityError", "segment_subject", "gaussian_window", "DSEG_LABELS"]
 
 log = logging.getLogger(__name__)
 
-#: label values of the dseg written by :func:`segment_subject` (and of the annotations)
-DSEG_LABELS = {"background": 0, "cmb": 1, "iron": 2}
-MODALITY_NAMES = {"t2": "T2w", "swi": "SWI", "qsm": "QSM"}
 
 
 class MissingModalityError(InputError):
@@ -267,9 +265,8 @@ class Predictor:
 
 # ---------------------------------------------------------------------- file level
 def _prefix_from(t2_file) -> str:
-    name = Path(t2_file).name
-    ents = re.findall(r"(sub-[A-Za-z0-9]+|ses-[A-Za-z0-9]+)", name.split(".")[0])
-    return "_".join(ents) if ents and ents[0].startswith("sub-") else "deepmir"
+    ents = entities(Path(t2_file).name)
+    return subject_key(*ents) if ents else "deepmir"
 
 
 def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=None, *,
@@ -290,7 +287,7 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
     pred = predictor or Predictor.from_file(model_file, tta=tta, threads=threads)
     files = {"t2": t2_file, "swi": swi_file, "qsm": qsm_file}
     pred.check_modalities({m for m, f in files.items() if f is not None})
-    what = {"t2": "T2w", "swi": "SWI", "qsm": "QSM"}
+    what = MODALITY_NAMES
     ref = load_image(files[pred.modalities[0]], what=what[pred.modalities[0]])
     volumes = {}
     for m in pred.modalities:
@@ -314,11 +311,11 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
     prefix = prefix or _prefix_from(t2_file)
     affine = ref.affine
     out = {}
-    for name, label in (("cmb", "CMB"), ("iron", "iron")):
+    for name in ("cmb", "iron"):
         p = probs[pred.classes.index(name)] if name in pred.classes else np.zeros(lab.shape, np.float32)
         out[f"probseg_{name}"] = save_nifti(p.astype(np.float32), affine,
-                                            out_dir / f"{prefix}_space-T2w_label-{label}_probseg.nii.gz")
-    out["dseg"] = save_nifti(dseg, affine, out_dir / f"{prefix}_space-T2w_desc-deepmir_dseg.nii.gz")
+                                            out_dir / job_file_name(f"probseg_{name}", prefix))
+    out["dseg"] = save_nifti(dseg, affine, out_dir / job_file_name("dseg", prefix))
     rec = pred.record
     write_json({
         "Description": "DEEPMIR lesion segmentation: 0 background, 1 cerebral microbleed, 2 iron deposit",
@@ -329,7 +326,7 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
         "TestTimeAugmentation": bool(pred.tta if tta is None else tta),
         "PackageVersion": _version(),
         "ElapsedSeconds": round(time.perf_counter() - t0, 2),
-    }, out_dir / f"{prefix}_space-T2w_desc-deepmir_dseg.json")
+    }, out_dir / job_file_name("dseg_json", prefix))
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepmir_tasks.bids_names import job_file_name
 from deepmir_tasks.io import load_image, write_json
 
 __all__ = ["preprocess_subject", "output_names", "summarise"]
@@ -20,16 +21,9 @@ def output_names(t2_file) -> dict[str, str]:
     name = Path(t2_file).name
     stem = re.sub(r"\.nii(\.gz)?$", "", name)
     prefix = re.sub(r"_T2w$", "", stem) or "t2"
-    return {
-        "t2": f"{prefix}_space-T2w_desc-preproc_T2w.nii.gz",
-        "swi": f"{prefix}_space-T2w_desc-preproc_swi.nii.gz",
-        "qsm": f"{prefix}_space-T2w_desc-preproc_Chimap.nii.gz",
-        "mask": f"{prefix}_space-T2w_desc-brain_mask.nii.gz",
-        "swi_to_t2": f"{prefix}_from-swi_to-T2w_mode-image_xfm.mat",
-        "qsm_to_t2": f"{prefix}_from-Chimap_to-T2w_mode-image_xfm.mat",
-        "t2_to_mni": f"{prefix}_from-T2w_to-MNI152NLin2009aSym_mode-image_xfm.txt",
-        "report": f"{prefix}_desc-preproc_report.json",
-    }
+    names = {k: k for k in ("t2", "swi", "qsm", "mask", "swi_to_t2", "qsm_to_t2", "t2_to_mni")}
+    names["report"] = "preproc_report"
+    return {k: job_file_name(name, prefix) for k, name in names.items()}
 
 
 def preprocess_subject(t2_file, swi_file, qsm_file, out_dir, *, mask_file=None, voxel_size=1.0,

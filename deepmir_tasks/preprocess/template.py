@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from deepmir_tasks.bids_names import MNI_SPACE
 from deepmir_tasks.io import atomic_path, load_image
 
 __all__ = ["mni_t2_template", "register_to_template", "read_matrix", "write_matrix", "MNI_SPACE"]
 
-MNI_SPACE = "MNI152NLin2009aSym"
 
 
 #: shells wrapped around the template brain (mm): CSF rim, skull, scalp (typical adult values)
