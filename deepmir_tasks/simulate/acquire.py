@@ -27,8 +27,12 @@ def t2w_grid(rng, anat, t2_vox):
     return _grid_covering(anat["head_pts"], t2_rot, t2_vox, margin_mm=rng.uniform(4, 12, 3))
 
 
-def simulate_t2w(rng, anat, lesions, t2_aff, t2_shape, t2_vox, contrast, params) -> dict:
-    """T2w image, clean image, bias, truth dseg, brain mask and labelled voxels per lesion."""
+def simulate_t2w(rng, anat, lesions, t2_aff, t2_shape, t2_vox, contrast, params, acq=None) -> dict:
+    """T2w image, clean image, bias, truth dseg, brain mask and labelled voxels per lesion.
+
+    ``acq`` (the randomised profile's factors) gives the SNR and bias strength instead of
+    drawing them here.
+    """
     t2_clean, brain_t2 = _sample_t2(anat, t2_aff, t2_shape, t2_vox, anat["vox"])
     dseg = np.zeros(t2_shape, np.uint8)
     ss_t2 = tuple(int(min(8, np.ceil(v / 0.3))) for v in t2_vox)
@@ -61,9 +65,9 @@ def simulate_t2w(rng, anat, lesions, t2_aff, t2_shape, t2_vox, contrast, params)
         t2_clean = ndi.gaussian_filter(t2_clean, (psf_sigma, psf_sigma, 0.0), truncate=3.0)
     gain = float(rng.uniform(300, 1500))
     t2_clean *= np.float32(gain)
-    bias_strength = float(rng.uniform(0.15, 0.5))
+    bias_strength = float(rng.uniform(0.15, 0.5)) if acq is None else float(acq["t2_bias_strength"])
     bias = np.exp(bias_strength * SmoothField(rng, anat["head_centre"], 6, (180.0, 450.0))(t2_shape, t2_aff))
-    snr = float(rng.uniform(12, 40))
+    snr = float(rng.uniform(12, 40)) if acq is None else float(acq["t2_snr_wm"])
     t2 = rician(rng, t2_clean * bias, contrast["t2"]["wm"] * gain / snr)
     params.update({"t2_psf_sigma_voxels": psf_sigma, "t2_bias_strength": bias_strength, "t2_snr_wm": snr,
                    "t2_gain": gain})
@@ -94,8 +98,14 @@ def swi_geometry(rng, anat, swi_vox, params) -> dict:
             "b0_vox": b0_vox, "brain_pts": brain_swi, "vox": np.asarray(swi_vox)}
 
 
-def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, params, clock=None) -> dict:
-    """Complex GRE signal (noisy) and the voxel-averaged local field on the SWI grid."""
+def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, params, clock=None,
+                 acq=None) -> dict:
+    """Complex GRE signal (noisy) and the voxel-averaged local field on the SWI grid.
+
+    ``acq`` (the randomised profile's factors) gives the background-field amplitude, bias, SNR
+    and air-cavity size instead of drawing them here; the background field (ppm) is then
+    returned too, for a QSM with imperfect background removal.
+    """
     clock = clock or (lambda name: None)
     swi_to_t2, swi_aff, swi_shape, swi_vox = geo["swi_to_t2"], geo["affine"], geo["shape"], geo["vox"]
     # fine grid over the brain box, aligned with the acquisition voxels
@@ -124,10 +134,12 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
     field_f = dipole_field(chi_f, fine_vox, geo["b0_vox"], pad_fraction=0.35, workers=_workers())
     del chi_f
     clock("dipole field")
-    bg_amp = float(rng.uniform(0.05, 0.4))
+    bg_amp = float(rng.uniform(0.05, 0.4)) if acq is None else float(acq["background_field_ppm"])
     bg = SmoothField(rng, anat["head_centre"], 4, (120.0, 300.0))
     k_ph = phase_rad_per_ppm(b0, te_swi)
-    air_list = air_cavities(rng, anat, head["mni_to_t2"], geo["t2_to_swi"])
+    air_kw = {} if acq is None else {"scale": (0.85 * acq["air_cavity_scale"], 1.15 * acq["air_cavity_scale"]),
+                                     "gap_mm": acq["air_gap_mm"]}
+    air_list = air_cavities(rng, anat, head["mni_to_t2"], geo["t2_to_swi"], **air_kw)
     air_field, in_air = spheres_field_on_grid(fine_shape, fine_aff, air_list, return_inside=True)
     mag_f[in_air] = 0.0  # no signal from air
     phase_f = (field_f + np.float32(bg_amp) * bg(fine_shape, fine_aff) + air_field) * np.float32(k_ph)
@@ -146,7 +158,8 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
     mag_acq = _resample(anat["gre"], acq_to_anat, swi_shape)
     air_field, in_air = spheres_field_on_grid(swi_shape, swi_aff, air_list, return_inside=True)
     mag_acq[in_air] = 0.0
-    bg_phase = np.float32(k_ph) * (np.float32(bg_amp) * bg(swi_shape, swi_aff) + air_field)
+    bg_field = np.float32(bg_amp) * bg(swi_shape, swi_aff) + air_field
+    bg_phase = np.float32(k_ph) * bg_field
     del air_field, in_air
     signal = np.empty(swi_shape, np.complex64)
     signal.real = mag_acq * np.cos(bg_phase)
@@ -156,9 +169,9 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
     signal[box] = sig_box
     local_field = np.zeros(swi_shape, np.float32)
     local_field[box] = field_box
-    bias_strength = float(rng.uniform(0.1, 0.4))
+    bias_strength = float(rng.uniform(0.1, 0.4)) if acq is None else float(acq["swi_bias_strength"])
     signal *= np.exp(bias_strength * SmoothField(rng, anat["head_centre"], 6, (180.0, 450.0))(swi_shape, swi_aff))
-    snr = float(rng.uniform(15, 45))
+    snr = float(rng.uniform(15, 45)) if acq is None else float(acq["swi_snr_wm"])
     m_wm = contrast["pd"]["wm"] * np.exp(-te_swi * contrast["r2s"]["wm"])
     sigma = m_wm / snr
     signal.real += np.float32(sigma) * _normal(rng, swi_shape)
@@ -168,40 +181,65 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
                                                "chi_ppm": x} for c, r, x in air_list],
                    "phase_rad_per_ppm": k_ph})
     clock("GRE signal")
-    return {"signal": signal, "local_field": local_field, "sigma": sigma, "m_wm": m_wm, "k_ph": k_ph,
-            "acq_to_anat": acq_to_anat}
+    out = {"signal": signal, "local_field": local_field, "sigma": sigma, "m_wm": m_wm, "k_ph": k_ph,
+           "acq_to_anat": acq_to_anat}
+    if acq is not None:
+        out["background_field"] = bg_field
+    return out
 
 
-def reconstruct_swi_qsm(rng, anat, geo, gre, params, clock=None) -> dict:
-    """SWI (high-pass phase mask^n) and QSM (TKD or Tikhonov inversion of the noisy, masked local field)."""
+def reconstruct_swi_qsm(rng, anat, geo, gre, params, clock=None, acq=None) -> dict:
+    """SWI (high-pass phase mask^n) and QSM (TKD or Tikhonov inversion of the noisy, masked local field).
+
+    ``acq`` (the randomised profile's factors) chooses the filter, mask power, minIP slab, QSM
+    method, mask erosion and the share of background field left in the local field.
+    """
     clock = clock or (lambda name: None)
     swi_shape, swi_vox = geo["shape"], geo["vox"]
     noisy = gre["signal"]
-    hpf_sigma = float(rng.uniform(3.0, 6.0))
-    power = int(rng.choice([3, 4, 4, 5]))
+    hpf_sigma = float(rng.uniform(3.0, 6.0)) if acq is None else float(acq["swi_hpf_sigma_mm"])
+    power = int(rng.choice([3, 4, 4, 5])) if acq is None else int(acq["swi_phase_mask_power"])
     swi, _ = swi_from_complex(noisy, swi_vox, hpf_sigma_mm=hpf_sigma, power=power)
+    if acq is not None:
+        swi, params["swi_minip_slices"] = _minip(swi, float(acq["swi_minip_mm"]), float(swi_vox[2]))
     gain = float(rng.uniform(200, 1200))
     swi = (swi * gain).astype(np.float32)
     clock("SWI")
     # brain mask eroded as a background-field removal step would (distance to the brain surface,
     # in template mm, sampled on the SWI grid)
-    erosion_mm = float(rng.uniform(0.0, 2.5))
+    erosion_mm = float(rng.uniform(0.0, 2.5)) if acq is None else float(acq["qsm_mask_erosion_mm"])
     qsm_mask = _resample(anat["sdist"], gre["acq_to_anat"], swi_shape, cval=99.0) < -erosion_mm
     # phase noise grows where the magnitude is low (capped in signal voids)
     sigma_field = np.float32(gre["sigma"] / gre["k_ph"]) / np.maximum(np.abs(noisy), np.float32(0.3 * gre["m_wm"]))
     meas_field = gre["local_field"] + _normal(rng, swi_shape) * sigma_field
+    if acq is not None:  # imperfect background removal leaves part of the background field
+        meas_field += np.float32(acq["qsm_residual_background"]) * gre["background_field"]
     # two dipole inversions with their own artefacts, so that a model does not learn one of them
-    if rng.random() < 0.7:
+    if acq is not None:
+        method, reg = str(acq["qsm_method"]), float(acq["qsm_regularisation"])
+    elif rng.random() < 0.7:
         method, reg = "TKD", float(rng.uniform(0.12, 0.25))
-        qsm = tkd_inversion(meas_field, qsm_mask, swi_vox, geo["b0_vox"], threshold=reg, workers=_workers())
     else:
         method, reg = "Tikhonov", float(rng.uniform(0.02, 0.08))
+    if method == "TKD":
+        qsm = tkd_inversion(meas_field, qsm_mask, swi_vox, geo["b0_vox"], threshold=reg, workers=_workers())
+    else:
         qsm = tikhonov_inversion(meas_field, qsm_mask, swi_vox, geo["b0_vox"], regularisation=reg,
                                  workers=_workers())
     params.update({"swi_gain": gain, "swi_hpf_sigma_mm": hpf_sigma, "swi_phase_mask_power": power,
                    "qsm_method": method, "qsm_regularisation": reg, "qsm_mask_erosion_mm": erosion_mm})
     clock("QSM")
     return {"swi": swi, "qsm": qsm}
+
+
+def _minip(swi, slab_mm, slice_mm):
+    """Sliding minimum-intensity projection over a slab of ``slab_mm`` along the slices (0: none)."""
+    n = int(round(slab_mm / slice_mm)) if slab_mm > 0 else 1
+    if n < 2:
+        return swi, 1
+    from scipy import ndimage as ndi
+
+    return ndi.minimum_filter1d(swi, size=n, axis=2, mode="nearest"), n
 
 
 def _centre_voxel(centre, affine):

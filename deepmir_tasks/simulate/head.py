@@ -75,11 +75,11 @@ def build_anatomy(rng, head: dict, tissue: dict, vox: float, te_swi: float) -> d
     return anat
 
 
-def air_cavities(rng, anat, mni_to_t2, t2_to_swi):
+def air_cavities(rng, anat, mni_to_t2, t2_to_swi, scale=(0.7, 1.3), gap_mm=2.0):
     """Sinuses and mastoid air cells of this head as ``(centre SWI world, radius, chi)``.
 
-    Each cavity may be absent, is resized and moved a little, and is shrunk to stay at least
-    2 mm away from the brain.
+    Each cavity may be absent, is resized (by a factor in ``scale``) and moved a little, and is
+    shrunk to stay at least ``gap_mm`` away from the brain.
     """
     inv = np.linalg.inv(anat["affine"])
     size = float(np.cbrt(abs(np.linalg.det(mni_to_t2[:3, :3]))))
@@ -89,12 +89,12 @@ def air_cavities(rng, anat, mni_to_t2, t2_to_swi):
             if rng.random() < 0.1:
                 continue
             c_t2 = mni_to_t2[:3, :3] @ (np.asarray(centre) + rng.uniform(-3, 3, 3)) + mni_to_t2[:3, 3]
-            r = cav.radii[0] * size * rng.uniform(0.7, 1.3)
+            r = cav.radii[0] * size * rng.uniform(*scale)
             ijk = inv[:3, :3] @ c_t2 + inv[:3, 3]
             from scipy import ndimage as ndi
 
             depth = float(ndi.map_coordinates(anat["sdist"], ijk[:, None], order=1, cval=60.0)[0])
-            r = min(r, depth - 2.0)
+            r = min(r, depth - gap_mm)
             if r < 3.0:
                 continue
             out.append(((t2_to_swi[:3, :3] @ c_t2 + t2_to_swi[:3, 3]), float(r), float(cav.chi_ppm)))
