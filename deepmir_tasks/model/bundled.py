@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     p.add_argument("--resume", nargs="?", const=True, default=None)
-    for name in ("lesion_fraction", "mimic_fraction", "hard_fraction"):
+    for name in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
                        help="patch mix; on --resume replaces the checkpoint's value")
     p.add_argument("--grow-small-cmb", type=int, default=None,
@@ -309,7 +309,8 @@ def main(argv=None) -> int:
         cohorts = simulate_and_prepare(work, cache, args.n_train, args.n_test, args.train_seed, args.test_seed,
                                        jobs=args.jobs, progress=not args.no_progress, n_val=args.n_val,
                                        val_seed=args.val_seed)
-    mix = {k: getattr(args, k) for k in ("lesion_fraction", "mimic_fraction", "hard_fraction", "grow_small_cmb")
+    mix = {k: getattr(args, k) for k in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction",
+                                         "grow_small_cmb")
            if getattr(args, k) is not None}
     config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
                          batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,

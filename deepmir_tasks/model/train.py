@@ -78,6 +78,7 @@ class TrainConfig:
     lesion_fraction: float = 0.67
     mimic_fraction: float = 0.2  # patches centred on veins / calcifications (hard negatives)
     hard_fraction: float = 0.0   # patches centred on mined hard lesions (see mine_hard_examples)
+    bright_fraction: float = 0.0  # patches centred on bright-QSM background: normal deep nuclei, veins
     grow_small_cmb: int = 0      # training labels of small CMBs grown by this many voxels (class_labels)
     class_weights: tuple = (1.0, 3.0, 3.0)
     dice_weight: float = 1.0
@@ -252,6 +253,26 @@ def class_labels(dseg: np.ndarray, classes, grow_small_cmb: int = 0) -> tuple[np
     return label, lesions
 
 
+#: QSM level (ppm) above which unlabelled brain counts as bright background (normal deep grey
+#: nuclei reach 0.1-0.25 ppm with age: globus pallidus, putamen, substantia nigra, dentate)
+BRIGHT_QSM_PPM = 0.08
+
+
+def bright_background(qsm: np.ndarray, label: np.ndarray, mask: np.ndarray, *, min_ppm: float = BRIGHT_QSM_PPM,
+                      margin: int = 3, max_points: int = 4000, seed: int = 0) -> np.ndarray:
+    """Voxel indices (n, 3) of paramagnetic brain that is not a lesion, at least ``margin`` voxels
+    from any labelled lesion: hard negatives for the iron class (normal nuclei at every age).
+    At most ``max_points``, drawn evenly at random."""
+    from scipy import ndimage
+
+    near = ndimage.binary_dilation(label > 0, np.ones((3, 3, 3), bool), iterations=margin) if label.any() \
+        else np.zeros(label.shape, bool)
+    idx = np.argwhere((qsm > min_ppm) & mask & ~near)
+    if len(idx) > max_points:
+        idx = idx[np.random.default_rng(seed).choice(len(idx), max_points, replace=False)]
+    return idx.astype(np.int16)
+
+
 def load_train_subject(key: str, paths: dict, modalities, classes, normalization,
                        grow_small_cmb: int = 0) -> TrainSubject:
     """Load a prepared subject: normalise its modalities and map the dseg to class indices."""
@@ -265,8 +286,12 @@ def load_train_subject(key: str, paths: dict, modalities, classes, normalization
         chans.append(normalize_volume(data, mask, normalization[m]).astype(np.float16))
     dseg = np.asarray(load_image(paths["dseg"], what="annotation dseg", allow_empty=True).dataobj).astype(np.uint8)
     label, lesions = class_labels(dseg, classes, grow_small_cmb)
-    return TrainSubject(key, np.stack(chans), label, mask, mimg.affine, lesions,
-                        np.argwhere(mask).astype(np.int16), dseg)
+    ts = TrainSubject(key, np.stack(chans), label, mask, mimg.affine, lesions,
+                      np.argwhere(mask).astype(np.int16), dseg)
+    if "qsm" in paths:
+        qsm = np.asarray(load_image(paths["qsm"], what="qsm").dataobj, dtype=np.float32)
+        ts.extra["bright"] = bright_background(qsm, label, mask)
+    return ts
 
 
 # ---------------------------------------------------------------------- patches
@@ -274,12 +299,16 @@ class PatchSampler:
     """Draw (augmented) training patches from in-memory subjects with a numpy ``Generator``."""
 
     def __init__(self, subjects: list[TrainSubject], patch: int, lesion_fraction: float = 0.67,
-                 augment: bool = True, mimic_fraction: float = 0.0, hard_fraction: float = 0.0):
+                 augment: bool = True, mimic_fraction: float = 0.0, hard_fraction: float = 0.0,
+                 bright_fraction: float = 0.0):
         self.subjects = subjects
         self.patch = int(patch)
         self.lesion_fraction = lesion_fraction
         self.mimic_fraction = mimic_fraction
         self.hard_fraction = hard_fraction
+        self.bright_fraction = bright_fraction
+        # bright-QSM background (normal nuclei, veins): (subject index, voxel array)
+        self.bright = [(si, s.extra["bright"]) for si, s in enumerate(subjects) if len(s.extra.get("bright", ()))]
         # voxel centres of mimics (veins, calcifications, mined false positives: labelled
         # background) and of mined hard lesions (missed or weak), per subject
         self.mimics, self.hard = [], []
@@ -303,6 +332,10 @@ class PatchSampler:
 
     def centre(self, rng):
         r = rng.random()
+        start = self.lesion_fraction + self.mimic_fraction + self.hard_fraction
+        if self.bright and start <= r < start + self.bright_fraction:
+            si, vox = self.bright[rng.integers(len(self.bright))]
+            return si, vox[rng.integers(len(vox))].astype(int) + rng.integers(-4, 5, size=3)
         if self.mimics and self.lesion_fraction <= r < self.lesion_fraction + self.mimic_fraction:
             si, centre = self.mimics[rng.integers(len(self.mimics))]
             return si, centre + rng.integers(-self.patch // 4, self.patch // 4 + 1, size=3)
@@ -742,7 +775,7 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
             torch.set_rng_state(ckpt["torch_rng"])
         state = json.loads(ckpt.get("state", "{}")) or state
     sampler = PatchSampler(train_subs, config.patch, config.lesion_fraction, config.augment,
-                           config.mimic_fraction, config.hard_fraction)
+                           config.mimic_fraction, config.hard_fraction, config.bright_fraction)
     weights = list(config.class_weights)[: len(config.classes) + 1]
     weights += [weights[-1]] * (len(config.classes) + 1 - len(weights))
 
