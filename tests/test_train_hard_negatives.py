@@ -44,3 +44,22 @@ def test_sampler_centres_bright_fraction_on_nuclei():
     off = PatchSampler([s], patch=16, lesion_fraction=0.0, augment=False, bright_fraction=0.0)
     far = [np.abs(off.centre(rng)[1] - centre).max() > 8 for _ in range(50)]
     assert sum(far) > 25   # without it, patches fall anywhere in the brain
+
+
+def test_modality_dropout_zeroes_a_proper_subset_in_the_given_share():
+    import torch
+
+    from deepmir_tasks.model.train import drop_modalities
+
+    x = torch.ones(400, 3, 2, 2, 2)
+    out = drop_modalities(x, np.random.default_rng(0), 0.5)
+    kept = (out.flatten(2).abs().sum(-1) > 0)             # (B, C): channel present
+    n_kept = kept.sum(1)
+    assert (n_kept >= 1).all()                             # never all three dropped
+    dropped = (n_kept < 3).float().mean().item()
+    assert 0.4 < dropped < 0.6
+    assert {tuple(r) for r in kept[n_kept < 3].tolist()} == {
+        (True, False, False), (False, True, False), (False, False, True),
+        (True, True, False), (True, False, True), (False, True, True)}
+    assert torch.equal(x, torch.ones_like(x))             # the input is not modified
+    assert torch.equal(drop_modalities(x, np.random.default_rng(0), 0.0), x)

@@ -51,8 +51,11 @@ DEFAULTS = dict(n_train=16, n_val=9, n_test=10, train_seed=1000, val_seed=800000
 TRAIN_LESION_COUNTS = {"cmb": (15, 30), "iron": (4, 8), "calcification": (3, 6), "vein": (3, 8)}
 
 
-def write_simulated_subject(root: Path, label: str, seed: int, lesion_counts=None) -> Path:
-    """Simulate one full-size subject and write it in the BIDS layout of ``write_bids_cohort``."""
+def write_simulated_subject(root: Path, label: str, seed: int, lesion_counts=None, profile: str | None = None) -> Path:
+    """Simulate one full-size subject and write it in the BIDS layout of ``write_bids_cohort``.
+
+    ``profile``: the simulator's profile (None: its default; ``"randomised"``: every factor drawn
+    over its real-world range)."""
     import nibabel as nib
 
     from deepmir_tasks.io import atomic_path, write_tsv
@@ -64,7 +67,7 @@ def write_simulated_subject(root: Path, label: str, seed: int, lesion_counts=Non
     done = ann / f"{sub}_desc-truth_xfm.json"
     if done.exists():
         return root / sub
-    sim = simulate_subject(seed, size="full", lesion_counts=lesion_counts)
+    sim = simulate_subject(seed, size="full", lesion_counts=lesion_counts, **({"profile": profile} if profile else {}))
     anat.mkdir(parents=True, exist_ok=True)
     ann.mkdir(parents=True, exist_ok=True)
 
@@ -78,7 +81,7 @@ def write_simulated_subject(root: Path, label: str, seed: int, lesion_counts=Non
     save(sim.dseg, ann / f"{sub}_space-T2w_dseg.nii.gz")
     save(sim.brain_mask, ann / f"{sub}_space-T2w_desc-brain_mask.nii.gz")
     write_tsv(sim.lesions, ann / f"{sub}_lesions.tsv")
-    write_json({"seed": seed, "lesion_counts": lesion_counts, "params": sim.params},
+    write_json({"seed": seed, "lesion_counts": lesion_counts, "profile": profile, "params": sim.params},
                anat / f"{sub}_simulation.json")
     write_json({"swi_to_t2": np.asarray(sim.swi_to_t2).tolist()}, done)
     return root / sub
@@ -98,7 +101,7 @@ def _write_dataset_files(root: Path, labels: list[str], name: str) -> None:
 
 
 def _make_and_prepare(args) -> str:
-    root, label, seed, counts, cache = args
+    root, label, seed, counts, cache, profile = args
     import os
 
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
@@ -107,7 +110,7 @@ def _make_and_prepare(args) -> str:
     torch.set_num_threads(1)
     from deepmir_tasks.model.train import find_subjects, prepare_subject
 
-    write_simulated_subject(root, label, seed, counts)
+    write_simulated_subject(root, label, seed, counts, profile)
     for sub in find_subjects(root, root / "derivatives" / "annotations"):
         if sub.participant_id == f"sub-{label}":
             prepare_subject(sub, cache)
@@ -120,7 +123,8 @@ def cohort_cache(cache: Path, cohort: str) -> Path:
 
 
 def simulate_and_prepare(work: Path, cache: Path, n_train: int, n_test: int, train_seed: int, test_seed: int,
-                         jobs: int = 2, progress: bool = True, n_val: int = 0, val_seed: int = 800000) -> dict:
+                         jobs: int = 2, progress: bool = True, n_val: int = 0, val_seed: int = 800000,
+                         profile: str | None = None) -> dict:
     """Simulate both cohorts (training: raised lesion counts; test: default counts) and preprocess them."""
     from concurrent.futures import ProcessPoolExecutor
 
@@ -136,7 +140,7 @@ def simulate_and_prepare(work: Path, cache: Path, n_train: int, n_test: int, tra
         labels = [f"{i:02d}" for i in range(1, n + 1)]
         cohorts[name].mkdir(parents=True, exist_ok=True)
         _write_dataset_files(cohorts[name], labels, f"DEEPMIR simulated {name} cohort")
-        tasks += [(cohorts[name], lab, seed0 + i, counts, cache_dir) for i, lab in enumerate(labels)]
+        tasks += [(cohorts[name], lab, seed0 + i, counts, cache_dir, profile) for i, lab in enumerate(labels)]
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         for _ in tqdm(pool.map(_make_and_prepare, tasks), total=len(tasks), desc="simulate+prepare",
                       disable=not progress):
@@ -274,10 +278,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("deepmir_tasks/models/deepmir_default.safetensors"))
     p.add_argument("--stage", default="all", choices=["all", "data", "train", "mine", "evaluate", "test"])
     p.add_argument("--jobs", type=int, default=2, help="subjects simulated/preprocessed in parallel")
+    p.add_argument("--profile", default=None, help="simulator profile of every cohort (e.g. randomised)")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     p.add_argument("--resume", nargs="?", const=True, default=None)
-    for name in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction"):
+    for name in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction", "modality_dropout"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
                        help="patch mix; on --resume replaces the checkpoint's value")
     p.add_argument("--grow-small-cmb", type=int, default=None,
@@ -308,9 +313,9 @@ def main(argv=None) -> int:
     if "data" in stages:
         cohorts = simulate_and_prepare(work, cache, args.n_train, args.n_test, args.train_seed, args.test_seed,
                                        jobs=args.jobs, progress=not args.no_progress, n_val=args.n_val,
-                                       val_seed=args.val_seed)
+                                       val_seed=args.val_seed, profile=args.profile)
     mix = {k: getattr(args, k) for k in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction",
-                                         "grow_small_cmb")
+                                         "modality_dropout", "grow_small_cmb")
            if getattr(args, k) is not None}
     config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
                          batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,
@@ -318,9 +323,10 @@ def main(argv=None) -> int:
     # the one command that rebuilds the model from nothing (staging options left out), and this run's
     extra = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
     command = " ".join(["python -m deepmir_tasks.model.bundled", f"--work {args.work}", f"--out {args.out}",
-                        f"--threads {args.threads}", *extra])
+                        f"--threads {args.threads}", *extra, *([f"--profile {args.profile}"] if args.profile else [])])
     this_run = " ".join(["python -m deepmir_tasks.model.bundled", *(argv if argv is not None else sys.argv[1:])])
-    info = {"data": {"source": "deepmir_tasks.simulate.simulate_subject(seed, size='full', lesion_counts=...)",
+    info = {"data": {"source": "deepmir_tasks.simulate.simulate_subject(seed, size='full', lesion_counts=...%s)"
+                               % (f", profile={args.profile!r}" if args.profile else ""),
                      "train_cohort": {"n": args.n_train, "seeds": [args.train_seed, args.train_seed + args.n_train - 1],
                                       "lesion_counts": TRAIN_LESION_COUNTS},
                      "calibration_cohort": {"n": args.n_val, "seeds": [args.val_seed, args.val_seed + args.n_val - 1],

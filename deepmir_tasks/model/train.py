@@ -79,6 +79,7 @@ class TrainConfig:
     mimic_fraction: float = 0.2  # patches centred on veins / calcifications (hard negatives)
     hard_fraction: float = 0.0   # patches centred on mined hard lesions (see mine_hard_examples)
     bright_fraction: float = 0.0  # patches centred on bright-QSM background: normal deep nuclei, veins
+    modality_dropout: float = 0.0  # share of patches that see only a random non-empty subset of modalities
     grow_small_cmb: int = 0      # training labels of small CMBs grown by this many voxels (class_labels)
     class_weights: tuple = (1.0, 3.0, 3.0)
     dice_weight: float = 1.0
@@ -295,18 +296,40 @@ def load_train_subject(key: str, paths: dict, modalities, classes, normalization
 
 
 # ---------------------------------------------------------------------- patches
+def drop_modalities(x, rng, fraction: float):
+    """Zero the channels of a random proper non-empty subset of modalities in ``fraction`` of the
+    patches of ``x`` (B, C, ...): a missing modality is a zero channel, the value every
+    normalisation gives to typical tissue (robust z-score median, 0 ppm). One model then serves
+    every subset of T2w, SWI and QSM."""
+    import itertools
+
+    c = x.shape[1]
+    keeps = [k for n in range(1, c) for k in itertools.combinations(range(c), n)]
+    if not keeps:
+        return x
+    x = x.clone()
+    for b in range(x.shape[0]):
+        if rng.random() < fraction:
+            keep = keeps[rng.integers(len(keeps))]
+            for ch in range(c):
+                if ch not in keep:
+                    x[b, ch] = 0
+    return x
+
+
 class PatchSampler:
     """Draw (augmented) training patches from in-memory subjects with a numpy ``Generator``."""
 
     def __init__(self, subjects: list[TrainSubject], patch: int, lesion_fraction: float = 0.67,
                  augment: bool = True, mimic_fraction: float = 0.0, hard_fraction: float = 0.0,
-                 bright_fraction: float = 0.0):
+                 bright_fraction: float = 0.0, modality_dropout: float = 0.0):
         self.subjects = subjects
         self.patch = int(patch)
         self.lesion_fraction = lesion_fraction
         self.mimic_fraction = mimic_fraction
         self.hard_fraction = hard_fraction
         self.bright_fraction = bright_fraction
+        self.modality_dropout = modality_dropout
         # bright-QSM background (normal nuclei, veins): (subject index, voxel array)
         self.bright = [(si, s.extra["bright"]) for si, s in enumerate(subjects) if len(s.extra.get("bright", ()))]
         # voxel centres of mimics (veins, calcifications, mined false positives: labelled
@@ -389,6 +412,8 @@ class PatchSampler:
             if m:
                 sl = (slice(None),) * 2 + (slice(m, m + self.patch),) * 3
                 x, y = x[sl], y[sl[1:]]
+        if self.modality_dropout > 0:
+            x = drop_modalities(x, rng, self.modality_dropout)
         return x.contiguous(), y.contiguous()
 
     def _spatial(self, x, y, rng):
@@ -775,7 +800,8 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
             torch.set_rng_state(ckpt["torch_rng"])
         state = json.loads(ckpt.get("state", "{}")) or state
     sampler = PatchSampler(train_subs, config.patch, config.lesion_fraction, config.augment,
-                           config.mimic_fraction, config.hard_fraction, config.bright_fraction)
+                           config.mimic_fraction, config.hard_fraction, config.bright_fraction,
+                           config.modality_dropout)
     weights = list(config.class_weights)[: len(config.classes) + 1]
     weights += [weights[-1]] * (len(config.classes) + 1 - len(weights))
 
