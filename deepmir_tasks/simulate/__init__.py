@@ -1,12 +1,16 @@
 """Physics-based simulator of T2w, SWI and QSM heads with microbleeds, iron and mimics.
 
-``simulate_subject(seed, size="full", *, lesion_counts=None, lesion_ranges=None)`` returns a
+``simulate_subject(seed, size="full", *, lesion_counts=None, lesion_ranges=None, profile="default",
+factors=None)`` returns a
 :class:`SimulatedSubject` with its ground truth; ``write_bids_cohort(out_dir, n_subjects, seed,
 size="full", start=1, **simulate_kwargs)`` writes a BIDS dataset of them (truth under
 ``derivatives/annotations``); :class:`~deepmir_tasks.simulate.tasks.SimulateSubject` is the
 Pydra task. Modules: ``anatomy`` (MNI maps, nuclei, regions), ``head`` (per-subject anatomy),
 ``lesions`` (placement), ``shapes`` (partial-volume rendering), ``physics`` (dipole field,
-SWI, QSM, noise), ``acquire`` (the two sessions), ``subject`` (the whole), ``bids`` (writer).
+SWI, QSM, noise), ``acquire`` (the two sessions), ``subject`` (the whole), ``bids`` (writer),
+``variability`` (the ``randomised`` profile: every factor's range with its source; its draws are
+recorded in ``params["factors"]``, with ``age_years``, ``lesion_sites`` and
+``nucleus_centroids_t2_mm``).
 
 ``SimulatedSubject.params`` records every random draw, among them: ``b0_tesla``,
 ``swi_echo_time_s``, ``t2_echo_time_s``, ``t2_voxel_mm``, ``swi_voxel_mm``,
@@ -19,7 +23,7 @@ SWI, QSM, noise), ``acquire`` (the two sessions), ``subject`` (the whole), ``bid
 
 from .bids import write_bids_cohort
 from .lesions import DEFAULT_COUNTS, DEFAULT_RANGES
-from .subject import SIZES, SimulatedSubject, simulate_subject
+from .subject import PROFILES, SIZES, SimulatedSubject, simulate_subject
 
-__all__ = ["SimulatedSubject", "simulate_subject", "write_bids_cohort", "SIZES", "DEFAULT_COUNTS",
+__all__ = ["SimulatedSubject", "simulate_subject", "write_bids_cohort", "SIZES", "PROFILES", "DEFAULT_COUNTS",
            "DEFAULT_RANGES"]

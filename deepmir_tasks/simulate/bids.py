@@ -51,7 +51,21 @@ def sidecars(subject) -> dict:
            else {"TikhonovLambda": round(p["qsm_regularisation"], 4)}),
         "MaskErosionMM": round(p["qsm_mask_erosion_mm"], 3), "SusceptibilityReference": "CSF (0 ppm)",
     })
+    if p.get("profile") == "randomised":
+        _randomised_sidecars(p, t2, swi, qsm)
     return {"t2": t2, "swi": swi, "qsm": qsm}
+
+
+def _randomised_sidecars(p, t2, swi, qsm):
+    """What the randomised profile varies beyond the default's fields (default sidecars unchanged)."""
+    for side in (t2, swi, qsm):
+        side["SimulationProfile"] = "randomised"
+        side["SubjectAgeYears"] = round(p["age_years"], 1)
+    if p["t2_variant"] != "TSE":
+        t2.update({"SequenceName": f"simulated T2w {p['t2_variant']}", "ScanningSequence": ["SE", "IR"],
+                   "InversionTime": round(p["t2_inversion_time_s"], 4)})
+    swi["SWIMinIPSlices"] = p["swi_minip_slices"]
+    qsm["ResidualBackgroundFraction"] = round(p["factors"]["qsm_residual_background"], 4)
 
 
 def write_subject(subject, root, label: str) -> dict:
@@ -86,7 +100,7 @@ def write_bids_cohort(out_dir, n_subjects: int, seed: int, size: str = "full", s
 
     Subject ``start + i`` uses seed ``seed + start + i - 1``, so cohorts written in pieces
     (``start``) are identical to one written at once. Extra keyword arguments go to
-    :func:`simulate_subject` (e.g. ``lesion_counts``).
+    :func:`simulate_subject` (e.g. ``lesion_counts``, ``profile="randomised"``, ``factors``).
     """
     import pandas as pd
 
@@ -114,6 +128,8 @@ def write_bids_cohort(out_dir, n_subjects: int, seed: int, size: str = "full", s
                      "field_strength": subject.params["b0_tesla"],
                      "n_cmb": counts.get("cmb", 0), "n_iron": counts.get("iron", 0),
                      "n_calcification": counts.get("calcification", 0), "n_vein": counts.get("vein", 0)})
+        if subject.params.get("profile") == "randomised":
+            rows[-1].update(profile="randomised", age=round(subject.params["age_years"], 1))
     _merge_participants(out_dir / "participants.tsv", pd.DataFrame(rows))
     gen = [{"Name": "deepmir simulate", "Version": __version__,
             "Description": "physics-based T2w/SWI/QSM simulator (dipole field, GRE dephasing, TKD/Tikhonov QSM)"}]

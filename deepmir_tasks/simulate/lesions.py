@@ -46,6 +46,7 @@ class Lesion:
     gre_factor: float         # multiplicative GRE magnitude inside (T2* shortening, low PD)
     region: str
     radius_mm: float
+    site: str = ""            # placement site (pool name; iron: its nucleus)
 
     @property
     def centre(self) -> np.ndarray:
@@ -266,7 +267,7 @@ def _place_iron(P, n, rr, s, pl, nucleus_chi, max_tries):
             base = nucleus_chi.get(NUCLEI_LABELS[lab - 1], 0.1)
             P.accept(Lesion("iron", shp, base + excess, excess, rng.uniform(0.65, 0.88),
                             rng.uniform(0.75, 0.95), region_name(A.value("region", c)),
-                            shp.equivalent_radius()))
+                            shp.equivalent_radius(), NUCLEI_LABELS[lab - 1]))
             break
 
 
@@ -294,7 +295,7 @@ def _place_cmbs(P, n, rr, s, pl, nucleus_chi, max_tries):
                 continue
             chi = rng.uniform(*rr["cmb_chi_ppm"])
             P.accept(Lesion("cmb", shp, chi, chi, rng.uniform(0.12, 0.4), rng.uniform(0.15, 0.5),
-                            region_name(A.value("region", c)), shp.equivalent_radius()))
+                            region_name(A.value("region", c)), shp.equivalent_radius(), where))
             break
 
 
@@ -316,7 +317,7 @@ def _place_calcifications(P, n, rr, s, pl, nucleus_chi, max_tries):
                 continue
             chi = rng.uniform(*rr["calcification_chi_ppm"])
             P.accept(Lesion("calcification", shp, chi, chi, rng.uniform(0.12, 0.45), rng.uniform(0.2, 0.6),
-                            region_name(A.value("region", c)), float(r)))
+                            region_name(A.value("region", c)), float(r), where))
             break
 
 
@@ -338,7 +339,7 @@ def _place_veins(P, n, rr, s, pl, nucleus_chi, max_tries):
                 continue
             chi = rng.uniform(*rr["vein_chi_ppm"])
             P.accept(Lesion("vein", tube, chi, chi, rng.uniform(0.35, 0.8), rng.uniform(0.6, 0.9),
-                            region_name(A.value("region", tube.centre)), float(r)))
+                            region_name(A.value("region", tube.centre)), float(r), "vein"))
             break
 
 

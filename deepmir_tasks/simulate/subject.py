@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .acquire import reconstruct_swi_qsm, simulate_gre, simulate_t2w, swi_geometry, t2w_grid
-from .anatomy import mni_anatomy
+from . import variability
+from .anatomy import NUCLEI_LABELS, mni_anatomy
 from .head import build_anatomy, draw_head, draw_tissue
 from .lesions import DEFAULT_RANGES, place_lesions, resolve_counts
 
@@ -61,8 +62,12 @@ class SimulatedSubject:
     params: dict = field(default_factory=dict)
 
 
+PROFILES = ("default", "randomised")
+
+
 def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | None = None,
-                     lesion_ranges: dict | None = None) -> SimulatedSubject:
+                     lesion_ranges: dict | None = None, profile: str = "default",
+                     factors: dict | None = None) -> SimulatedSubject:
     """Simulate one subject.
 
     Args:
@@ -72,60 +77,62 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
         lesion_counts: override the count ranges per kind, e.g. ``{"cmb": (20, 30), "iron": 4}``
             (kinds: cmb, iron, calcification, vein; defaults in ``lesions.DEFAULT_COUNTS``).
         lesion_ranges: override physical ranges (keys of ``lesions.DEFAULT_RANGES``).
+        profile: ``"default"`` (the original simulator, unchanged for existing seeds) or
+            ``"randomised"``: age-dependent physiology, lesions at every site and acquisition over
+            the ranges of :data:`~.variability.FACTORS` (1.5/3/7 T, 0.5-6 mm voxels, minIP,
+            FLAIR-like T2w, residual background fields...), each stage on its own random stream.
+        factors: randomised profile only: pin factors, e.g. ``{"age_years": 85, "b0_tesla": 7.0}``
+            (keys of the ``params["factors"]`` it records); the other draws stay the same.
     """
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    resolve_counts(np.random.default_rng(0), lesion_counts)  # refuse bad overrides before any work
-    for key, value in (lesion_ranges or {}).items():
-        if key not in DEFAULT_RANGES:
-            raise ValueError(f"unknown lesion range {key!r}; expected one of {sorted(DEFAULT_RANGES)}")
-        if len(value) != 2 or value[0] > value[1]:
-            raise ValueError(f"bad range for {key!r}: {value!r} (expected (low, high))")
+    _check_args(size, lesion_counts, lesion_ranges, profile, factors)
     t_start = time.perf_counter()
     clock = _Clock()
     pre = SIZES[size]
-    rng = np.random.default_rng(int(seed))
     mni_anatomy()
-
-    # acquisition protocol
-    b0 = float(rng.choice([1.5, 3.0], p=[0.2, 0.8]))
-    te_swi = float(rng.uniform(0.015, 0.028) if b0 > 2 else rng.uniform(0.03, 0.045))
-    p = {
-        "seed": int(seed), "size": size, "b0_tesla": b0,
-        "swi_echo_time_s": te_swi, "swi_repetition_time_s": float(rng.uniform(0.027, 0.045)),
-        "swi_flip_angle_deg": float(rng.uniform(12, 20)),
-        "t2_echo_time_s": float(rng.uniform(0.08, 0.11)),
-        "t2_repetition_time_s": float(rng.uniform(3.0, 6.5)),
-    }
-    t2_vox = np.array([*(rng.uniform(*pre["t2_inplane"]),) * 2, rng.uniform(*pre["t2_slice"])])
-    swi_vox = np.array([*(rng.uniform(*pre["swi_inplane"]),) * 2, rng.uniform(*pre["swi_slice"])])
+    if profile == "default":
+        rng = np.random.default_rng(int(seed))
+        st = dict.fromkeys(("factors", "head", "grid", "lesions", "t2w", "gre", "recon"), rng)
+        plan = _default_plan(rng, seed, size, pre, lesion_counts, lesion_ranges)
+    else:
+        st = dict(zip(("factors", "head", "grid", "lesions", "t2w", "gre", "recon"),
+                      (np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 12]).spawn(7))))
+        plan = _randomised_plan(st["factors"], seed, size, pre, lesion_counts, lesion_ranges, factors)
+    p, f, b0, te_swi = plan["params"], plan["factors"], plan["b0"], plan["te_swi"]
+    t2_vox, swi_vox = plan["t2_vox"], plan["swi_vox"]
 
     # the head: geometry, tissue properties, anatomy grid in the T2w world
-    head = draw_head(rng)
-    tissue = draw_tissue(rng, b0)
+    head = draw_head(st["head"])
+    tissue = draw_tissue(st["head"], b0)
+    if f is not None:
+        variability.apply_physiology(head, tissue, f)
     p.update(head["params"])
     p.update({"tissue_chi_ppm": tissue["chi"], "nucleus_chi_ppm": tissue["nucleus_chi"],
               "contrast": tissue["contrast"]})
-    anat = build_anatomy(rng, head, tissue, pre["anat_vox"], te_swi)
+    anat = build_anatomy(st["head"], head, tissue, pre["anat_vox"], te_swi)
+    if f is not None:
+        p["nucleus_centroids_t2_mm"] = _nucleus_centroids(anat)
     clock("anatomy")
 
     # lesions (T2w world), kept apart by at least most of a T2w voxel
-    t2_aff, t2_shape = t2w_grid(rng, anat, t2_vox)
+    t2_aff, t2_shape = t2w_grid(st["grid"], anat, t2_vox)
     p.update({"t2_voxel_mm": t2_vox.tolist(), "t2_shape": list(t2_shape)})
-    counts = resolve_counts(rng, lesion_counts)
-    lesions = place_lesions(rng, anat, counts, t2_affine=t2_aff, t2_shape=t2_shape,
-                            lesion_scale=pre["lesion_scale"], ranges=lesion_ranges,
-                            nucleus_chi=tissue["nucleus_chi"], margin_mm=max(2.0, float(t2_vox.max()) * 0.75))
+    counts = resolve_counts(st["lesions"], plan["counts"])
+    lesions = place_lesions(st["lesions"], anat, counts, t2_affine=t2_aff, t2_shape=t2_shape,
+                            lesion_scale=pre["lesion_scale"], ranges=plan["ranges"],
+                            nucleus_chi=tissue["nucleus_chi"], margin_mm=max(2.0, float(t2_vox.max()) * 0.75),
+                            placement=plan["placement"])
     p["lesion_counts_requested"] = counts
     p["lesion_counts"] = {k: sum(les.kind == k for les in lesions) for k in counts}
+    if f is not None:
+        p["lesion_sites"] = [les.site for les in lesions]   # by lesion_id - 1
     clock("lesion placement")
 
     # session 1: T2w and truth; session 2: GRE -> SWI, QSM
-    t2w = simulate_t2w(rng, anat, lesions, t2_aff, t2_shape, t2_vox, tissue["contrast"], p)
+    t2w = simulate_t2w(st["t2w"], anat, lesions, t2_aff, t2_shape, t2_vox, tissue["contrast"], p, acq=f)
     clock("T2w")
-    geo = swi_geometry(rng, anat, swi_vox, p)
-    gre = simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, tissue["contrast"], pre, p, clock)
-    recon = reconstruct_swi_qsm(rng, anat, geo, gre, p, clock)
+    geo = swi_geometry(st["gre"], anat, swi_vox, p)
+    gre = simulate_gre(st["gre"], anat, lesions, geo, head, b0, te_swi, tissue["contrast"], pre, p, clock, acq=f)
+    recon = reconstruct_swi_qsm(st["recon"], anat, geo, gre, p, clock, acq=f)
     del gre
 
     table = _lesion_table(lesions, t2w["n_voxels"])
@@ -138,6 +145,65 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
         brain_mask=_nifti(t2w["brain_mask"], t2_aff, np.uint8),
         t2_clean=_nifti(t2w["t2_clean"], t2_aff, np.float32), bias_t2=_nifti(t2w["bias"], t2_aff, np.float32),
         lesions=table, swi_to_t2=geo["swi_to_t2"], params=p)
+
+
+def _check_args(size, lesion_counts, lesion_ranges, profile, factors):
+    """Refuse bad arguments before any work."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
+    if factors and profile != "randomised":
+        raise ValueError("factors can only be pinned with profile='randomised'")
+    resolve_counts(np.random.default_rng(0), lesion_counts)
+    for key, value in (lesion_ranges or {}).items():
+        if key not in DEFAULT_RANGES:
+            raise ValueError(f"unknown lesion range {key!r}; expected one of {sorted(DEFAULT_RANGES)}")
+        if len(value) != 2 or value[0] > value[1]:
+            raise ValueError(f"bad range for {key!r}: {value!r} (expected (low, high))")
+
+
+def _default_plan(rng, seed, size, pre, lesion_counts, lesion_ranges) -> dict:
+    """The original simulator's protocol draws (same calls, same order: seeds reproduce)."""
+    b0 = float(rng.choice([1.5, 3.0], p=[0.2, 0.8]))
+    te_swi = float(rng.uniform(0.015, 0.028) if b0 > 2 else rng.uniform(0.03, 0.045))
+    p = {
+        "seed": int(seed), "size": size, "b0_tesla": b0,
+        "swi_echo_time_s": te_swi, "swi_repetition_time_s": float(rng.uniform(0.027, 0.045)),
+        "swi_flip_angle_deg": float(rng.uniform(12, 20)),
+        "t2_echo_time_s": float(rng.uniform(0.08, 0.11)),
+        "t2_repetition_time_s": float(rng.uniform(3.0, 6.5)),
+    }
+    t2_vox = np.array([*(rng.uniform(*pre["t2_inplane"]),) * 2, rng.uniform(*pre["t2_slice"])])
+    swi_vox = np.array([*(rng.uniform(*pre["swi_inplane"]),) * 2, rng.uniform(*pre["swi_slice"])])
+    return {"params": p, "factors": None, "b0": b0, "te_swi": te_swi, "t2_vox": t2_vox, "swi_vox": swi_vox,
+            "counts": lesion_counts, "ranges": lesion_ranges, "placement": None}
+
+
+def _randomised_plan(rng, seed, size, pre, lesion_counts, lesion_ranges, pins) -> dict:
+    """The randomised profile's factors (recorded whole in ``params["factors"]``)."""
+    f = variability.draw_factors(rng, pins)
+    t2_vox, swi_vox = variability.voxel_sizes(f, pre, native=size == "full")
+    p = {"seed": int(seed), "size": size, "profile": "randomised", "factors": f, "age_years": f["age_years"]}
+    p.update({k: f[k] for k in ("b0_tesla", "swi_echo_time_s", "swi_repetition_time_s", "swi_flip_angle_deg",
+                                "t2_echo_time_s", "t2_repetition_time_s", "t2_variant", "t2_inversion_time_s")})
+    return {"params": p, "factors": f, "b0": f["b0_tesla"], "te_swi": f["swi_echo_time_s"], "t2_vox": t2_vox,
+            "swi_vox": swi_vox, "counts": variability.lesion_counts(f, lesion_counts),
+            "ranges": variability.lesion_ranges(f, lesion_ranges),
+            "placement": variability.placement(f, lesion_counts)}
+
+
+def _nucleus_centroids(anat) -> dict:
+    """Centroid (T2w world mm) of each deep nucleus's core (membership > 0.5) in this head."""
+    from scipy import ndimage as ndi
+
+    core = np.where(anat["nucleus_w"] > 0.5, anat["nucleus"], 0)
+    labels = list(range(1, len(NUCLEI_LABELS) + 1))
+    out = {}
+    for name, lab, com in zip(NUCLEI_LABELS, labels, ndi.center_of_mass(core > 0, core, labels)):
+        if np.all(np.isfinite(com)):
+            out[name] = np.round(anat["affine"][:3, :3] @ np.asarray(com) + anat["affine"][:3, 3], 2).tolist()
+    return out
 
 
 def _lesion_table(lesions, n_voxels):

@@ -1,4 +1,4 @@
-"""``deepmir simulate OUT --subjects N --seed S [--size full|small] [--start K]``."""
+"""``deepmir simulate OUT --subjects N --seed S [--size full|small] [--start K] [--profile P]``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed (default 0)")
     parser.add_argument("--size", choices=("full", "small"), default="full",
                         help="full resolution or a small, fast test size (default full)")
+    parser.add_argument("--profile", choices=("default", "randomised"), default="default",
+                        help="default: the original simulator (seeds reproduce); randomised: age, lesion "
+                             "sites and acquisition (1.5/3/7 T, voxels, minIP, FLAIR-like, QSM method) "
+                             "over their real-world ranges")
     parser.add_argument("--start", type=int, default=1, metavar="K",
                         help="number of the first subject (sub-K); seeds follow the subject number")
     parser.add_argument("--cmb", type=_range, default=None, metavar="LO[-HI]",
@@ -48,8 +52,10 @@ def run(args) -> int:
         raise InputError(args.out_dir, "output path exists and is not a folder")
     counts = {k: getattr(args, k) for k in ("cmb", "iron", "calcification", "vein") if getattr(args, k) is not None}
     t0 = time.perf_counter()
-    labels = write_bids_cohort(args.out_dir, args.subjects, args.seed, size=args.size, start=args.start,
-                               **({"lesion_counts": counts} if counts else {}))
+    extra = {"lesion_counts": counts} if counts else {}
+    if args.profile != "default":
+        extra["profile"] = args.profile
+    labels = write_bids_cohort(args.out_dir, args.subjects, args.seed, size=args.size, start=args.start, **extra)
     import pandas as pd
 
     print(f"wrote {len(labels)} subject(s) to {args.out_dir} in {time.perf_counter() - t0:.1f} s")
