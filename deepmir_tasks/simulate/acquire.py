@@ -155,16 +155,8 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
 
     # the acquisition grid outside the box (scalp, skull): no fine-scale structure there
     acq_to_anat = np.linalg.inv(anat["affine"]) @ swi_to_t2 @ swi_aff
-    mag_acq = _resample(anat["gre"], acq_to_anat, swi_shape)
-    air_field, in_air = spheres_field_on_grid(swi_shape, swi_aff, air_list, return_inside=True)
-    mag_acq[in_air] = 0.0
-    bg_field = np.float32(bg_amp) * bg(swi_shape, swi_aff) + air_field
-    bg_phase = np.float32(k_ph) * bg_field
-    del air_field, in_air
-    signal = np.empty(swi_shape, np.complex64)
-    signal.real = mag_acq * np.cos(bg_phase)
-    signal.imag = mag_acq * np.sin(bg_phase)
-    del bg_phase
+    signal, bg_field = _outer_signal(anat, acq_to_anat, swi_aff, swi_shape, air_list,
+                                     lambda: np.float32(bg_amp) * bg(swi_shape, swi_aff), k_ph)
     box = tuple(slice(int(box_lo[i]), int(box_hi[i])) for i in range(3))
     signal[box] = sig_box
     local_field = np.zeros(swi_shape, np.float32)
@@ -186,6 +178,21 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
     if acq is not None:
         out["background_field"] = bg_field
     return out
+
+
+def _outer_signal(anat, acq_to_anat, swi_aff, swi_shape, air_list, smooth_bg, k_ph):
+    """GRE signal on the whole acquisition grid from the anatomy grid, with the background field
+    (smooth shim residual ``smooth_bg()`` plus air cavities, ppm); returns ``(signal, field)``."""
+    mag_acq = _resample(anat["gre"], acq_to_anat, swi_shape)
+    air_field, in_air = spheres_field_on_grid(swi_shape, swi_aff, air_list, return_inside=True)
+    mag_acq[in_air] = 0.0
+    bg_field = smooth_bg() + air_field
+    bg_phase = np.float32(k_ph) * bg_field
+    del air_field, in_air
+    signal = np.empty(swi_shape, np.complex64)
+    signal.real = mag_acq * np.cos(bg_phase)
+    signal.imag = mag_acq * np.sin(bg_phase)
+    return signal, bg_field
 
 
 def reconstruct_swi_qsm(rng, anat, geo, gre, params, clock=None, acq=None) -> dict:
