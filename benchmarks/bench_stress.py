@@ -13,6 +13,10 @@ calls on normal nuclei (unmatched iron detections whose centroid lies in a deep 
 dilated by 2 mm); and the fraction of true CMBs and iron deposits inside the pipeline's brain
 mask. Steps already done under ``--work`` are reused (the cohort if complete, the pipeline from
 its cache), so one command rebuilds the table.
+
+DEEPMIR runs from a clean export of a commit (``--code``, default HEAD, via ``git archive``), so
+edits to the working tree during a run of an hour neither break pydra's hash checks nor mix two
+versions in one table; ``--code worktree`` runs the installed working tree instead.
 """
 
 from __future__ import annotations
@@ -39,25 +43,46 @@ COLUMNS = ["condition", "subjects", "cmb_sens", "cmb_prec", "cmb_fp_per_subj", "
            "calc_called_cmb", "nucleus_false_iron", "lesions_in_mask"]
 
 
-def _env():
+def _env(code_dir: Path):
     env = dict(os.environ, OMP_NUM_THREADS="1", ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1",
-               MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+               MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", DEEPMIR_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(code_dir), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
 
-def _deepmir() -> str:
-    local = Path(sys.executable).parent / "deepmir"
-    found = str(local) if local.exists() else shutil.which("deepmir")
-    if not found:
-        raise SystemExit("bench_stress: the deepmir command is not installed (pip install -e .)")
-    return found
+def export_code(rev: str, work: Path) -> tuple:
+    """(folder, commit) of a clean ``git archive`` export of ``rev`` under ``work`` (or the working
+    tree itself for ``worktree``)."""
+    if rev == "worktree":
+        return REPO, "working tree"
+    sha = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO, capture_output=True,
+                         text=True)
+    if sha.returncode != 0:
+        raise SystemExit(f"bench_stress: {REPO}: {rev!r} is not a commit")
+    sha = sha.stdout.strip()
+    dest = work / f"code-{sha[:12]}"
+    if not (dest / "pipelines" / "cli.py").exists():
+        tmp = work / f".code-{sha[:12]}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        archive = subprocess.Popen(["git", "archive", sha], cwd=REPO, stdout=subprocess.PIPE)
+        subprocess.run(["tar", "-x", "-C", str(tmp)], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            raise SystemExit(f"bench_stress: git archive {sha} failed")
+        tmp.rename(dest)
+    return dest, sha[:12]
 
 
-def _run(cmd, log):
+def _deepmir() -> list:
+    """The ``deepmir`` command, imported from the first ``pipelines`` on PYTHONPATH (the export)."""
+    return [sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())"]
+
+
+def _run(cmd, log, code_dir=REPO):
     print("$ " + " ".join(map(str, cmd)), flush=True)
     with open(log, "a") as fh:
-        proc = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=_env(), cwd=REPO)
+        proc = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, env=_env(code_dir),
+                              cwd=code_dir)
     if proc.returncode != 0:
         raise SystemExit(f"bench_stress: {cmd[0]} failed (exit {proc.returncode}); see {log}")
 
@@ -68,8 +93,8 @@ def _cohort_complete(bids: Path, n: int) -> bool:
         len(list(ann.glob("sub-*/anat/sub-*_lesions.tsv"))) == n
 
 
-def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="debug") -> Path:
-    """Generate, run and evaluate one condition; return its folder."""
+def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="debug", code_dir=REPO) -> Path:
+    """Generate, run (DEEPMIR imported from ``code_dir``) and evaluate one condition; return its folder."""
     root = work / cond
     bids, deriv = root / "bids", root / "deriv"
     root.mkdir(parents=True, exist_ok=True)
@@ -79,11 +104,12 @@ def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="de
         seed = SEED_BASE + 10_000 * list(CONDITIONS).index(cond)
         _run([sys.executable, "-m", "benchmarks.independent_sim", bids, "--subjects", n_subjects,
               "--seed", seed, "--condition", cond], log)
-    cmd = [_deepmir(), "run", bids, deriv, "participant", "--worker", worker, "--n-procs", 1, "--no-report"]
+    cmd = _deepmir() + ["run", bids, deriv, "participant", "--worker", worker, "--n-procs", 1, "--no-report"]
     if model is not None:
         cmd += ["--model", Path(model).resolve()]
-    _run(cmd, log)
-    _run([_deepmir(), "evaluate", deriv, bids, "--tolerance-mm", TOLERANCE_MM, "--out", root / "evaluation"], log)
+    _run(cmd, log, code_dir)
+    _run(_deepmir() + ["evaluate", deriv, bids, "--tolerance-mm", TOLERANCE_MM, "--out", root / "evaluation"],
+         log, code_dir)
     return root
 
 
@@ -163,18 +189,22 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="working folder (kept; reruns reuse it)")
     ap.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the bundled one)")
     ap.add_argument("--worker", default="debug", choices=["debug", "cf"])
+    ap.add_argument("--code", default="HEAD",
+                    help="commit whose DEEPMIR is measured (default HEAD; 'worktree': the working tree)")
     ap.add_argument("--markdown", action="store_true", help="print a README-ready Markdown table")
     args = ap.parse_args(argv)
     if args.model is not None and not args.model.is_file():
         raise SystemExit(f"bench_stress: {args.model}: model file does not exist")
-    work = args.work or Path(tempfile.mkdtemp(prefix="deepmir_stress_"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="deepmir_stress_"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    code_dir, code = export_code(args.code, work)
     rows = []
     for cond in args.conditions:
-        row = score_condition(run_condition(cond, args.subjects, work, args.model, args.worker))
+        row = score_condition(run_condition(cond, args.subjects, work, args.model, args.worker, code_dir))
         rows.append(row)
         print(f"{cond}: " + "; ".join(f"{k} {v}" for k, v in row["_counts"].items()), flush=True)
-    print(f"\nStress benchmark ({args.subjects} subjects per condition, lesion-wise, {TOLERANCE_MM:g} mm; "
-          f"work folder {work})")
+    print(f"\nStress benchmark: DEEPMIR {code}, {args.subjects} subjects per condition, lesion-wise, "
+          f"{TOLERANCE_MM:g} mm; work folder {work}")
     print(format_table(rows, args.markdown))
     return 0
 

@@ -214,3 +214,41 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "out"), "--subjects", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "out" in err and "at least 1" in err
+
+
+def test_stress_scoring_counts_calcification_and_nucleus_calls(sim, tmp_path):
+    import shutil
+
+    import nibabel as nib
+    import pandas as pd
+
+    from benchmarks.bench_stress import format_table, score_condition
+    from benchmarks.independent_sim import write_subject
+
+    root = tmp_path / "default"
+    paths = write_subject(sim, root / "bids", "01")
+    anat = root / "deriv" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    shutil.copy(paths["mask"], anat / "sub-01_space-T2w_desc-brain_mask.nii.gz")
+    calc = next(r for r in sim.lesions if r["kind"] == "calcification")
+    nuclei = nib.load(paths["nuclei"])
+    ijk = np.argwhere(np.asarray(nuclei.dataobj) == nucleus_names().index("globus_pallidus_L") + 1).mean(0)
+    gp = (nuclei.affine @ np.append(ijk, 1.0))[:3]
+    dets = pd.DataFrame([
+        {"participant_id": "sub-01", "label": "cmb", "x_mm": calc["x_mm"] + 1, "y_mm": calc["y_mm"],
+         "z_mm": calc["z_mm"], "matched": False},
+        {"participant_id": "sub-01", "label": "iron", "x_mm": gp[0], "y_mm": gp[1], "z_mm": gp[2], "matched": False},
+    ])
+    ev = root / "evaluation"
+    ev.mkdir()
+    dets.to_csv(ev / "detections.tsv", sep="\t", index=False)
+    pd.DataFrame([{"label": "cmb", "sensitivity": 0.0, "precision": 0.0, "fp_per_subject": 1.0, "tp": 0,
+                   "n_true": 4, "fp": 1},
+                  {"label": "iron", "sensitivity": 0.0, "precision": 0.0, "fp_per_subject": 1.0, "tp": 0,
+                   "n_true": 2, "fp": 1}]).to_csv(ev / "per_class.tsv", sep="\t", index=False)
+    row = score_condition(root)
+    assert row["calc_called_cmb"] == f"1/{COUNTS['calcification']}"
+    assert row["nucleus_false_iron"] == 1
+    assert row["lesions_in_mask"] == f"{COUNTS['cmb'] + COUNTS['iron']}/{COUNTS['cmb'] + COUNTS['iron']}"
+    md = format_table([row], markdown=True).splitlines()
+    assert md[0].startswith("| condition") and md[2].startswith("| default | 1 |")
