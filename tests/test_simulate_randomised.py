@@ -5,6 +5,7 @@ subjects that differ in one pinned factor only). The default profile is unchange
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -291,3 +292,28 @@ def test_calcifications_are_negative_in_truth_and_qsm():
     cmb = s.lesions[s.lesions["kind"] == "cmb"]
     assert cmb["chi_ppm"].between(*(FACTORS["cmb_chi_ppm"].low, FACTORS["cmb_chi_ppm"].high)).all()
     assert np.median([sample(s.qsm, swi_point(s, r)) for r in cmb.itertuples()]) > 0.05
+
+
+@pytest.mark.slow
+def test_bids_cohort_and_pydra_task_take_the_profile(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from deepmir_tasks.simulate import write_bids_cohort
+    from deepmir_tasks.simulate.tasks import SimulateSubject
+
+    labels = write_bids_cohort(tmp_path / "bids", 1, seed=7, size="small", profile="randomised",
+                               factors={"b0_tesla": 7.0, "t2_variant": "FLAIR-like"})
+    anat = tmp_path / "bids" / f"sub-{labels[0]}" / "anat"
+    assert sorted(p.name for p in anat.iterdir()) == sorted(
+        f"sub-{labels[0]}_{s}" for s in ("T2w.nii.gz", "T2w.json", "swi.nii.gz", "swi.json", "Chimap.nii.gz",
+                                          "Chimap.json"))
+    t2 = json.loads((anat / f"sub-{labels[0]}_T2w.json").read_text())
+    assert t2["MagneticFieldStrength"] == 7.0 and "FLAIR" in t2["SequenceName"] and t2["InversionTime"] > 2
+    part = pd.read_csv(tmp_path / "bids" / "participants.tsv", sep="\t")
+    assert part["profile"].tolist() == ["randomised"] and 20 <= part["age"].iloc[0] <= 90
+    out = SimulateSubject(seed=7, size="small", label="02", profile="randomised")(worker="debug",
+                                                                             cache_root=tmp_path / "cache")
+    params = json.loads(Path(out.xfm).with_name("sub-02_desc-simulation_params.json").read_text())
+    assert params["profile"] == "randomised" and "age_years" in params["factors"]

@@ -23,6 +23,7 @@ class SimulateSubject(python.Task["SimulateSubject.Outputs"]):
         label: participant label without 'sub-'
         n_cmb_min: lowest number of microbleeds (with n_cmb_max; both None = simulator default)
         n_cmb_max: highest number of microbleeds
+        profile: "default" or "randomised" (see ``simulate_subject``)
         version: package version, so that a new release is a new cache entry
     """
 
@@ -31,6 +32,7 @@ class SimulateSubject(python.Task["SimulateSubject.Outputs"]):
     label: str = "01"
     n_cmb_min: int | None = None
     n_cmb_max: int | None = None
+    profile: str = "default"
     version: str = __version__
 
     class Outputs(python.Outputs):
@@ -43,7 +45,7 @@ class SimulateSubject(python.Task["SimulateSubject.Outputs"]):
         xfm: File
 
     @staticmethod
-    def function(seed, size, label, n_cmb_min, n_cmb_max, version):
+    def function(seed, size, label, n_cmb_min, n_cmb_max, profile, version):
         from deepmir_tasks.simulate.bids import write_subject
         from deepmir_tasks.simulate.subject import simulate_subject
 
@@ -51,6 +53,6 @@ class SimulateSubject(python.Task["SimulateSubject.Outputs"]):
         if n_cmb_min is not None or n_cmb_max is not None:
             lo = n_cmb_min if n_cmb_min is not None else n_cmb_max
             counts = {"cmb": (lo, n_cmb_max if n_cmb_max is not None else lo)}
-        subject = simulate_subject(seed, size, lesion_counts=counts)
+        subject = simulate_subject(seed, size, lesion_counts=counts, profile=profile)
         out = write_subject(subject, Path.cwd() / "bids", label)
         return out["t2"], out["swi"], out["qsm"], out["dseg"], out["mask"], out["lesions"], out["xfm"]
