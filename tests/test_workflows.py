@@ -35,8 +35,50 @@ def _check_subject_derivatives(out_dir: Path, key: str):
     assert (out_dir / f"{key}.html").exists()
 
 
+def _match(found: np.ndarray, true: np.ndarray, within_mm: float = 5.0) -> list[tuple[int, int, float]]:
+    """One-to-one matches (found index, true index, distance), closest pairs first, within ``within_mm``."""
+    if not len(found) or not len(true):
+        return []
+    dist = np.linalg.norm(found[:, None] - true[None], axis=-1)
+    pairs, used_f, used_t = [], set(), set()
+    for f, t in sorted(np.argwhere(dist <= within_mm).tolist(), key=lambda ft: dist[ft[0], ft[1]]):
+        if f not in used_f and t not in used_t:
+            pairs.append((f, t, float(dist[f, t])))
+            used_f.add(f)
+            used_t.add(t)
+    return pairs
+
+
+def _detections_against_truth(bids_dir: Path, out_dir: Path, keys) -> dict:
+    """Kept lesions of the subjects ``keys`` against the simulated truth, lesion-wise, pooled."""
+    counts = dict(true=0, detections=0, matched=0, on_calcification=0, error_mm=[])
+    for key in keys:
+        sub = key.split("_")[0]
+        truth = pd.read_csv(bids_dir / "derivatives" / "annotations" / sub / "anat" / f"{sub}_lesions.tsv", sep="\t")
+        table = pd.read_csv(out_dir / sub / "anat" / DERIVATIVE_NAMES["lesions"].format(key=key), sep="\t",
+                            na_values="n/a")
+        found = table[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+        true = truth.loc[truth["kind"].isin(["cmb", "iron"]), ["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+        calc = truth.loc[truth["kind"] == "calcification", ["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+        pairs = _match(found, true)
+        counts["true"] += len(true)
+        counts["detections"] += len(found)
+        counts["matched"] += len(pairs)
+        counts["error_mm"] += [d for _, _, d in pairs]
+        counts["on_calcification"] += len(_match(found, calc))
+    return counts
+
+
 def test_subject_workflow_end_to_end(small_cohort, tmp_path, worker):
-    """One subject under debug and cf; the whole (two-subject) cohort under slurm."""
+    """One subject under debug and cf; the whole (two-subject) cohort under slurm.
+
+    The kept lesions are scored against the simulated truth, lesion-wise: a detection matches a
+    true CMB or iron deposit whose centre lies within 5 mm (one to one). The class is not scored:
+    on these small subjects (2.7-3.1 x 5.5-7 mm T2w voxels, lesions drawn twice as large) the
+    bundled model, trained on full-size subjects, labels every detection iron. Measured: sub-01
+    7 of 10 true lesions found among 12 detections (precision 0.58; 4 of the other 5 lie within
+    6 mm of a vein), centroid error 0.1-1.2 mm; both subjects pooled 8/12 and 8/19 (0.42).
+    """
     out = tmp_path / "deriv"
     labels = None if worker == "slurm" else ["01"]
     result = run_cohort(small_cohort, out, participant_labels=labels, worker=worker, n_procs=2,
@@ -44,6 +86,11 @@ def test_subject_workflow_end_to_end(small_cohort, tmp_path, worker):
     assert result.ok, result.failed
     for s in result.subjects:
         _check_subject_derivatives(out, s.subject.key)
+    score = _detections_against_truth(small_cohort, out, [s.subject.key for s in result.subjects])
+    assert score["true"] >= 10 and score["matched"] >= 0.6 * score["true"], score        # sensitivity
+    assert score["matched"] >= 0.35 * score["detections"], score                         # precision
+    assert max(score["error_mm"]) < 2.5, score                # found where the truth is, not just near
+    assert score["on_calcification"] == 0, score              # the negative-QSM mimic is never kept
     assert len(result.subjects) == (2 if worker == "slurm" else 1)
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative"
