@@ -129,8 +129,14 @@ def _dependency_versions() -> tuple[tuple[str, str], ...]:
     return tuple(sorted(out))
 
 
+@lru_cache(maxsize=None)
 def module_fingerprint(module: str) -> str:
-    """sha256 of the code ``module`` can run: its first-party closure and third-party versions."""
+    """sha256 of the code ``module`` can run: its first-party closure and third-party versions.
+
+    Computed once per process, as Python imports a module once: a file edited while a run is
+    under way does not change what this process runs, nor its hashes. A worker process started
+    after such an edit runs the new code and computes the new fingerprint, so pydra refuses the
+    job rather than file its results under the old code's key."""
     h = hashlib.sha256()
     for name, digest in sorted(module_closure(module).items()):
         h.update(f"{name}={digest}\n".encode())
@@ -139,6 +145,7 @@ def module_fingerprint(module: str) -> str:
     return h.hexdigest()
 
 
+@lru_cache(maxsize=1)
 def code_version() -> str:
     """The package version with a fingerprint of all of DEEPMIR's code, e.g. ``0.2.0+code.1a2b3c4d5e6f``."""
     from deepmir_tasks import __version__
