@@ -119,7 +119,6 @@ def test_preprocess_and_segment_run_in_a_nipype_workflow(small_cohort, tmp_path)
     err = np.linalg.norm(pts_swi @ est[:3, :3].T + est[:3, 3] - pts, axis=1)
     assert np.linalg.norm(pts_swi - pts, axis=1).mean() > 1.0   # there is motion to recover
     assert err.mean() < 1.0, err.mean()
-    print(f"swi_to_t2 error {err.mean():.3f} mm")
     assert np.loadtxt(p.t2_to_mni).shape == (4, 4)
 
     # Segment: probabilities, and labelled components on the true lesions.
