@@ -7,7 +7,7 @@ lets the caller wrap the brain in CSF, bone and scalp shells of any thickness.
 
 Deep grey nuclei are ellipsoids at literature MNI coordinates with literature susceptibilities
 (ppm, relative to CSF), after Deistung et al. 2013 (NeuroImage 65:299), Lim et al. 2013
-(NeuroImage 82:449), Li et al. 2014 (NeuroImage 87:120) and the QSM challenge 2.0 head model
+(NeuroImage 82:449), Li et al. 2014 (Hum Brain Mapp 35:2698) and the QSM challenge 2.0 head model
 (Marques et al. 2021, MRM 86:526). Values are means for adults; the simulator scales them per
 subject.
 

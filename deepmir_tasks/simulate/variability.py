@@ -30,7 +30,7 @@ class Factor:
     source: str
 
 
-_LI14 = "Li et al. 2014, NeuroImage 87:120 (susceptibility over the lifespan)"
+_LI14 = "Li et al. 2014, Hum Brain Mapp 35:2698 (susceptibility over the lifespan)"
 _HAACKE09 = "Haacke et al. 2009, AJNR 30:19 (SWI technical aspects)"
 FACTORS = {
     # ---- physiology
@@ -67,41 +67,43 @@ FACTORS = {
     "swi_snr_wm": Factor(8, 60, "", "noisy clinical to averaged research scans"),
     "t2_bias_strength": Factor(0.05, 0.6, "log-gain", "receive-coil shading"),
     "swi_bias_strength": Factor(0.05, 0.9, "log-gain", "up to 0.9 at 7 T (B1): Vaughan et al. 2001 MRM 46:24"),
-    "background_field_ppm": Factor(0.05, 0.6, "ppm", "shim residuals; Schweser et al. 2017 NeuroImage 62:2083"),
+    "background_field_ppm": Factor(0.05, 0.6, "ppm", "shim residuals; Schweser et al. 2017 NMR Biomed 30:e3604"),
     "swi_hpf_sigma_mm": Factor(2.0, 8.0, "mm", "homodyne high-pass filter width: Haacke et al. 2004 MRM 52:612"),
     "swi_phase_mask_power": Factor(2, 5, "", "Haacke et al. 2004 (4 optimal)"),
     "swi_minip_mm": Factor(4.0, 16.0, "mm", "minIP slab when used: " + _HAACKE09),
     "tkd_threshold": Factor(0.08, 0.3, "", "Shmueli et al. 2009 MRM 62:1510; Wharton et al. 2010 MRM 63:1292"),
-    "tikhonov_lambda": Factor(0.005, 0.12, "", "closed-form L2: Bilgic et al. 2014 MRM 72:1444"),
+    "tikhonov_lambda": Factor(0.005, 0.12, "", "closed-form L2: Bilgic et al. 2014 JMRI 40:181"),
     "qsm_mask_erosion_mm": Factor(0.0, 4.0, "mm", "brain-mask erosion of background removal (V-SHARP)"),
     "qsm_residual_background": Factor(0.0, 0.08, "fraction", "background field left by imperfect removal: "
-                                      "Schweser et al. 2017"),
+                                      "Schweser et al. 2017 NMR Biomed 30:e3604"),
     "flair_csf_signal": Factor(0.02, 0.12, "x CSF TSE", "CSF nulled by inversion"),
 }
 
 #: field strengths and their share; SWI echo time range per field (s): Haacke 2009 (1.5 / 3 T),
-#: Deistung et al. 2008 JMRI 28:1154 (7 T)
+#: Deistung et al. 2008 MRM 60:1155 (7 T)
 B0_CHOICES = ((1.5, 0.3), (3.0, 0.55), (7.0, 0.15))
 SWI_TE_S = {1.5: (0.030, 0.050), 3.0: (0.015, 0.030), 7.0: (0.008, 0.020)}
 T2_VARIANTS = (("TSE", 0.7), ("FLAIR-like", 0.3))
 
 #: deep-nucleus susceptibility (ppm re CSF) at 20 and at 90 years and the time constant of an
 #: exponential-saturation approach (years): iron accumulates early in the pallidum and slowly,
-#: nearly linearly, in the putamen (Hallgren & Sourander 1958, J Neurochem 3:41; QSM curves of
-#: Li et al. 2014 and Acosta-Cabronero et al. 2016, J Neurosci 36:364). Approximate read-offs.
+#: nearly linearly, in the putamen; the thalamus plateaus by 40 (Hallgren & Sourander 1958,
+#: J Neurochem 3:41; QSM curves of Li et al. 2014 and of Treit et al. 2021, Hum Brain Mapp
+#: 42:4597, 498 subjects 5-90 years). Approximate read-offs.
 NUCLEUS_LIFESPAN = {
     "globus-pallidus": (0.08, 0.22, 30.0),
     "putamen": (0.03, 0.10, 60.0),
     "caudate": (0.04, 0.08, 30.0),
-    "thalamus": (0.01, 0.025, 40.0),
+    "thalamus": (0.015, 0.02, 15.0),
     "substantia-nigra": (0.09, 0.16, 30.0),
     "red-nucleus": (0.07, 0.14, 30.0),
     "dentate": (0.07, 0.15, 40.0),
 }
 
-#: between-subject spread of nuclear susceptibility (log-normal sd, shared and per nucleus, clipped
-#: at 2.5 sd; the two together give a CV of ~14 %, as the scatter about the curves of Li et al. 2014)
-NUCLEUS_SPREAD_SD = 0.10
+#: between-subject spread of nuclear susceptibility (log-normal sd at 20 and at 90 years, shared and
+#: per nucleus, clipped at 2.5 sd: a CV of ~10 % young to ~18 % old, as the scatter about the
+#: curves of Li et al. 2014; it grows with age: Treit et al. 2021)
+NUCLEUS_SPREAD_SD = (0.07, 0.13)
 
 #: physiological calcification prevalence at 20 and at 90 years (Yalcin et al. 2016, J Chem
 #: Neuroanat 78:20: pineal ~70 %, choroid plexus ~70 %, basal ganglia ~1 % of adults, all rising
@@ -155,7 +157,7 @@ def draw_factors(rng, pins: dict | None = None) -> dict:
 def _draw_physiology(rng, put):
     age = put("age_years", _u(rng, "age_years"))
     a = (float(age) - 20.0) / 70.0
-    sd = NUCLEUS_SPREAD_SD
+    sd = NUCLEUS_SPREAD_SD[0] + (NUCLEUS_SPREAD_SD[1] - NUCLEUS_SPREAD_SD[0]) * a
     shared = float(np.exp(np.clip(rng.normal(0, sd), -2.5 * sd, 2.5 * sd)))
     chi = {}
     for nuc in NUCLEI:
