@@ -157,13 +157,31 @@ def test_voxel_sizes_native_and_test_preset(draws):
 
 # ---- placement: every CMB site puts microbleeds where it says ---------------------------------
 
-@pytest.fixture(scope="module")
-def anat():
+def _anatomy(heterogeneity=None):
     from deepmir_tasks.simulate.head import build_anatomy, draw_head, draw_tissue
 
     rng = np.random.default_rng(4)
     head, tissue = draw_head(rng), draw_tissue(rng, 3.0)
+    if heterogeneity is not None:
+        tissue["nucleus_heterogeneity"] = heterogeneity
     return build_anatomy(rng, head, tissue, 2.0, 0.02)
+
+
+@pytest.fixture(scope="module")
+def anat():
+    return _anatomy()
+
+
+def test_nuclei_vary_within_when_heterogeneous(anat):
+    from deepmir_tasks.simulate.anatomy import NUCLEI_LABELS
+
+    varied = _anatomy(0.3)
+    for name in ("globus-pallidus-R", "putamen-L"):
+        core = (anat["nucleus"] == NUCLEI_LABELS.index(name) + 1) & (anat["nucleus_w"] > 0.95)
+        flat, het = anat["chi"][core], varied["chi"][core]
+        assert np.std(flat) < 0.002 < np.std(het)                  # uniform before, graded after
+        assert abs(np.mean(het) - np.mean(flat)) < 0.3 * np.mean(flat)   # same level on average
+        assert np.all(het > 0.6 * np.mean(flat))
 
 
 @pytest.mark.parametrize("site", variability.CMB_SITES)

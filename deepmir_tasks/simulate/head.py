@@ -71,7 +71,8 @@ def draw_tissue(rng, b0_tesla: float) -> dict:
 def build_anatomy(rng, head: dict, tissue: dict, vox: float, te_swi: float) -> dict:
     """The subject's anatomy grid: warped MNI maps plus tissue, chi, T2w and GRE maps."""
     anat = _anatomy_grid(mni_anatomy(), head["mni_to_t2"], head["warp"], vox, head["shell"])
-    _tissue_images(rng, anat, tissue["chi"], tissue["nucleus_chi"], tissue["contrast"], te_swi)
+    _tissue_images(rng, anat, tissue["chi"], tissue["nucleus_chi"], tissue["contrast"], te_swi,
+                   tissue.get("nucleus_heterogeneity", 0.0))
     return anat
 
 
@@ -179,8 +180,12 @@ def _mni_codes():
             + 128 * mni.region.astype(np.uint16))
 
 
-def _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi):
-    """Tissue fractions, susceptibility, T2w and GRE magnitude maps on the anatomy grid."""
+def _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi, heterogeneity=0.0):
+    """Tissue fractions, susceptibility, T2w and GRE magnitude maps on the anatomy grid.
+
+    ``heterogeneity`` > 0 varies each nucleus's level smoothly (wavelengths 10-30 mm) by up to
+    that fraction, as iron gradients within normal nuclei do (none: the original simulator).
+    """
     from scipy import ndimage as ndi
 
     vox = anat["vox"]
@@ -204,6 +209,12 @@ def _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi):
     for i, name in enumerate(NUCLEI_LABELS):
         chi_lut[i + 1] = nucleus_chi[name]
     chi_nuc = chi_lut[lab]
+    if heterogeneity > 0:
+        from .physics import SmoothField
+
+        centre = anat["affine"][:3, :3] @ (np.asarray(sd.shape) / 2.0) + anat["affine"][:3, 3]
+        smooth = SmoothField(rng, centre, 8, (10.0, 30.0))(sd.shape, anat["affine"])
+        chi_nuc = chi_nuc * (1.0 + np.float32(heterogeneity) * smooth)
     chi = gm * chi_t["gm"] + wm * chi_t["wm"] + csf * chi_t["csf"]
     chi = ((1 - w) * chi + w * chi_nuc * brain).astype(np.float32)
     chi *= (brain > 0) | (f_csf_out > 0)

@@ -35,6 +35,9 @@ _HAACKE09 = "Haacke et al. 2009, AJNR 30:19 (SWI technical aspects)"
 FACTORS = {
     # ---- physiology
     "age_years": Factor(20, 90, "years", "adult lifespan; " + _LI14),
+    "nucleus_heterogeneity": Factor(0.0, 0.3, "fraction", "smooth iron gradients within normal nuclei "
+                                    "(e.g. posterior putamen, medial pallidum): Deistung et al. 2013; Haacke "
+                                    "et al. 2005 JMRI 22:1 (iron stores)"),
     "gm_chi_ppm": Factor(0.0, 0.035, "ppm", "cortex re CSF; Deistung et al. 2013 NeuroImage 65:299; " + _LI14),
     "wm_chi_ppm": Factor(-0.06, -0.01, "ppm", "white matter re CSF; " + _LI14),
     "ventricle_expansion": Factor(-0.05, 0.25, "fraction", "ventricles grow, faster after 60: Scahill et al. "
@@ -166,6 +169,7 @@ def _draw_physiology(rng, put):
             side = float(rng.uniform(0.97, 1.03))
             chi[name] = nucleus_chi_at_age(nuc.name, age) * shared * own * side
     put("nucleus_chi_ppm", chi)
+    put("nucleus_heterogeneity", _u(rng, "nucleus_heterogeneity"))
     put("gm_chi_ppm", _u(rng, "gm_chi_ppm"))
     put("wm_chi_ppm", _u(rng, "wm_chi_ppm"))
     lo, hi = FACTORS["ventricle_expansion"].low, FACTORS["ventricle_expansion"].high
@@ -222,6 +226,7 @@ def apply_physiology(head: dict, tissue: dict, f: dict) -> None:
     head["params"].update({"ventricle_expansion": float(f["ventricle_expansion"]), "shell_mm": head["shell"]})
     tissue["chi"].update(gm=float(f["gm_chi_ppm"]), wm=float(f["wm_chi_ppm"]))
     tissue["nucleus_chi"] = {k: float(v) for k, v in f["nucleus_chi_ppm"].items()}
+    tissue["nucleus_heterogeneity"] = float(f["nucleus_heterogeneity"])
     if f["t2_variant"] != "TSE":
         tissue["contrast"]["t2"]["csf"] = float(f["flair_csf_signal"])
 
