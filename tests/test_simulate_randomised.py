@@ -84,12 +84,19 @@ def test_scalar_factors_stay_in_documented_ranges(draws):
         assert reg.low <= f["qsm_regularisation"] <= reg.high
         if f["b0_tesla"] < 5:
             assert f["swi_bias_strength"] <= 0.6
+        for mod in ("t2", "swi"):
+            frac, shift = f[f"{mod}_motion_line_fraction"], f[f"{mod}_motion_shift_mm"]
+            assert (frac, shift) == (0.0, 0.0) or (FACTORS["motion_line_fraction"].low <= frac
+                                                   <= FACTORS["motion_line_fraction"].high
+                                                   and FACTORS["motion_shift_mm"].low <= shift
+                                                   <= FACTORS["motion_shift_mm"].high)
     # every discrete choice is taken, each range is covered (not one value)
     assert {f["b0_tesla"] for f in draws} == {1.5, 3.0, 7.0}
     assert {f["t2_variant"] for f in draws} == {"TSE", "FLAIR-like"}
     assert {f["qsm_method"] for f in draws} == {"TKD", "Tikhonov"}
     assert {f["swi_phase_mask_power"] for f in draws} == {2, 3, 4, 5}
     assert 0.2 < np.mean([f["swi_minip_mm"] > 0 for f in draws]) < 0.6
+    assert 0.15 < np.mean([f["t2_motion_line_fraction"] > 0 for f in draws]) < 0.45
     for name in ("age_years", "t2_slice_mm", "swi_inplane_mm", "swi_slice_mm", "swi_snr_wm"):
         v = np.array([f[name] for f in draws])
         span = FACTORS[name].high - FACTORS[name].low
@@ -269,6 +276,15 @@ def test_minip_darkens_swi_and_flair_darkens_csf():
     f = data(flair.t2_clean)
     assert f[ventricles].mean() < f[wm_like].mean()     # CSF dark on FLAIR-like, bright on TSE
     assert data(base.t2_clean)[ventricles].mean() > 1.5 * data(base.t2_clean)[wm_like].mean()
+
+
+def test_motion_rings_into_the_background():
+    still, moved = subject("base"), subject("motion", t2_motion_line_fraction=0.2, t2_motion_shift_mm=3.0,
+                                              swi_motion_line_fraction=0.2, swi_motion_shift_mm=3.0)
+    air = data(still.t2_clean) < 1e-3 * data(still.t2_clean).max()     # outside the head
+    assert air.mean() > 0.05
+    assert data(moved.t2)[air].mean() > 1.5 * data(still.t2)[air].mean()
+    assert np.abs(data(moved.swi) - data(still.swi)).mean() > 0.01 * data(still.swi).mean()
 
 
 def test_residual_background_field_shows_in_qsm():

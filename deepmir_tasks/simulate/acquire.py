@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .head import air_cavities
-from .physics import (SmoothField, block_mean, dipole_field, phase_rad_per_ppm, rician,
+from .physics import (SmoothField, block_mean, dipole_field, motion_ringing, phase_rad_per_ppm, rician,
                       spheres_field_on_grid, swi_from_complex, tikhonov_inversion, tkd_inversion)
 from .shapes import euler_matrix, render_fraction
 
@@ -68,7 +68,10 @@ def simulate_t2w(rng, anat, lesions, t2_aff, t2_shape, t2_vox, contrast, params,
     bias_strength = float(rng.uniform(0.15, 0.5)) if acq is None else float(acq["t2_bias_strength"])
     bias = np.exp(bias_strength * SmoothField(rng, anat["head_centre"], 6, (180.0, 450.0))(t2_shape, t2_aff))
     snr = float(rng.uniform(12, 40)) if acq is None else float(acq["t2_snr_wm"])
-    t2 = rician(rng, t2_clean * bias, contrast["t2"]["wm"] * gain / snr)
+    t2 = t2_clean * bias
+    if acq is not None and acq["t2_motion_line_fraction"] > 0:
+        t2 = motion_ringing(rng, t2, acq["t2_motion_line_fraction"], acq["t2_motion_shift_mm"], float(t2_vox[1]))
+    t2 = rician(rng, t2, contrast["t2"]["wm"] * gain / snr)
     params.update({"t2_psf_sigma_voxels": psf_sigma, "t2_bias_strength": bias_strength, "t2_snr_wm": snr,
                    "t2_gain": gain})
     return {"t2": t2, "t2_clean": t2_clean, "bias": bias.astype(np.float32), "dseg": dseg,
@@ -164,6 +167,9 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
     bias_strength = float(rng.uniform(0.1, 0.4)) if acq is None else float(acq["swi_bias_strength"])
     signal *= np.exp(bias_strength * SmoothField(rng, anat["head_centre"], 6, (180.0, 450.0))(swi_shape, swi_aff))
     snr = float(rng.uniform(15, 45)) if acq is None else float(acq["swi_snr_wm"])
+    if acq is not None and acq["swi_motion_line_fraction"] > 0:
+        signal = motion_ringing(rng, signal, acq["swi_motion_line_fraction"], acq["swi_motion_shift_mm"],
+                                float(swi_vox[1]))
     m_wm = contrast["pd"]["wm"] * np.exp(-te_swi * contrast["r2s"]["wm"])
     sigma = m_wm / snr
     signal.real += np.float32(sigma) * _normal(rng, swi_shape)

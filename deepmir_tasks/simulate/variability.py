@@ -74,6 +74,9 @@ FACTORS = {
     "swi_hpf_sigma_mm": Factor(2.0, 8.0, "mm", "homodyne high-pass filter width: Haacke et al. 2004 MRM 52:612"),
     "swi_phase_mask_power": Factor(2, 5, "", "Haacke et al. 2004 (4 optimal)"),
     "swi_minip_mm": Factor(4.0, 16.0, "mm", "minIP slab when used: " + _HAACKE09),
+    "motion_line_fraction": Factor(0.02, 0.2, "fraction", "phase-encode lines moved (when there is motion, "
+                                   "in 30 % of scans): Zaitsev et al. 2015 JMRI 42:887"),
+    "motion_shift_mm": Factor(0.5, 3.0, "mm", "shift of the moved lines: Zaitsev et al. 2015"),
     "tkd_threshold": Factor(0.08, 0.3, "", "Shmueli et al. 2009 MRM 62:1510; Wharton et al. 2010 MRM 63:1292"),
     "tikhonov_lambda": Factor(0.005, 0.12, "", "closed-form L2: Bilgic et al. 2014 JMRI 40:181"),
     "qsm_mask_erosion_mm": Factor(0.0, 4.0, "mm", "brain-mask erosion of background removal (V-SHARP)"),
@@ -207,6 +210,10 @@ def _draw_acquisition(rng, put):
     for name in ("t2_snr_wm", "swi_snr_wm", "t2_bias_strength", "background_field_ppm", "swi_hpf_sigma_mm",
                  "qsm_mask_erosion_mm", "qsm_residual_background"):
         put(name, _u(rng, name))
+    for mod in ("t2", "swi"):
+        frac, shift, moved = _u(rng, "motion_line_fraction"), _u(rng, "motion_shift_mm"), rng.random() < 0.3
+        put(f"{mod}_motion_line_fraction", frac if moved else 0.0)
+        put(f"{mod}_motion_shift_mm", shift if moved else 0.0)
     bias = _u(rng, "swi_bias_strength")
     put("swi_bias_strength", bias if b0 > 5 else min(bias, 0.6))
     put("swi_phase_mask_power", int(rng.integers(2, 6)))
