@@ -37,27 +37,30 @@ FACTORS = {
     "age_years": Factor(20, 90, "years", "adult lifespan; " + _LI14),
     "nucleus_heterogeneity": Factor(0.0, 0.3, "fraction", "smooth iron gradients within normal nuclei "
                                     "(e.g. posterior putamen, medial pallidum): Deistung et al. 2013; Haacke "
-                                    "et al. 2005 JMRI 22:1 (iron stores)"),
+                                    "et al. 2005 Magn Reson Imaging 23:1 (iron stores)"),
     "gm_chi_ppm": Factor(0.0, 0.035, "ppm", "cortex re CSF; Deistung et al. 2013 NeuroImage 65:299; " + _LI14),
     "wm_chi_ppm": Factor(-0.06, -0.01, "ppm", "white matter re CSF; " + _LI14),
     "ventricle_expansion": Factor(-0.05, 0.25, "fraction", "ventricles grow, faster after 60: Scahill et al. "
                                   "2003 Arch Neurol 60:989"),
     "csf_shell_mm": Factor(0.8, 4.5, "mm", "sulcal/subarachnoid CSF widens with age: Scahill et al. 2003"),
     "vein_oxygenation": Factor(0.55, 0.75, "fraction", "venous Y from phase: Fan et al. 2014 MRM 72:149"),
-    "haematocrit": Factor(0.36, 0.48, "fraction", "adult reference range"),
+    "haematocrit": Factor(0.36, 0.48, "fraction", "adult clinical reference range (women-men)"),
     "vein_radius_mm": Factor(0.3, 1.5, "mm", "medullary to cortical/subependymal veins: Koopmans et al. "
                              "2008 MAGMA 21:149 (7 T venography); Okudera et al. 1999 Neuropathology 19:93"),
     "vein_turn_sd": Factor(0.15, 0.45, "rad/3 mm", "tortuosity (straight medullary to winding cortical)"),
     "vein_radial_share": Factor(0.2, 0.8, "fraction", "medullary veins run radially: Okudera et al. 1999"),
-    "air_cavity_scale": Factor(0.6, 1.6, "x MNI size", "sinus pneumatisation varies widely"),
-    "air_gap_mm": Factor(1.0, 4.0, "mm", "bone between sinus air and brain"),
+    "air_cavity_scale": Factor(0.6, 1.6, "x MNI size", "no single source: spans small to large "
+                               "sinuses (each may also be absent, 10 %)"),
+    "air_gap_mm": Factor(1.0, 4.0, "mm", "design choice: thin to thick skull base"),
     # ---- lesions
     "cmb_radius_mm": Factor(1.0, 5.0, "mm", "CMB 2-10 mm across on GRE: Greenberg et al. 2009 Lancet "
                             "Neurol 8:165 (skewed to small: Beta(1.3, 3.5))"),
     "cmb_chi_ppm": Factor(0.2, 2.0, "ppm", "Liu et al. 2012 Radiology 262:269 (CMB QSM)"),
     "iron_radius_mm": Factor(1.0, 4.0, "mm", "focal iron in the basal ganglia: Rashid et al. 2021 Sci Rep "
                              "11:14124"),
-    "iron_excess_ppm": Factor(0.05, 0.35, "ppm", "added to the local nuclear level (focal, not a level)"),
+    "iron_excess_ppm": Factor(0.05, 0.35, "ppm", "design choice: added to the local "
+                              "nuclear level (focal, not a level); 0.05 is about the smallest excess a "
+                              "clinical QSM shows"),
     "calcification_chi_ppm": Factor(-0.8, -0.05, "ppm", "Chen et al. 2014 Radiology 270:496 (QSM of "
                                     "calcifications); Deistung et al. 2013"),
     "calcification_radius_mm": Factor(0.7, 4.0, "mm", "pineal/choroid/BG calcifications on CT"),
