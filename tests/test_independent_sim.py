@@ -237,7 +237,8 @@ def test_stress_scoring_counts_calcification_and_nucleus_calls(sim, tmp_path):
     dets = pd.DataFrame([
         {"participant_id": "sub-01", "label": "cmb", "x_mm": calc["x_mm"] + 1, "y_mm": calc["y_mm"],
          "z_mm": calc["z_mm"], "matched": False},
-        {"participant_id": "sub-01", "label": "iron", "x_mm": gp[0], "y_mm": gp[1], "z_mm": gp[2], "matched": False},
+        {"participant_id": "sub-01", "label": "iron", "x_mm": gp[0], "y_mm": gp[1], "z_mm": gp[2],
+         "matched": False},
     ])
     ev = root / "evaluation"
     ev.mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"independent_sim: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(labels)} subject(s) ({args.condition}) to {args.out} in {time.perf_counter() - t0:.1f} s")
+    secs = time.perf_counter() - t0
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    print(f"wrote {len(labels)} subject(s) ({args.condition}) to {args.out} in {secs:.1f} s "
+          f"({secs / len(labels):.1f} s per subject, peak memory {peak_gb:.2f} GB)")
     return 0
 
 

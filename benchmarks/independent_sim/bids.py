@@ -105,13 +105,14 @@ def write_cohort(out_dir, n_subjects: int, seed: int, condition: str = "default"
                      **{f"n_{k}": int(kinds.get(k, 0)) for k in ("cmb", "iron", "calcification")}})
         labels.append(label)
     pd.DataFrame(rows).to_csv(out_dir / "participants.tsv", sep="\t", index=False)
-    _json({"Name": f"independent simulated cohort ({condition})", "BIDSVersion": "1.9.0",
-           "DatasetType": "raw", "License": "CC0", "GeneratedBy": [_GENERATOR]}, out_dir / "dataset_description.json")
+    _json({"Name": f"independent simulated cohort ({condition})", "BIDSVersion": "1.9.0", "DatasetType": "raw",
+           "License": "CC0", "GeneratedBy": [_GENERATOR]}, out_dir / "dataset_description.json")
     (out_dir / ".bidsignore").write_text("*_swi.nii.gz\n*_swi.json\n")
     ann = out_dir / "derivatives" / "annotations"
     _json({"Name": "independent simulator ground truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
            "GeneratedBy": [_GENERATOR]}, ann / "dataset_description.json")
-    pd.DataFrame({"index": [0, 1, 2], "name": ["background", "cerebral microbleed", "non-haemorrhagic iron deposit"],
+    pd.DataFrame({"index": [0, 1, 2],
+                  "name": ["background", "cerebral microbleed", "non-haemorrhagic iron deposit"],
                   "abbreviation": ["BG", "CMB", "IRON"]}).to_csv(ann / "dseg.tsv", sep="\t", index=False)
     names = nucleus_names()
     pd.DataFrame({"index": range(len(names) + 1), "name": ["background"] + names}).to_csv(

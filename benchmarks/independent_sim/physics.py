@@ -106,7 +106,8 @@ def swi_from_complex(z, voxel_mm, power: int, hp_sigma_mm: float = 4.0) -> np.nd
     for negative phase and 1 otherwise.
     """
     sig = [hp_sigma_mm / v for v in voxel_mm]
-    low = ndimage.gaussian_filter(z.real, sig, truncate=2.5) + 1j * ndimage.gaussian_filter(z.imag, sig, truncate=2.5)
+    low = ndimage.gaussian_filter(z.real, sig, truncate=2.5) \
+        + 1j * ndimage.gaussian_filter(z.imag, sig, truncate=2.5)
     phase = np.angle(z * np.conj(low)).astype(np.float32)
     mask = np.where(phase < 0, (np.pi + phase) / np.pi, 1.0).astype(np.float32)
     return (np.abs(z) * mask ** power).astype(np.float32)
