@@ -27,7 +27,7 @@ from benchmarks.independent_sim.nuclei import NUCLEI, nucleus_chi, nucleus_names
 CROP = (slice(60, 136), slice(90, 160), slice(50, 100))
 COUNTS = {"cmb": 4, "iron": 2, "calcification": 2}
 ALLOWED = {"numpy", "scipy", "nibabel", "nilearn", "pandas", "__future__", "dataclasses", "functools",
-           "importlib", "pathlib", "json", "argparse", "sys", "time"}
+           "importlib", "pathlib", "json", "argparse", "sys", "time", "resource"}
 
 
 @pytest.fixture(scope="module")
