@@ -1,9 +1,9 @@
-"""How many threads a step may use.
+"""How many threads a step may use: one path, from the cohort runner to every step.
 
 Thread counts must not be task inputs: pydra hashes every input, so a different ``--n-procs``
-would turn a finished subject into a cache miss. Steps read the count from the environment
-instead: ``DEEPMIR_THREADS`` (set by the cohort runner), else ``SLURM_CPUS_PER_TASK``, else all
-cores.
+would turn a finished subject into a cache miss. The cohort runner sets the count once
+(:func:`set_subject_threads`, into ``DEEPMIR_THREADS``); every step reads it with
+:func:`n_threads` (else ``SLURM_CPUS_PER_TASK``, else all cores).
 """
 
 from __future__ import annotations
@@ -19,14 +19,8 @@ def n_threads() -> int:
     return os.cpu_count() or 1
 
 
-def apply_thread_limits(threads: int | None = None) -> int:
-    """Set torch's and ITK's thread counts (ITK reads its variable when ANTs starts)."""
-    threads = threads or n_threads()
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    try:
-        import torch
-
-        torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+def set_subject_threads(n_procs: int, side_by_side: int = 1) -> int:
+    """Share ``n_procs`` cores between ``side_by_side`` subjects; set and return the count per subject."""
+    threads = max(1, n_procs // max(1, min(side_by_side, n_procs)))
+    os.environ["DEEPMIR_THREADS"] = str(threads)
     return threads

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from deepmir_tasks.settings import RunSettings
 from workflows.subject import SubjectPipeline
 
 #: the inputs that differ between subjects; everything else is shared by the cohort
 SUBJECT_FIELDS = ("t2", "swi", "qsm", "participant_id", "session_id")
 
 
-def CohortPipeline(subjects: list[dict], **shared):  # noqa: N802 - named like the workflows it builds
+def CohortPipeline(subjects: list[dict], model, settings: RunSettings):  # noqa: N802 - named like the workflows it builds
     """The :class:`SubjectPipeline` split over ``subjects`` (dicts of :data:`SUBJECT_FIELDS`).
 
     The split sits at the outer level on purpose: pydra 1.0 isolates failures between the outer
@@ -18,4 +19,4 @@ def CohortPipeline(subjects: list[dict], **shared):  # noqa: N802 - named like t
     built from them afterwards (``pipelines.derivatives.write_group_tables``).
     """
     columns = {f: [s[f] for s in subjects] for f in SUBJECT_FIELDS}
-    return SubjectPipeline(**shared).split(SUBJECT_FIELDS, **columns)
+    return SubjectPipeline(model=model, settings=settings).split(SUBJECT_FIELDS, **columns)

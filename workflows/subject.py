@@ -8,10 +8,12 @@ from pydra.compose import workflow
 
 from deepmir_tasks import __version__
 from deepmir_tasks.io import as_path
-from deepmir_tasks.lesions.tasks import ExtractLesions
-from deepmir_tasks.model.modelfile import lesion_rules, record_path
+from deepmir_tasks.lesions.rules import LesionRules
+from deepmir_tasks.lesions.tasks import ExtractLesions, ReadLesionRules
+from deepmir_tasks.model.modelfile import record_path
 from deepmir_tasks.model.tasks import SegmentLesions
 from deepmir_tasks.report.tasks import RenderSubjectReport
+from deepmir_tasks.settings import RunSettings
 from workflows.preprocess import PreprocessSubject
 
 __all__ = ["SubjectPipeline", "OUTPUTS"]
@@ -22,57 +24,50 @@ OUTPUTS = ["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "preproc_report
 
 @workflow.define(outputs=OUTPUTS)
 def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, participant_id: str,
-                    session_id: str = "", threshold: float | None = None, voxel_size: float = 1.0,
-                    tta: bool = False, report: bool = True, mask: NiftiGz | None = None,
+                    session_id: str = "", settings: RunSettings = RunSettings(), mask: NiftiGz | None = None,
                     version: str = __version__):
     """Find cerebral microbleeds and iron deposits in one subject.
 
     The T2w, SWI and QSM are checked, bias-corrected (N4; not the QSM), brain-extracted, registered
     rigidly (SWI/QSM to T2w, mutual information) and resampled into the T2w's space at
-    ``voxel_size`` mm isotropic; T2w and SWI become robust z-scores inside the brain and QSM stays in
-    ppm. A deep 3-D U-Net (``model``) gives CMB and iron-deposit probability maps; connected
-    components above ``threshold`` become lesions, tabulated with size, world position, probability,
-    susceptibility, SWI contrast and MARS region; candidates that are too small, below the class's
-    minimum peak probability, of negative susceptibility (calcification), CMB candidates over
-    10 mm and CMB candidates on a tube of high susceptibility (vein) are dropped with the reason.
+    ``settings.voxel_size`` mm isotropic; T2w and SWI become robust z-scores inside the brain and QSM
+    stays in ppm. A deep 3-D U-Net (``model``) gives CMB and iron-deposit probability maps; connected
+    components above the voxel threshold become lesions, tabulated with size, world position,
+    probability, susceptibility, SWI contrast and MARS region; candidates that are too small, below
+    the class's minimum peak probability, of negative susceptibility (calcification), CMB candidates
+    over 10 mm and CMB candidates on a tube of high susceptibility (vein) are dropped with the reason.
     These rules' parameters come from the model record's ``inference.lesions`` (calibrated with the
-    model); ``threshold``, when given, replaces the record's voxel threshold. The ``dseg`` output
-    holds the kept lesions. A self-contained HTML page shows each detection for visual review.
+    model); ``settings.threshold``, when given, replaces the record's voxel threshold. The ``dseg``
+    output holds the kept lesions. A self-contained HTML page shows each detection for visual review.
 
     ``version`` changes with the package, so results of an older release are never reused; the
-    model is a file input, so a new model reruns segmentation and what follows, not preprocessing.
+    model and its record are file inputs, so a new model reruns segmentation and what follows, not
+    preprocessing.
     """
-    pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=voxel_size))
-    # The record beside the weights (thresholds, normalisation) is part of the model too.
+    record = record_path(as_path(model))  # a path: the record is read by the tasks that use it
+    record = record if record.exists() else None
+    pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=settings.voxel_size))
     seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
-                                      tta=tta, version=f"{version}+record.{_record_digest(model)}"))
-    rules = lesion_rules(as_path(model))
-    if threshold is not None:
-        rules["threshold"] = threshold
+                                      record=record, tta=settings.tta, version=version))
+    provenance = {"deepmir": __version__, "model": str(getattr(model, "name", model)),
+                  **LesionRules().record_values(), "voxel_size_mm": settings.voxel_size, "tta": settings.tta}
+    rules = workflow.add(ReadLesionRules(record=record, threshold=settings.threshold, provenance=provenance,
+                                         version=version))
     tab = workflow.add(ExtractLesions(probseg_cmb=seg.probseg_cmb, probseg_iron=seg.probseg_iron,
                                       dseg=seg.dseg, qsm=pre.qsm, swi=pre.swi, mask=pre.mask,
                                       t2_to_mni=pre.t2_to_mni, participant_id=participant_id,
-                                      session_id=session_id or None, version=version, **rules))
+                                      session_id=session_id or None, rules=rules.rules, version=version))
     html = None
-    if report:
+    if settings.report:
         rep = workflow.add(RenderSubjectReport(
             participant_id=participant_id, session_id=session_id or None, t2=pre.t2, swi=pre.swi,
             qsm=pre.qsm, mask=pre.mask, dseg=tab.dseg, lesions_tsv=tab.lesions, dropped_tsv=tab.dropped,
-            inputs=_describe_inputs(t2=t2, swi=swi, qsm=qsm),
-            provenance={"deepmir": __version__, "model": str(getattr(model, "name", model)),
-                        **rules, "voxel_size_mm": voxel_size, "tta": tta},
+            inputs=_describe_inputs(t2=t2, swi=swi, qsm=qsm), provenance=rules.provenance,
             version=version))
         html = rep.report
     return (pre.t2, pre.swi, pre.qsm, pre.mask, pre.swi_to_t2, pre.t2_to_mni, pre.report,
             seg.probseg_cmb, seg.probseg_iron, tab.dseg, tab.lesions, tab.lesions_json, tab.dropped,
             tab.summary, html)
-
-
-def _record_digest(model) -> str:
-    import hashlib
-
-    record = record_path(as_path(model))
-    return hashlib.sha256(record.read_bytes()).hexdigest()[:16] if record.exists() else "none"
 
 
 def _describe_inputs(**files) -> dict:

@@ -57,7 +57,7 @@ def write_group_tables(lesion_paths, summary_paths, out_dir, dropped_paths=()) -
     """
     from deepmir_tasks.io import write_tsv
 
-    from deepmir_tasks.lesions.extract import LESION_COLUMNS, SUMMARY_COLUMNS
+    from deepmir_tasks.lesions.schema import LESION_COLUMNS, SUMMARY_COLUMNS
 
     lesion_cols = [c for c in LESION_COLUMNS if c != "session_id"]
     group = Path(out_dir) / "group"

@@ -1,5 +1,5 @@
 """Pydra tasks around :func:`~deepmir_tasks.lesions.extract.extract_lesions_files` and
-:func:`~deepmir_tasks.lesions.tables.combine_tables`."""
+:func:`~deepmir_tasks.lesions.tables.combine_tables`, and the one that reads a model's lesion rules."""
 
 from __future__ import annotations
 
@@ -11,10 +11,42 @@ from pydra.compose import python
 
 from deepmir_tasks import __version__
 
-__all__ = ["ExtractLesions", "CombineTables"]
-
-
 from deepmir_tasks.io import as_path as _fspath
+from deepmir_tasks.lesions.rules import LesionRules
+
+__all__ = ["ReadLesionRules", "ExtractLesions", "CombineTables"]
+
+
+@python.define
+class ReadLesionRules(python.Task["ReadLesionRules.Outputs"]):
+    """The lesion rules a model's record calibrated, with the voxel threshold replaced if given.
+
+    The record is a file input, so a recalibrated model is a new cache entry for the lesion table
+    (and not for preprocessing or segmentation).
+
+    Args:
+        record: the model's JSON record (``inference.lesions``); None or unreadable: the defaults
+        threshold: voxel probability threshold replacing the record's (None: keep it)
+        provenance: a description of the run; the rules are filled in (keys already present keep
+            their place)
+        version: package version, so that a new release is a new cache entry
+    """
+
+    record: File | None = None
+    threshold: float | None = None
+    provenance: dict | None = None
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        rules: LesionRules
+        provenance: dict
+
+    @staticmethod
+    def function(record, threshold, provenance, version):
+        from deepmir_tasks.model.modelfile import model_lesion_rules
+
+        rules = model_lesion_rules(_fspath(record)).with_threshold(threshold)
+        return rules, {**(provenance or {}), **rules.record_values()}
 
 
 @python.define
@@ -31,14 +63,7 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
         t2_to_mni: text file with the 4x4 T2w world -> MNI world affine, for the region column
         participant_id: BIDS participant label, with or without 'sub-'
         session_id: BIDS session label, or None
-        threshold: probability at or above which a voxel is a candidate
-        min_voxels: smallest component kept
-        max_cmb_diameter_mm: largest CMB extent kept (clinical 10 mm rule)
-        qsm_min_ppm: candidates with a lower mean susceptibility are dropped (diamagnetic mimics)
-        min_prob_cmb: CMB lesions whose largest probability is lower are dropped
-        min_prob_iron: iron lesions whose largest probability is lower are dropped
-        max_cmb_qsm_extent_mm: CMB candidates whose QSM-bright region reaches further are dropped as vein-like
-        max_cmb_qsm_elongation: CMB candidates whose QSM-bright region is more elongated are dropped as vein-like
+        rules: the lesion rules (threshold, sizes, minimum probabilities, mimics); see LesionRules
         version: package version, so that a new release is a new cache entry
     """
 
@@ -51,14 +76,7 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
     t2_to_mni: File | None = None
     participant_id: str
     session_id: str | None = None
-    threshold: float = 0.5
-    min_voxels: int = 3
-    max_cmb_diameter_mm: float = 10.0
-    qsm_min_ppm: float = 0.0
-    min_prob_cmb: float = 0.0
-    min_prob_iron: float = 0.0
-    max_cmb_qsm_extent_mm: float = 6.0
-    max_cmb_qsm_elongation: float = 3.0
+    rules: LesionRules = LesionRules()
     version: str = __version__
 
     class Outputs(python.Outputs):
@@ -70,17 +88,13 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
 
     @staticmethod
     def function(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, t2_to_mni, participant_id, session_id,
-                 threshold, min_voxels, max_cmb_diameter_mm, qsm_min_ppm, min_prob_cmb, min_prob_iron,
-                 max_cmb_qsm_extent_mm, max_cmb_qsm_elongation, version):
+                 rules, version):
         from deepmir_tasks.lesions.extract import extract_lesions_files
 
         out = extract_lesions_files(
             _fspath(probseg_cmb), _fspath(probseg_iron), _fspath(dseg), _fspath(qsm), _fspath(swi),
             _fspath(mask), Path.cwd(), participant_id, session_id=session_id,
-            t2_to_mni=_fspath(t2_to_mni), threshold=threshold, min_voxels=min_voxels,
-            max_cmb_diameter_mm=max_cmb_diameter_mm, qsm_min_ppm=qsm_min_ppm,
-            min_prob_max={"cmb": min_prob_cmb, "iron": min_prob_iron},
-            max_cmb_qsm_extent_mm=max_cmb_qsm_extent_mm, max_cmb_qsm_elongation=max_cmb_qsm_elongation)
+            t2_to_mni=_fspath(t2_to_mni), rules=rules)
         return out["lesions"], out["lesions_json"], out["dropped"], out["summary"], out["dseg"]
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from deepmir_tasks.bids_names import MODALITIES
 from deepmir_tasks.io import InputError, atomic_path, write_json
+from deepmir_tasks.lesions.rules import LesionRules
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -53,23 +54,25 @@ def record_path(weights_path) -> Path:
     return weights_path.with_name(weights_path.name.removesuffix(".safetensors") + ".json")
 
 
-#: lesion-extraction parameters (``ExtractLesions`` inputs) used when a record gives none
-LESION_RULE_DEFAULTS = {"threshold": 0.5, "min_voxels": 3, "min_prob_cmb": 0.0, "min_prob_iron": 0.0,
-                        "max_cmb_qsm_extent_mm": 6.0, "max_cmb_qsm_elongation": 3.0}
+#: the lesion rules a record may calibrate, with their defaults (:class:`LesionRules` holds them)
+LESION_RULE_DEFAULTS = LesionRules().record_values()
+
+
+def model_lesion_rules(path=None) -> LesionRules:
+    """The lesion rules a model's record calibrated (``inference.lesions``), the defaults for the
+    rest. ``path`` is the weights file or its record (``None``: the bundled model); a record that
+    cannot be read gives the defaults (loading the model reports that)."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    record = path if path.suffix == ".json" else record_path(path)
+    try:
+        return LesionRules.from_record(json.loads(record.read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return LesionRules()
 
 
 def lesion_rules(path=None) -> dict:
-    """The lesion-extraction parameters a model's record calibrated (``inference.lesions``),
-    completed with :data:`LESION_RULE_DEFAULTS`; the defaults when the record cannot be read
-    (loading the model reports that)."""
-    path = Path(path) if path is not None else DEFAULT_MODEL
-    rules = dict(LESION_RULE_DEFAULTS)
-    try:
-        inference = json.loads(record_path(path).read_text()).get("inference") or {}
-    except (OSError, ValueError, AttributeError):
-        return rules
-    rules.update({k: v for k, v in (inference.get("lesions") or {}).items() if k in rules})
-    return {k: type(LESION_RULE_DEFAULTS[k])(v) for k, v in rules.items()}
+    """:func:`model_lesion_rules` as a dict of the rules a record calibrates."""
+    return model_lesion_rules(path).record_values()
 
 
 def sha256_file(path) -> str:

@@ -23,8 +23,11 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
         qsm: preprocessed QSM in ppm on the same grid (None if the model does not use QSM)
         mask: brain mask on the same grid
         model: model weights (.safetensors with its .json record beside it); None = bundled default
+        record: the model's JSON record, so that a changed record (normalisation, classes) is a new
+            cache entry; the model is loaded with the record beside the weights either way
         tta: average predictions over mirrored copies (4× the time)
-        threads: torch CPU threads; 0 = from DEEPMIR_THREADS / SLURM_CPUS_PER_TASK / all cores
+        threads: torch CPU threads for a direct call; 0 (what the workflows use) = the count
+            :func:`deepmir_tasks.threads.n_threads` gives, which the cohort runner sets
         version: package version, so that a new release is a new cache entry
     """
 
@@ -33,6 +36,7 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
     qsm: NiftiGz | None = None
     mask: NiftiGz | None = None
     model: File | None = None
+    record: File | None = None
     tta: bool = False
     threads: int = 0
     version: str = __version__
@@ -43,7 +47,7 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
         dseg: NiftiGz
 
     @staticmethod
-    def function(t2, swi, qsm, mask, model, tta, threads, version):
+    def function(t2, swi, qsm, mask, model, record, tta, threads, version):
         from deepmir_tasks.io import as_path
         from deepmir_tasks.model.predictor import segment_subject
         from deepmir_tasks.threads import n_threads

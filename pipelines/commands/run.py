@@ -8,6 +8,8 @@ from pathlib import Path
 
 
 def add_arguments(p):
+    from deepmir_tasks.settings import RunSettings
+
     p.add_argument("bids_dir", type=Path, help="the BIDS dataset (T2w, swi and Chimap images under anat/)")
     p.add_argument("output_dir", type=Path, help="where the BIDS-derivatives dataset is written")
     p.add_argument("analysis_level", choices=["participant", "group"],
@@ -27,7 +29,8 @@ def add_arguments(p):
     p.add_argument("--threshold", type=float, default=None,
                    help="voxel probability threshold for a lesion candidate (default: the model's calibrated "
                         "value, 0.5 if its record gives none)")
-    p.add_argument("--voxel-size", type=float, default=1.0, help="working grid voxel size in mm (default 1)")
+    p.add_argument("--voxel-size", type=float, default=RunSettings.voxel_size,
+                   help=f"working grid voxel size in mm (default {RunSettings.voxel_size:g})")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, steadier)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML reports")
     p.add_argument("--no-group", action="store_true",
@@ -37,6 +40,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from deepmir_tasks.settings import RunSettings
     from pipelines.run import run_cohort, run_group
 
     if args.analysis_level == "group":
@@ -54,8 +58,9 @@ def run(args) -> int:
         args.bids_dir, args.output_dir,
         participant_labels=args.participant_label, session_labels=args.session_label,
         worker=args.worker, n_procs=args.n_procs, cache_dir=args.cache_dir, model=args.model,
-        threshold=args.threshold, voxel_size=args.voxel_size, tta=args.tta,
-        report=not args.no_report, sbatch_args=args.sbatch_args, progress=progress,
+        settings=RunSettings(threshold=args.threshold, voxel_size=args.voxel_size, tta=args.tta,
+                             report=not args.no_report),
+        sbatch_args=args.sbatch_args, progress=progress,
         group=not args.no_group,
     )
     print(f"\nDEEPMIR finished in {time.perf_counter() - t0:.1f} s; derivatives in {result.output_dir}")

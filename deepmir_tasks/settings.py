@@ -1,0 +1,51 @@
+"""How each subject is processed: the settings ``deepmir run`` carries from its command line to the tasks.
+
+:class:`RunSettings` is built once at the edge (the CLI, or :func:`pipelines.run.run_cohort`'s
+keywords) and passed whole to :func:`workflows.subject.SubjectPipeline`, which hands each task the
+part it uses: ``voxel_size`` to preprocessing, ``tta`` to segmentation, ``threshold`` to the
+lesion rules (:class:`~deepmir_tasks.lesions.rules.LesionRules`, calibrated by the model's
+record), ``report`` to the graph. Every field is part of the subject's cache entry. Where and how
+things run (worker, processes, threads, cache folder) is not a setting of the results, and is not
+here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from deepmir_tasks.io import InputError
+
+__all__ = ["RunSettings"]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Settings of one run, shared by every subject.
+
+    Attributes:
+        threshold: voxel probability threshold for a lesion candidate; ``None``: the model's
+            calibrated value (its record), 0.5 if it gives none
+        voxel_size: working grid voxel size (mm, isotropic)
+        tta: average the predictions over mirrored copies (test-time augmentation; 4x the time)
+        report: write the HTML reports
+    """
+
+    threshold: float | None = None
+    voxel_size: float = 1.0
+    tta: bool = False
+    report: bool = True
+
+    def __post_init__(self):
+        if self.threshold is not None and not 0.0 < self.threshold <= 1.0:
+            raise InputError("--threshold", f"must be in (0, 1], got {self.threshold}")
+        if not self.voxel_size > 0:
+            raise InputError("--voxel-size", f"must be positive, got {self.voxel_size}")
+
+    def replace(self, **changes) -> "RunSettings":
+        """A copy with some settings changed."""
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """The settings by name (recorded in ``dataset_description.json``)."""
+        return dataclasses.asdict(self)
