@@ -4,8 +4,9 @@
 >>> from deepmir_tasks.nipype_interfaces import Preprocess, Segment, ExtractLesions
 >>> seg = Node(Segment(), name="segment")
 
-Each interface calls the same plain function as the Pydra task of the same step and writes into
-the node's working directory.
+Each interface calls the same plain function as the Pydra task of the same step (``Preprocess``
+runs the preprocessing graph itself, :func:`workflows.preprocess.preprocess_subject`) and writes
+into the node's working directory.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Preprocess(SimpleInterface):
     output_spec = _PreprocessOutputSpec
 
     def _run_interface(self, runtime):
-        from deepmir_tasks.preprocess import preprocess_subject
+        from workflows.preprocess import preprocess_subject
 
         mask = self.inputs.mask_file if self.inputs.mask_file else None
         out = preprocess_subject(self.inputs.t2_file, self.inputs.swi_file, self.inputs.qsm_file,
@@ -118,20 +119,15 @@ class ExtractLesions(SimpleInterface):
 
     def _run_interface(self, runtime):
         from deepmir_tasks.lesions import extract_lesions_files
-        from deepmir_tasks.model.modelfile import lesion_rules
+        from deepmir_tasks.model.modelfile import model_lesion_rules
 
         i = self.inputs
-        rules = lesion_rules(i.model if isdefined(i.model) else None)
-        if isdefined(i.threshold):
-            rules["threshold"] = i.threshold
+        rules = model_lesion_rules(i.model if isdefined(i.model) else None)
         out = extract_lesions_files(
             i.probseg_cmb, i.probseg_iron, i.dseg, i.qsm, i.swi, i.mask if i.mask else None,
             Path(runtime.cwd), participant_id=i.participant_id, session_id=i.session_id or None,
-            t2_to_mni=i.t2_to_mni if i.t2_to_mni else None, threshold=rules["threshold"],
-            min_voxels=rules["min_voxels"],
-            min_prob_max={"cmb": rules["min_prob_cmb"], "iron": rules["min_prob_iron"]},
-            max_cmb_qsm_extent_mm=rules["max_cmb_qsm_extent_mm"],
-            max_cmb_qsm_elongation=rules["max_cmb_qsm_elongation"])
+            t2_to_mni=i.t2_to_mni if i.t2_to_mni else None,
+            rules=rules.with_threshold(i.threshold if isdefined(i.threshold) else None))
         for name in ("lesions", "lesions_json", "dropped", "summary", "dseg"):
             self._results[name] = os.fspath(out[name])
         return runtime

@@ -10,12 +10,23 @@ Steps (one module each, every one usable alone):
 - :mod:`.resample` — working grid, resampling, label resampling (``make_grid``, ``resample_to_grid``,
   ``resample_labels``)
 - :mod:`.normalise` — robust z-scores (T2w, SWI) and clipped ppm (QSM) (``normalise_intensity``)
-- :mod:`.pipeline` — ``preprocess_subject`` (all of the above without Pydra)
+- :mod:`.pipeline` — the preprocessing report (``summarise``) and output names
 
-Pydra tasks around them are in :mod:`.tasks`; the workflow is ``workflows.preprocess.PreprocessSubject``.
+Pydra tasks around them are in :mod:`.tasks`; the one graph that runs them in order is
+``workflows.preprocess.PreprocessSubject``, and ``workflows.preprocess.preprocess_subject`` runs
+that graph for one subject in this process. ``preprocess_subject`` is importable from here too, for
+the callers that import it from this package (it is looked up when first used, so that importing
+the steps does not import the workflows).
 """
 
-from deepmir_tasks.preprocess.pipeline import preprocess_subject
 from deepmir_tasks.preprocess.resample import resample_labels
 
 __all__ = ["preprocess_subject", "resample_labels"]
+
+
+def __getattr__(name):
+    if name == "preprocess_subject":
+        from workflows.preprocess import preprocess_subject
+
+        return preprocess_subject
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

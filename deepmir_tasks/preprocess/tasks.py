@@ -251,7 +251,7 @@ class NormaliseIntensity(python.Task["NormaliseIntensity.Outputs"]):
 
 @python.define
 class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
-    """JSON report of a preprocessed subject: the input checks, grid, coverage and transforms.
+    """JSON report of a preprocessed subject: the input checks, settings, grid, coverage and transforms.
 
     Args:
         checks: JSON from CheckInputs
@@ -261,6 +261,8 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
         swi_to_t2: SWI transform
         qsm_to_t2: QSM transform
         t2_to_mni: T2w → MNI affine (text)
+        user_mask: the user's own brain mask, if one was given
+        interpolation, registration, voxel_size, margin_mm: the settings the subject was run with
         version: package version (part of the cache hash)
     """
     checks: File
@@ -270,14 +272,22 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
     swi_to_t2: File
     qsm_to_t2: File
     t2_to_mni: File
+    user_mask: NiftiGz | None = None
+    interpolation: str = "bspline"
+    registration: str = "fast"
+    voxel_size: float = 1.0
+    margin_mm: float = 8.0
     version: str = __version__
 
     class Outputs(python.Outputs):
         report: File
 
     @staticmethod
-    def function(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni, version):
+    def function(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni, user_mask,
+                 interpolation, registration, voxel_size, margin_mm, version):
         from deepmir_tasks.preprocess.pipeline import summarise
 
+        settings = {"interpolation": interpolation, "registration_preset": registration,
+                    "voxel_size_mm": float(voxel_size), "margin_mm": float(margin_mm)}
         return summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni,
-                         Path.cwd() / "report.json")
+                         Path.cwd() / "report.json", user_mask=user_mask, settings=settings)
