@@ -13,7 +13,7 @@ import numpy as np
 
 from deepmir_tasks.io import InputError, load_image, load_mask, save_nifti
 
-__all__ = ["otsu_threshold", "head_mask", "n4_correct"]
+__all__ = ["otsu_threshold", "head_mask", "rough_intracranial_mask", "n4_correct"]
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -51,6 +51,24 @@ def head_mask(data: np.ndarray) -> np.ndarray:
         mask = labels == int(np.argmax(counts))
     mask = ndimage.binary_fill_holes(mask)
     return ndimage.binary_dilation(mask, iterations=2)
+
+
+def rough_intracranial_mask(data: np.ndarray) -> np.ndarray:
+    """Rough intracranial mask: the head without voxels darker than the skull, eroded, largest part.
+
+    Only used to steer the template registration away from the scalp; it need not be accurate.
+    """
+    from scipy import ndimage
+
+    head = head_mask(data)
+    thr = 0.35 * float(np.percentile(data[head], 60))
+    core = ndimage.binary_erosion(head & (data > thr), iterations=1)
+    labels, n = ndimage.label(core)
+    if n == 0:
+        return head
+    sizes = ndimage.sum(np.ones(labels.shape), labels, range(1, n + 1))
+    comp = labels == 1 + int(np.argmax(sizes))
+    return ndimage.binary_fill_holes(ndimage.binary_dilation(comp, iterations=1))
 
 
 def n4_correct(in_file, out_file, *, mask_file=None, bias_file=None, shrink_mm: float = 6.0,

@@ -23,7 +23,7 @@ import numpy as np
 
 from deepmir_tasks.io import load_image, save_nifti
 
-__all__ = ["brain_prior", "rough_intracranial_mask", "refine_brain_mask", "extract_brain", "dice"]
+__all__ = ["brain_prior", "refine_brain_mask", "extract_brain", "dice"]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,26 +32,6 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     b = np.asarray(b, bool)
     s = a.sum() + b.sum()
     return float(2.0 * np.count_nonzero(a & b) / s) if s else 1.0
-
-
-def rough_intracranial_mask(data: np.ndarray) -> np.ndarray:
-    """Rough intracranial mask: the head without voxels darker than the skull, eroded, largest part.
-
-    Only used to steer the template registration away from the scalp; it need not be accurate.
-    """
-    from scipy import ndimage
-
-    from deepmir_tasks.preprocess.bias import head_mask
-
-    head = head_mask(data)
-    thr = 0.35 * float(np.percentile(data[head], 60))
-    core = ndimage.binary_erosion(head & (data > thr), iterations=1)
-    labels, n = ndimage.label(core)
-    if n == 0:
-        return head
-    sizes = ndimage.sum(np.ones(labels.shape), labels, range(1, n + 1))
-    comp = labels == 1 + int(np.argmax(sizes))
-    return ndimage.binary_fill_holes(ndimage.binary_dilation(comp, iterations=1))
 
 
 def brain_prior(t2_img, t2_to_mni: np.ndarray) -> np.ndarray:

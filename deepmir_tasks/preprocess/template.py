@@ -93,7 +93,7 @@ def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margi
 
     Both images are at ``resolution_mm``. The metric is restricted on both sides to the brain: the
     template's brain + ``margin_mm`` and the T2w's rough intracranial mask (dark-skull cut,
-    :func:`deepmir_tasks.preprocess.brain.rough_intracranial_mask`) dilated by two voxels. Without
+    :func:`deepmir_tasks.preprocess.bias.rough_intracranial_mask`) dilated by two voxels. Without
     the masks the scalp of a small head was matched to the template's brain surface in about half
     of the simulated subjects (scale 10-20 % off); with them the warped brain prior reached Dice
     0.95-0.99 on 12 simulated small subjects. Similarity first, from ``start_scales`` (head size
@@ -107,8 +107,7 @@ def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margi
 
     from deepmir_tasks.preprocess._ants import (ants_transform_to_ras, seeded, set_threads, to_ants,
                                                 write_affine_transform)
-    from deepmir_tasks.preprocess.bias import head_mask
-    from deepmir_tasks.preprocess.brain import rough_intracranial_mask
+    from deepmir_tasks.preprocess.bias import head_mask, rough_intracranial_mask
 
     set_threads()
     import ants
