@@ -1,107 +1,12 @@
-"""Finding subjects and their T2w / SWI / QSM files in a BIDS dataset, and naming derivatives.
+"""Finding subjects and their T2w / SWI / QSM files in a BIDS dataset (:mod:`deepmir_tasks.bids_files`).
 
-The reader is deliberately small (no pybids dependency): DEEPMIR needs three files per subject and
-session, found under ``sub-<label>[/ses-<label>]/anat/`` by their suffix (``_T2w``, ``_swi``,
-``_Chimap``). When a suffix matches several files (e.g. two runs) the choice is refused with a
-message naming them, rather than guessed.
+The finder lives beside the other plain functions so that every layer (training included) can use
+it; this module keeps the names the command line and its users import from here.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from deepmir_tasks.bids_names import MODALITIES, MODALITY_SUFFIX, check_label, subject_key
-from deepmir_tasks.io import InputError
+from deepmir_tasks.bids_files import SubjectInputs, dataset_name, find_subjects
+from deepmir_tasks.bids_names import MODALITY_SUFFIX, check_label
 
 __all__ = ["SubjectInputs", "check_label", "find_subjects", "dataset_name", "MODALITY_SUFFIX"]
-
-
-@dataclass(frozen=True)
-class SubjectInputs:
-    """The input files of one subject (and session, when the dataset has sessions)."""
-
-    participant_id: str  # without "sub-"
-    session_id: str | None  # without "ses-"
-    files: dict[str, Path | None] = field(default_factory=dict)
-
-    @property
-    def key(self) -> str:
-        """``sub-01`` or ``sub-01_ses-A``: the prefix of every derivative of this subject."""
-        return subject_key(self.participant_id, self.session_id)
-
-    @property
-    def missing(self) -> list[str]:
-        return [MODALITY_SUFFIX[m] for m, f in self.files.items() if f is None]
-
-    @property
-    def anat_dir_rel(self) -> Path:
-        """Folder of this subject's files relative to a dataset root."""
-        rel = Path(f"sub-{self.participant_id}")
-        if self.session_id:
-            rel = rel / f"ses-{self.session_id}"
-        return rel / "anat"
-
-
-def find_subjects(
-    bids_dir,
-    participant_labels=None,
-    session_labels=None,
-    modalities=MODALITIES,
-) -> list[SubjectInputs]:
-    """List the subjects (and sessions) of ``bids_dir`` with their input files.
-
-    Subjects asked for by label but absent raise :class:`InputError`. Subjects present but lacking a
-    modality are returned with ``None`` for it (see :attr:`SubjectInputs.missing`), so that a cohort
-    run can report them by name and go on with the others.
-    """
-    bids_dir = Path(bids_dir)
-    if not bids_dir.is_dir():
-        raise InputError(bids_dir, "BIDS folder does not exist")
-    if not (bids_dir / "dataset_description.json").exists():
-        raise InputError(bids_dir, "not a BIDS dataset (no dataset_description.json)")
-    present = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
-    if participant_labels:
-        wanted = [check_label(p) for p in participant_labels]
-        absent = [p for p in wanted if p not in present]
-        if absent:
-            raise InputError(bids_dir, "no such participant(s): " + ", ".join(f"sub-{p}" for p in absent))
-    else:
-        wanted = present
-    if not wanted:
-        raise InputError(bids_dir, "no sub-* folders found")
-    sessions_wanted = [check_label(s, "session label") for s in session_labels] if session_labels else None
-
-    subjects = []
-    for label in wanted:
-        sub_dir = bids_dir / f"sub-{label}"
-        sessions = sorted(p.name[4:] for p in sub_dir.glob("ses-*") if p.is_dir())
-        if sessions_wanted is not None:
-            sessions = [s for s in sessions if s in sessions_wanted]
-            if not sessions:
-                continue
-        for ses in sessions or [None]:
-            anat = sub_dir / (f"ses-{ses}" if ses else "") / "anat"
-            files = {m: _find_one(anat, MODALITY_SUFFIX[m]) for m in modalities}
-            subjects.append(SubjectInputs(label, ses, files))
-    if not subjects:
-        raise InputError(bids_dir, "no subject has the requested session(s)")
-    return subjects
-
-
-def _find_one(anat: Path, suffix: str) -> Path | None:
-    hits = sorted(anat.glob(f"*_{suffix}.nii.gz")) + sorted(anat.glob(f"*_{suffix}.nii"))
-    if not hits:
-        return None
-    if len(hits) > 1:
-        names = ", ".join(h.name for h in hits)
-        raise InputError(anat, f"several _{suffix} images ({names}); keep one per subject/session")
-    return hits[0]
-
-
-def dataset_name(bids_dir) -> str:
-    try:
-        return json.loads((Path(bids_dir) / "dataset_description.json").read_text()).get("Name", "")
-    except (OSError, ValueError):
-        return ""

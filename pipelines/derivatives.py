@@ -65,7 +65,7 @@ def write_subject(outputs: dict, output_dir, subject) -> dict[str, Path]:
     """Copy one subject's workflow outputs under their BIDS-derivatives names.
 
     ``outputs`` maps workflow output names to files (missing/None entries are skipped);
-    ``subject`` is a :class:`pipelines.bids.SubjectInputs`. Returns the written paths by name.
+    ``subject`` is a :class:`deepmir_tasks.bids_files.SubjectInputs`. Returns the written paths by name.
     """
     output_dir = Path(output_dir)
     anat = output_dir / subject.anat_dir_rel

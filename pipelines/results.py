@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deepmir_tasks.bids_files import SubjectInputs
 from deepmir_tasks.codehash import code_version
 from deepmir_tasks.io import as_path, write_json
 
-from . import bids
 
 __all__ = ["STATUS_DONE", "STATUS_CACHED", "STATUS_FAILED", "SubjectStatus", "CohortResult", "record_status",
            "read_statuses", "load_result", "finished", "result_files"]
@@ -20,7 +20,7 @@ STATUS_DONE, STATUS_CACHED, STATUS_FAILED = "done", "cached", "failed"
 
 @dataclass
 class SubjectStatus:
-    subject: bids.SubjectInputs
+    subject: SubjectInputs
     status: str
     reason: str = ""
     files: dict = field(default_factory=dict)
@@ -73,7 +73,7 @@ def read_statuses(output_dir, names=("lesions", "summary", "dropped")) -> list[t
     for status_file in sorted((Path(output_dir) / "logs").glob("*_status.json")):
         st = json.loads(status_file.read_text())
         key = status_file.name.removesuffix("_status.json")
-        anat = Path(output_dir) / bids.SubjectInputs(st["participant_id"], st.get("session_id")).anat_dir_rel
+        anat = Path(output_dir) / SubjectInputs(st["participant_id"], st.get("session_id")).anat_dir_rel
         files = {name: anat / DERIVATIVE_NAMES[name].format(key=key) for name in names}
         out.append((key, st, {name: path for name, path in files.items() if path.exists()}))
     return out

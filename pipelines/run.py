@@ -21,12 +21,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deepmir_tasks.bids_files import find_subjects
 from deepmir_tasks.io import InputError
 from deepmir_tasks.model.modelfile import sha256_file
 from deepmir_tasks.settings import RunSettings
 from deepmir_tasks.threads import set_subject_threads
 
-from . import bids, derivatives
+from . import derivatives
 from .errors import error_reason as _error_reason
 from .errors import one_line
 from .group import run_group
@@ -69,7 +70,7 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     rebuilt from every subject in ``output_dir`` afterwards.
     """
     settings = (settings or RunSettings()).replace(**setting_changes)
-    subjects = bids.find_subjects(bids_dir, participant_labels, session_labels)
+    subjects = find_subjects(bids_dir, participant_labels, session_labels)
     model_path = resolve_model_path(model)
     n_procs = n_procs or os.cpu_count() or 1
     output_dir = Path(output_dir).absolute()

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepmir_tasks.bids_names import entities, strip_prefix, subject_key
+from deepmir_tasks.bids_files import find_dsegs, find_probsegs
+from deepmir_tasks.bids_names import strip_prefix, subject_key
 from deepmir_tasks.io import InputError
 
 __all__ = ["Evaluation", "find_pairs", "evaluate_cohort", "write_evaluation", "evaluate_dirs"]
@@ -40,41 +41,6 @@ def _label(key) -> str:
     return subject_key(*key)
 
 
-def _find_dsegs(root: Path, *, prefer: str, what: str) -> dict:
-    """{(sub, ses): path} for the ``sub-*_dseg.nii[.gz]`` files under ``root`` (not under
-    ``evaluation/`` or ``sourcedata/``, where the pipeline keeps its outputs and its cache)."""
-    found: dict = {}
-    for path in sorted(root.rglob("sub-*_dseg.nii*")):
-        if {"evaluation", "sourcedata"} & set(path.relative_to(root).parts) or not path.is_file():
-            continue
-        key = entities(path.name)
-        if key is not None:
-            found.setdefault(key, []).append(path)
-    out = {}
-    for key, paths in found.items():
-        if len(paths) > 1:
-            preferred = [p for p in paths if prefer in p.name]
-            if len(preferred) != 1:
-                names = ", ".join(p.name for p in paths[:4])
-                raise InputError(root, f"{what} has {len(paths)} dseg files for {_label(key)} "
-                                       f"and cannot tell which to use ({names})")
-            paths = preferred
-        out[key] = paths[0]
-    return out
-
-
-def _probsegs(dseg: Path) -> dict:
-    out = {}
-    prefix = _label(entities(dseg.name))
-    for name, tags in (("cmb", ("CMB", "cmb")), ("iron", ("iron", "IRON", "Iron"))):
-        for tag in tags:
-            hits = sorted(dseg.parent.glob(f"{prefix}_*label-{tag}_probseg.nii*"))
-            if hits:
-                out[name] = hits[0]
-                break
-    return out
-
-
 def find_pairs(pred_dir, truth_dir, participant_labels=None) -> dict:
     """Pair each prediction with its annotation; ``{(sub, ses): (pred_path, truth_path)}``.
 
@@ -89,8 +55,8 @@ def find_pairs(pred_dir, truth_dir, participant_labels=None) -> dict:
             raise InputError(d, f"{what} is not an existing folder")
     if (truth_dir / "derivatives" / "annotations").is_dir():
         truth_dir = truth_dir / "derivatives" / "annotations"
-    preds = _find_dsegs(pred_dir, prefer="desc-deepmir", what="PRED_DIR")
-    truths = _find_dsegs(truth_dir, prefer="space-T2w_dseg", what="TRUTH_DIR")
+    preds = find_dsegs(pred_dir, prefer="desc-deepmir", what="PRED_DIR")
+    truths = find_dsegs(truth_dir, prefer="space-T2w_dseg", what="TRUTH_DIR")
     if not preds:
         raise InputError(pred_dir, "PRED_DIR holds no sub-*_dseg.nii.gz prediction")
     if not truths:
@@ -143,7 +109,7 @@ def evaluate_cohort(pred_dir, truth_dir, *, tolerance_mm: float = 5.0,
         p_img = load_image(pred_path, what="predicted dseg", allow_empty=True)
         t_img = load_image(truth_path, what="annotation dseg", allow_empty=True)
         prob_maps = {}
-        for name, path in _probsegs(pred_path).items():
+        for name, path in find_probsegs(pred_path).items():
             img = load_image(path, what=f"{name} probability map", allow_empty=True)
             if img.shape != p_img.shape or not np.allclose(img.affine, p_img.affine, atol=1e-3):
                 raise InputError(path, f"{name} probability map is not on the grid of {pred_path.name}")
