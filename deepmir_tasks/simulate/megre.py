@@ -5,10 +5,11 @@ The head (anatomy, tissue and deep-nuclei susceptibility) comes from the simulat
 calcifications (diamagnetic) are added as partial-volume spheres deep in the brain. The grid is
 rotated as an oblique slab (B0 = scanner z, tilted in the voxel frame). Per echo TE_n:
 
-    phase_n = phi0 + 2 pi gamma B0 TE_n (local + air cavities + smooth shim residual)   (wrapped)
+    phase_n = phi0 + 2 pi gamma B0 TE_n (local + air cavities + shim residual)   (wrapped)
     |s_n|   = M(TE_ref) exp(-(TE_n - TE_ref) R2*),  plus complex Gaussian noise
 
-with phi0 a constant plus a smooth transmit/receive phase offset. The field is computed on the
+with phi0 a constant plus a smooth transmit/receive phase offset, and the shim residual random
+first- and second-order solid harmonics. The field is computed on the
 same grid the QSM is reconstructed on (no intravoxel dephasing): a best case for the inversion.
 :func:`write_megre_bids` writes ``sub-X_echo-N_part-mag|phase_MEGRE.nii.gz`` with sidecars and the
 truth under ``derivatives/truth``.
@@ -41,7 +42,7 @@ class MegreSim:
     chi_ppm: np.ndarray          # true susceptibility (ppm), 0 outside the head
     brain_mask: np.ndarray       # bool, brain fraction > 0.5
     local_field_ppm: np.ndarray  # field of chi (no background)
-    background_ppm: np.ndarray   # air cavities + shim residual
+    background_ppm: np.ndarray   # air cavities + shim residual (harmonic)
     lesions: list = field(default_factory=list)   # dicts: kind, centre_vox, radius_mm, chi_ppm
     params: dict = field(default_factory=dict)
 
@@ -70,7 +71,7 @@ def simulate_megre(seed: int, voxel_mm: float = 2.0, echo_times_s=(0.004, 0.010,
     cavities = air_cavities(rng, anat, head["mni_to_t2"], rot)
     air, in_air = spheres_field_on_grid(chi.shape, affine, cavities, return_inside=True)
     mag0[in_air] = 0.0
-    bg = air + np.float32(background_ppm) * SmoothField(rng, anat["head_centre"], 4, (120.0, 300.0))(chi.shape, affine)
+    bg = air + _shim_residual(rng, chi.shape, affine, rot[:3, :3] @ anat["head_centre"], brain, background_ppm)
     offset = np.float32(rng.uniform(-np.pi, np.pi)) + np.float32(1.5) * SmoothField(
         rng, anat["head_centre"], 3, (200.0, 400.0))(chi.shape, affine)
     r2s = np.where(brain, 20.0 * b0_tesla / 3.0, 8.0).astype(np.float32)
@@ -87,6 +88,16 @@ def simulate_megre(seed: int, voxel_mm: float = 2.0, echo_times_s=(0.004, 0.010,
               "background_ppm": background_ppm, "n_air_cavities": len(cavities)}
     return MegreSim(np.stack(mags, -1), np.stack(phases, -1), te, float(b0_tesla), affine, chi, brain,
                     local.astype(np.float32), bg.astype(np.float32), lesions, params)
+
+
+def _shim_residual(rng, shape, affine, centre_mm, brain, amplitude_ppm):
+    """Random first- and second-order solid harmonics (what shimming leaves), max |.| in the brain
+    = ``amplitude_ppm``; harmonic, as a background field is inside the brain."""
+    idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    x, y, z = ((affine[:3, :3] @ idx).T + affine[:3, 3] - centre_mm).T.reshape(3, *shape) / np.float32(80.0)
+    terms = (x, y, z, x * y, x * z, y * z, x * x - y * y, 2 * z * z - x * x - y * y)
+    out = sum(np.float32(c) * t for c, t in zip(rng.normal(size=len(terms)), terms))
+    return (out * np.float32(amplitude_ppm / max(float(np.abs(out[brain]).max()), 1e-9))).astype(np.float32)
 
 
 def _add_lesions(rng, anat, chi, mag0, n_cmb, n_calc, voxel_mm):
