@@ -2,7 +2,7 @@
 
 import cloudpickle as cp
 
-from pipelines.run import _error_reason
+from pipelines.errors import error_reason
 
 
 def _record(path, text):
@@ -13,12 +13,12 @@ def _record(path, text):
 def test_own_record_gives_the_input_error_message(tmp_path):
     _record(tmp_path / "workflow-a", "Traceback (most recent call last):\n  File x\n"
             "deepmir_tasks.io.InputError: /d/sub-01_T2w.nii.gz: T2w is empty (every voxel is zero)\n")
-    assert _error_reason(tmp_path / "workflow-a") == "/d/sub-01_T2w.nii.gz: T2w is empty (every voxel is zero)"
+    assert error_reason(tmp_path / "workflow-a") == "/d/sub-01_T2w.nii.gz: T2w is empty (every voxel is zero)"
 
 
 def test_other_errors_keep_their_type(tmp_path):
     _record(tmp_path / "workflow-a", "Traceback\nValueError: bad thing\n\nRuntimeError: Workflow job X failed\n")
-    assert _error_reason(tmp_path / "workflow-a") == "ValueError: bad thing"
+    assert error_reason(tmp_path / "workflow-a") == "ValueError: bad thing"
 
 
 def test_outer_split_record_is_searched_for_the_subject(tmp_path):
@@ -28,7 +28,7 @@ def test_outer_split_record_is_searched_for_the_subject(tmp_path):
             "\nJob 'SubjectPipeline(1)', SubjectPipeline(t2=NiftiGz('/b/sub-02/anat/sub-02_T2w.nii.gz')), errored:"
             "\nTraceback\nKeyError: second subject's problem\n")
     _record(tmp_path / "workflow-split", text)
-    reason = _error_reason(tmp_path / "workflow-missing", cache_dir=tmp_path,
+    reason = error_reason(tmp_path / "workflow-missing", cache_dir=tmp_path,
                            marker="/b/sub-02/anat/sub-02_T2w.nii.gz")
     assert reason == "KeyError: second subject's problem"
-    assert _error_reason(tmp_path / "workflow-missing") == "failed (no error record)"
+    assert error_reason(tmp_path / "workflow-missing") == "failed (no error record)"
