@@ -199,7 +199,7 @@ else:
 def test_array_runs_every_task_then_the_group_job(tmp_path, sbatch_log):
     import json
 
-    from pipelines.slurm import submit_cohort_array
+    from pipelines.slurm_array import submit_cohort_array
 
     bids = tmp_path / "bids dir"
     bids.mkdir()
@@ -228,7 +228,7 @@ def test_array_runs_every_task_then_the_group_job(tmp_path, sbatch_log):
 
 def test_array_refuses_labels_with_shell_metacharacters(tmp_path, sbatch_log):
     from deepmir_tasks.io import InputError
-    from pipelines.slurm import submit_cohort_array
+    from pipelines.slurm_array import submit_cohort_array
 
     with pytest.raises(InputError, match="invalid participant label"):
         submit_cohort_array(tmp_path, tmp_path / "out", ["01", "02; scancel -u root"],

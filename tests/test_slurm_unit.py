@@ -18,17 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepmir_tasks.io import InputError
-from pipelines.slurm import (
-    DeepmirSlurmWorker,
-    _last_error_line,
-    _option_value,
-    _scontrol_record,
-    array_script_text,
-    parse_sbatch_args,
-    slurm_worker,
-    submit_cohort_array,
-    validate_labels,
-)
+from pipelines.sbatch import option_value, parse_sbatch_args
+from pipelines.slurm import DeepmirSlurmWorker, _last_error_line, _scontrol_record, slurm_worker
+from pipelines.slurm_array import array_script_text, submit_cohort_array, validate_labels
 
 ARGV_DUMP = "import json, sys; print(json.dumps(sys.argv[1:]))"
 
@@ -89,7 +81,7 @@ def test_worker_accepts_error_option_and_similar_long_names():
     (["--error", "d.txt"], "d.txt"), (["--export=ALL", "-p", "x"], None), (["-e", "a", "--error=z"], "z"),
 ])
 def test_option_value(args, expected):
-    assert _option_value(args, "-e", "--error") == expected
+    assert option_value(args, "-e", "--error") == expected
 
 
 def test_worker_is_passed_by_class_or_object_and_named():
@@ -324,7 +316,7 @@ def test_max_parallel_throttles_the_array(tmp_path):
 
 
 def test_array_larger_than_max_array_size_is_refused_with_a_chunk_size_that_fits(tmp_path, monkeypatch):
-    from pipelines.slurm import max_array_size
+    from pipelines.slurm_array import max_array_size
 
     _fake_tools(tmp_path, monkeypatch, "echo 'AuthType                = auth/munge'; echo 'MaxArraySize            = 4'")
     assert max_array_size() == 4
