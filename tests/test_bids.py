@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from deepmir_tasks.bids_files import find_subjects
+from deepmir_tasks.bids_names import check_label
 from deepmir_tasks.io import InputError
-from pipelines.bids import check_label, find_subjects
 
 
 def _touch(root, rel):
