@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepmir_tasks.threads import n_threads
+
 __all__ = ["sphere_kernel", "vsharp", "DEFAULT_RADII_MM"]
 
 #: SMV radii (mm), largest first; radii under 1.5 voxels are dropped
@@ -38,18 +40,18 @@ def vsharp(field, mask, voxel_mm, radii_mm=DEFAULT_RADII_MM, threshold: float = 
     sl = tuple(slice(0, n) for n in m.shape)
     buf = np.zeros(shp, np.float32)
     buf[sl] = np.asarray(field, np.float32) * m
-    spec_f = fft.rfftn(buf, workers=-1)
+    spec_f = fft.rfftn(buf, workers=n_threads())
     buf[:] = 0
     buf[sl] = m
-    spec_m = fft.rfftn(buf, workers=-1)
+    spec_m = fft.rfftn(buf, workers=n_threads())
     del buf
     local = np.zeros(m.shape, np.float32)
     done = np.zeros(m.shape, bool)
     first = None
     for r in radii:
-        s = fft.rfftn(sphere_kernel(shp, voxel_mm, r), workers=-1)
-        eroded = (fft.irfftn(spec_m * s, s=shp, workers=-1)[sl] > 0.999) & m
-        hp = fft.irfftn(spec_f * (1 - s), s=shp, workers=-1)[sl]
+        s = fft.rfftn(sphere_kernel(shp, voxel_mm, r), workers=n_threads())
+        eroded = (fft.irfftn(spec_m * s, s=shp, workers=n_threads())[sl] > 0.999) & m
+        hp = fft.irfftn(spec_f * (1 - s), s=shp, workers=n_threads())[sl]
         new = eroded & ~done
         local[new] = hp[new]
         done |= eroded
@@ -58,8 +60,8 @@ def vsharp(field, mask, voxel_mm, radii_mm=DEFAULT_RADII_MM, threshold: float = 
         del s, hp
     buf = np.zeros(shp, np.float32)
     buf[sl] = local
-    spec = fft.rfftn(buf, workers=-1)
+    spec = fft.rfftn(buf, workers=n_threads())
     keep = np.abs(first) > threshold
     spec = np.where(keep, spec / np.where(keep, first, 1.0), 0)
-    out = fft.irfftn(spec, s=shp, workers=-1)[sl].astype(np.float32)
+    out = fft.irfftn(spec, s=shp, workers=n_threads())[sl].astype(np.float32)
     return out * done, done

@@ -3,7 +3,8 @@
 1. The phase accrued between the first two echoes, ``angle(s2 conj(s1))``, has no offset and few
    wraps; it is unwrapped spatially (:func:`~.phase.laplacian_unwrap`) -> a first angular frequency.
 2. The offset ``phi0 = angle(s1 exp(-i w TE1))`` is removed from every echo.
-3. Each echo is unwrapped in time against the first estimate (``w TE_n + wrap(phase_n - w TE_n)``).
+3. Each echo is unwrapped in time against the estimate so far (``w TE_n + wrap(phase_n - w TE_n)``;
+   from the third echo on, ``w`` is the fit of the echoes already unwrapped, which has less noise).
 4. ``w = sum(m_n^2 TE_n p_n) / sum(m_n^2 TE_n^2)`` (weights: magnitude squared, the inverse phase
    noise variance), a fit through the origin since the offset is gone.
 A single echo is unwrapped spatially and its offset cannot be removed. Sign: the phase is taken to
@@ -50,7 +51,8 @@ def fit_field(magnitude, phase, echo_times_s, mask, voxel_mm, phase_sign: float 
     num = np.zeros(m.shape, np.float64)
     den = np.zeros(m.shape, np.float64)
     for n, t in enumerate(te):
-        pred = w0 * np.float32(t)
+        w_now = w0 if n < 2 else (num / np.maximum(den, 1e-30)).astype(np.float32)
+        pred = w_now * np.float32(t)
         unwrapped[..., n] = pred + wrap(ph[..., n] - offset - pred)
         wt = mag[..., n].astype(np.float64) ** 2
         num += wt * t * unwrapped[..., n]

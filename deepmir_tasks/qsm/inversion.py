@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepmir_tasks.threads import n_threads
+
 from deepmir_tasks.simulate.physics import dipole_kernel, tkd_inversion
 
 __all__ = ["b0_direction_voxel", "tv_admm", "invert_dipole"]
@@ -51,18 +53,18 @@ def tv_admm(field_ppm, mask, voxel_mm, b0_vox, lam: float = 3e-4, rho: float | N
             [-1 if a == ax else 1 for a in range(3)])
     denom = d * d + np.float32(rho) * e2
     denom[0, 0, 0] = 1.0
-    dtf = fft.rfftn(f, workers=-1) * d
+    dtf = fft.rfftn(f, workers=n_threads()) * d
     del f
     z = [np.zeros(shp, np.float32) for _ in range(3)]
     u = [np.zeros(shp, np.float32) for _ in range(3)]
     thr = np.float32(lam / rho)
     chi = np.zeros(shp, np.float32)
     for _ in range(n_iter):
-        rhs = fft.rfftn(_grad_t([z[i] - u[i] for i in range(3)], voxel_mm), workers=-1)
+        rhs = fft.rfftn(_grad_t([z[i] - u[i] for i in range(3)], voxel_mm), workers=n_threads())
         rhs *= np.float32(rho)
         rhs += dtf
         rhs /= denom
-        chi = fft.irfftn(rhs, s=shp, workers=-1).astype(np.float32)
+        chi = fft.irfftn(rhs, s=shp, workers=n_threads()).astype(np.float32)
         del rhs
         g = _grad(chi, voxel_mm)
         for i in range(3):
@@ -82,7 +84,7 @@ def invert_dipole(field_ppm, mask, voxel_mm, affine, method: str = "tv", **kwarg
     if method == "tv":
         return tv_admm(field_ppm, mask, voxel_mm, b0, **kwargs)
     if method == "tkd":
-        chi = tkd_inversion(field_ppm, mask, voxel_mm, b0, threshold=kwargs.get("threshold", 0.19), workers=-1)
+        chi = tkd_inversion(field_ppm, mask, voxel_mm, b0, threshold=kwargs.get("threshold", 0.19), workers=n_threads())
         m = np.asarray(mask, bool)
         return ((chi - chi[m].mean()) * m).astype(np.float32) if m.any() else chi
     raise ValueError(f"unknown dipole inversion method {method!r}; expected 'tv' or 'tkd'")

@@ -1,8 +1,8 @@
 """Brain mask from the GRE magnitude, or the user's mask (e.g. the T2w brain mask on this grid).
 
 From the magnitude: the echo-combined (root-sum-of-squares) image is thresholded at a fraction of
-a robust brain intensity (Otsu on the log signal, then a fraction of the median above it), the
-largest component kept, holes filled, a small opening/closing applied. A user's mask wins: it is
+a robust bright-tissue intensity (its 98th percentile; noise in air is far below, a crop without
+air keeps every voxel), a small opening applied, the largest component kept, closed, holes filled. A user's mask wins: it is
 used as given (binarised), so that QSM and SWI share the T2w pipeline's brain.
 """
 
@@ -13,17 +13,7 @@ import numpy as np
 __all__ = ["magnitude_mask", "brain_mask"]
 
 
-def _otsu(values, bins=256):
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
-    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
-    return centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)]
-
-
-def magnitude_mask(magnitude, voxel_mm, fraction: float = 0.25, open_mm: float = 2.0) -> np.ndarray:
+def magnitude_mask(magnitude, voxel_mm, fraction: float = 0.2, open_mm: float = 2.0) -> np.ndarray:
     """Rough brain (head-tissue) mask from a magnitude image (3-D, or echoes last -> RSS)."""
     from scipy import ndimage as ndi
 
@@ -33,9 +23,7 @@ def magnitude_mask(magnitude, voxel_mm, fraction: float = 0.25, open_mm: float =
     pos = mag[mag > 0]
     if pos.size == 0:
         return np.zeros(mag.shape, bool)
-    thr = np.exp(_otsu(np.log(pos)))
-    level = fraction * np.median(pos[pos > thr]) if np.any(pos > thr) else thr
-    m = mag > max(thr, level)
+    m = mag > fraction * np.percentile(pos, 98)
     r = [max(1, int(round(open_mm / v))) for v in voxel_mm]
     st = np.ones([2 * k + 1 for k in r], bool)
     m = ndi.binary_opening(m, structure=st)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepmir_tasks.threads import n_threads
+
 from deepmir_tasks.io import InputError
 
 __all__ = ["to_radians", "wrap", "laplacian_unwrap"]
@@ -110,9 +112,9 @@ class _Poisson:
     def __call__(self, rhs):
         buf = np.zeros(self.shp, np.float32)
         buf[self.sl] = rhs
-        spec = self.fft.rfftn(buf, workers=-1)
+        spec = self.fft.rfftn(buf, workers=n_threads())
         spec *= self.inv
-        return self.fft.irfftn(spec, s=self.shp, workers=-1)[self.sl].astype(np.float32)
+        return self.fft.irfftn(spec, s=self.shp, workers=n_threads())[self.sl].astype(np.float32)
 
 
 def _solve_ls(w, m, voxel_mm, n_iter, tol):
