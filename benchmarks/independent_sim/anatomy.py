@@ -19,9 +19,11 @@ from .nuclei import nucleus_labels
 __all__ = ["Head", "load_templates", "build_head", "SINUSES"]
 
 #: air cavities near the brain (centre MNI mm, semi-axes mm): the sphenoid sinus under the sella,
-#: the frontal sinus in front of the frontal pole, the mastoid air cells behind each ear
+#: the ethmoid cells under the gyri recti, the frontal sinus in front of the frontal pole, the
+#: mastoid air cells behind each ear
 SINUSES = (
-    ((0.0, 12.0, -34.0), (13.0, 11.0, 9.0)),
+    ((0.0, 10.0, -44.0), (11.0, 10.0, 8.0)),
+    ((0.0, 38.0, -36.0), (7.0, 12.0, 7.0)),
     ((0.0, 72.0, 8.0), (11.0, 6.0, 9.0)),
     ((46.0, -36.0, -40.0), (7.0, 10.0, 8.0)),
     ((-46.0, -36.0, -40.0), (7.0, 10.0, 8.0)),

@@ -70,7 +70,13 @@ def _gre_images(head, chi, maps, proto, pose, rng):
     b0, te, vox = proto["b0_tesla"], proto["gre_te_s"], np.asarray(proto["swi_voxel_mm"])
     rot = pose[:3, :3]
     b_sim = rot.T @ np.array([0.0, 0.0, 1.0])           # B0 (scanner z) in the head's axes
-    total = physics.dipole_field(chi, (1.0, 1.0, 1.0), b_sim)
+    # referenced to air for the FFT, so that the zero padding around the box is air as around a real
+    # head; the body is continued 60 mm below the box (the neck) instead of ending at its floor
+    neck = 60
+    body = np.pad(np.where(head.air, 0.0, chi - _CHI_AIR).astype(np.float32), ((0, 0), (0, 0), (neck, 0)),
+                  mode="edge")
+    total = physics.dipole_field(body, (1.0, 1.0, 1.0), b_sim)[:, :, neck:]
+    del body
     local = physics.dipole_field(np.where(head.brain, chi, 0), (1.0, 1.0, 1.0), b_sim)
     mag = physics.gre_magnitude(maps, physics.dephasing(total, rot, vox, b0, te), te)
     s_wm = float(np.median(mag[head.wm > 0.9]))
