@@ -44,6 +44,7 @@ class MegreSim:
     local_field_ppm: np.ndarray  # field of chi (no background)
     background_ppm: np.ndarray   # air cavities + shim residual (harmonic)
     lesions: list = field(default_factory=list)   # dicts: kind, centre_vox, radius_mm, chi_ppm
+    nuclei: np.ndarray | None = None              # uint8 deep-nucleus labels (core, membership > 0.5)
     params: dict = field(default_factory=dict)
 
 
@@ -86,8 +87,9 @@ def simulate_megre(seed: int, voxel_mm: float = 2.0, echo_times_s=(0.004, 0.010,
     params = {"seed": int(seed), "voxel_mm": float(voxel_mm), "b0_tesla": b0_tesla, "echo_times_s": te,
               "snr": snr, "noise_sigma": sigma, "tilt_deg": list(tilt_deg), "b0_direction_voxel": b0_vox.tolist(),
               "background_ppm": background_ppm, "n_air_cavities": len(cavities)}
+    nuclei = np.where(anat["nucleus_w"] > 0.5, anat["nucleus"], 0).astype(np.uint8)
     return MegreSim(np.stack(mags, -1), np.stack(phases, -1), te, float(b0_tesla), affine, chi, brain,
-                    local.astype(np.float32), bg.astype(np.float32), lesions, params)
+                    local.astype(np.float32), bg.astype(np.float32), lesions, nuclei, params)
 
 
 def _shim_residual(rng, shape, affine, centre_mm, brain, amplitude_ppm):
