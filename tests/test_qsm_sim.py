@@ -136,3 +136,39 @@ def test_simulated_megre_with_the_magnitude_mask(megre_bids):
     corr = np.corrcoef(out["chi"][q], truth[q])[0, 1]
     print(f"simulated MEGRE (3 mm), magnitude mask: correlation {corr:.3f}")
     assert corr > 0.7
+
+
+def test_pydra_tasks_on_the_phantom_written_as_bids(tmp_path):
+    import json
+
+    import nibabel as nib
+
+    from deepmir_tasks.qsm.tasks import ComputeSwi, EstimateField, InvertDipole, ReadMegre, RemoveBackground
+
+    data, chi, brain, spheres = _phantom()
+    files = {"mag": [], "phase": []}
+    for n, te in enumerate(data.echo_times_s, start=1):
+        for part, arr in (("mag", data.magnitude[..., n - 1]), ("phase", data.phase[..., n - 1])):
+            if part == "phase":
+                arr = np.round(arr / np.pi * 2048).clip(0 - 2048, 2047).astype(np.int16) + 2048   # 0..4095
+            path = tmp_path / f"sub-01_ses-A_echo-{n}_part-{part}_MEGRE.nii.gz"
+            nib.save(nib.Nifti1Image(arr, data.affine), str(path))
+            path.with_name(path.name[:-7] + ".json").write_text(json.dumps({"EchoTime": te, "MagneticFieldStrength": 3.0}))
+            files[part].append(path)
+    run = dict(cache_root=tmp_path / "cache", worker="debug")
+    key = "sub-01_ses-A"
+    rd = ReadMegre(mag_files=files["mag"], phase_files=files["phase"], key=key)(**run)
+    fe = EstimateField(magnitude=rd.magnitude, phase=rd.phase, echo_times_s=rd.echo_times_s,
+                       b0_tesla=rd.b0_tesla, key=key)(**run)
+    bg = RemoveBackground(fieldmap=fe.fieldmap, mask_file=fe.mask, key=key)(**run)
+    task = InvertDipole(local_field=bg.local_field, mask_file=bg.qsm_mask, key=key)
+    qsm = task(**run)
+    swi = ComputeSwi(magnitude=rd.magnitude, fieldmap=fe.fieldmap, mask_file=fe.mask,
+                     echo_times_s=rd.echo_times_s, b0_tesla=rd.b0_tesla, key=key)(**run)
+    assert qsm.qsm.fspath.name == "sub-01_ses-A_Chimap.nii.gz"
+    assert swi.swi.fspath.name == "sub-01_ses-A_swi.nii.gz"
+    assert bg.local_field.fspath.name == "sub-01_ses-A_desc-local_fieldmap.nii.gz"
+    out = np.asarray(nib.load(str(qsm.qsm.fspath)).dataobj)
+    (ip, _), (ineg, _) = spheres
+    assert out[ip] > 0.3 and out[ineg] < -0.15
+    assert task(**run).qsm.fspath == qsm.qsm.fspath                 # served from the cache
