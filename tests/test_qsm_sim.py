@@ -172,3 +172,18 @@ def test_pydra_tasks_on_the_phantom_written_as_bids(tmp_path):
     (ip, _), (ineg, _) = spheres
     assert out[ip] > 0.3 and out[ineg] < -0.15
     assert task(**run).qsm.fspath == qsm.qsm.fspath                 # served from the cache
+
+
+def test_torch_tv_admm_matches_numpy():
+    from deepmir_tasks.qsm.inversion import tv_admm, tv_admm_torch
+
+    rng = np.random.default_rng(2)
+    shape, vox = (24, 26, 20), (1.0, 1.2, 2.0)
+    mask = np.zeros(shape, bool)
+    mask[4:-4, 4:-4, 3:-3] = True
+    chi = np.where(mask, rng.normal(0, 0.05, shape), 0).astype(np.float32)
+    b0 = np.array([0.1, 0.2, 0.97])
+    field = dipole_field(chi, vox, b0)
+    a = tv_admm(field, mask, vox, b0, n_iter=10)
+    b = tv_admm_torch(field, mask, vox, b0, n_iter=10, device="cpu")
+    assert np.abs(a - b).max() < 1e-4 * max(1.0, float(np.abs(a).max())) + 1e-6
