@@ -123,6 +123,11 @@ def test_pydra_chain_on_simulated_megre(megre_bids, tmp_path):
     s = np.asarray(nib.load(str(swi.swi.fspath)).dataobj)
     mp = np.asarray(nib.load(str(swi.minip.fspath)).dataobj)
     assert np.all(np.isfinite(s)) and np.all(mp <= s + 1e-6)
+    mag = np.sqrt((sim.magnitude ** 2).sum(-1))
+    for les in sim.lesions:                                          # CMBs are dark in SWI
+        if les["kind"] == "cmb":
+            i, j, k = les["centre_vox"]
+            assert s[i, j, k] < 0.5 * np.median(mag[sim.brain_mask]), les
 
 
 @pytest.mark.slow
