@@ -50,7 +50,7 @@ def _chain(truth, args):
     from deepmir_tasks.qsm.bids import load_megre
     from deepmir_tasks.qsm.field import fit_field, hz_to_ppm
     from deepmir_tasks.qsm.inversion import invert_dipole
-    from deepmir_tasks.qsm.mask import brain_mask
+    from deepmir_tasks.qsm.mask import brain_mask, refine_mask
     from deepmir_tasks.qsm.swi import clear_swi
 
     laps, t = {}, time.perf_counter()
@@ -68,6 +68,8 @@ def _chain(truth, args):
     lap("mask")
     fit = fit_field(d.magnitude, d.phase, d.echo_times_s, mask, vox)
     field = hz_to_ppm(fit["field_hz"], d.b0_tesla)
+    if args.magnitude_mask:
+        mask = refine_mask(mask, fit["residual"])
     lap("unwrap + field fit")
     local, qmask = vsharp(field, mask, vox)
     lap("V-SHARP")

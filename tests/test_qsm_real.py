@@ -72,7 +72,7 @@ def test_field_is_smooth_and_agrees_across_echoes(real):
 def test_chain_gives_finite_plausible_qsm_and_swi(real):
     _, out = real
     chi, q = out["chi"], out["qsm_mask"]
-    assert q.sum() > 0.3 * q.size and np.all(np.isfinite(chi))
+    assert q.sum() > 0.2 * q.size and np.all(np.isfinite(chi))   # V-SHARP erodes a 24x24x41 mm crop
     lo, hi = np.percentile(chi[q], [0.5, 99.5])
     assert -0.5 < lo < -0.02 and 0.02 < hi < 0.6           # ppm: tissue and veins
     swi, mag = out["swi"], out["magnitude"]

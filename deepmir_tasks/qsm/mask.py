@@ -3,14 +3,16 @@
 From the magnitude: the echo-combined (root-sum-of-squares) image is thresholded at a fraction of
 a robust bright-tissue intensity (its 98th percentile; noise in air is far below, a crop without
 air keeps every voxel), a small opening applied, the largest component kept, closed, holes filled. A user's mask wins: it is
-used as given (binarised), so that QSM and SWI share the T2w pipeline's brain.
+used as given (binarised), so that QSM and SWI share the T2w pipeline's brain. A magnitude mask is
+then refined by the field fit (:func:`refine_mask`): voxels whose multi-echo phase misfit is over
+3x the mask's median (bone, the brain's edge next to it, signal voids) are dropped.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["magnitude_mask", "brain_mask"]
+__all__ = ["magnitude_mask", "brain_mask", "refine_mask"]
 
 
 def magnitude_mask(magnitude, voxel_mm, fraction: float = 0.2, open_mm: float = 2.0) -> np.ndarray:
@@ -46,3 +48,19 @@ def brain_mask(magnitude, voxel_mm, user_mask=None) -> np.ndarray:
             raise ValueError(f"mask shape {um.shape} does not match the GRE grid {np.asarray(magnitude).shape[:3]}")
         return um
     return magnitude_mask(magnitude, voxel_mm)
+
+
+def refine_mask(mask, residual, factor: float = 3.0) -> np.ndarray:
+    """``mask`` without the voxels whose fit residual exceeds ``factor`` x its median in the mask,
+    keeping the largest component with its holes filled (dark veins and nuclei stay in)."""
+    from scipy import ndimage as ndi
+
+    m = np.asarray(mask, bool)
+    if not m.any():
+        return m
+    keep = m & (np.asarray(residual) <= factor * np.median(np.asarray(residual)[m]))
+    lab, n = ndi.label(keep)
+    if n == 0:
+        return keep
+    keep = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    return ndi.binary_fill_holes(keep) & m

@@ -12,7 +12,7 @@ import numpy as np
 from .background import DEFAULT_RADII_MM, vsharp
 from .field import fit_field, hz_to_ppm
 from .inversion import invert_dipole
-from .mask import brain_mask
+from .mask import brain_mask, refine_mask
 from .swi import clear_swi
 
 __all__ = ["QsmOptions", "reconstruct"]
@@ -40,6 +40,8 @@ def reconstruct(data, user_mask=None, options: QsmOptions = QsmOptions()) -> dic
     vox = data.voxel_mm
     mask = brain_mask(data.magnitude, vox, user_mask)
     fit = fit_field(data.magnitude, data.phase, data.echo_times_s, mask, vox, options.phase_sign)
+    if user_mask is None:
+        mask = refine_mask(mask, fit["residual"])
     field_ppm = hz_to_ppm(fit["field_hz"], data.b0_tesla)
     local, qmask = vsharp(field_ppm, mask, vox, options.vsharp_radii_mm, options.vsharp_threshold)
     kw = {"lam": options.tv_lambda, "n_iter": options.tv_iterations} if options.method == "tv" else {}

@@ -83,7 +83,7 @@ class ReadMegre(python.Task["ReadMegre.Outputs"]):
 
 @python.define
 class EstimateField(python.Task["EstimateField.Outputs"]):
-    """Brain mask (magnitude, or the given one) and the multi-echo field (ppm), phase offset removed.
+    """Brain mask (the given one, or the magnitude's refined by the fit) and the multi-echo field (ppm).
 
     Args:
         magnitude: 4-D magnitude (echoes last)
@@ -114,7 +114,7 @@ class EstimateField(python.Task["EstimateField.Outputs"]):
 
         from deepmir_tasks.io import load_mask
         from deepmir_tasks.qsm.field import fit_field, hz_to_ppm
-        from deepmir_tasks.qsm.mask import brain_mask
+        from deepmir_tasks.qsm.mask import brain_mask, refine_mask
 
         mag, aff = _volume(magnitude)
         ph, _ = _volume(phase)
@@ -122,6 +122,8 @@ class EstimateField(python.Task["EstimateField.Outputs"]):
         user = None if mask_file is None else load_mask(mask_file, mag.shape[:3], "GRE grid")
         mask = brain_mask(mag, vox, user)
         fit = fit_field(mag, ph, echo_times_s, mask, vox, phase_sign)
+        if user is None:
+            mask = refine_mask(mask, fit["residual"])
         return (_save(hz_to_ppm(fit["field_hz"], b0_tesla), aff, "fieldmap", key),
                 _save(mask, aff, "mask", key, "uint8"))
 
