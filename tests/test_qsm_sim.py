@@ -173,6 +173,7 @@ def test_pydra_tasks_on_the_phantom_written_as_bids(tmp_path):
     assert qsm.qsm.fspath.name == "sub-01_ses-A_Chimap.nii.gz"
     assert swi.swi.fspath.name == "sub-01_ses-A_swi.nii.gz"
     assert bg.local_field.fspath.name == "sub-01_ses-A_desc-local_fieldmap.nii.gz"
+    assert nib.load(str(rd.magnitude_rss.fspath)).shape == brain.shape
     out = np.asarray(nib.load(str(qsm.qsm.fspath)).dataobj)
     (ip, _), (ineg, _) = spheres
     assert out[ip] > 0.3 and out[ineg] < -0.15

@@ -22,6 +22,7 @@ __all__ = ["QSM_NAMES", "ReadMegre", "EstimateField", "RemoveBackground", "Inver
 QSM_NAMES = {
     "magnitude": "{key}_part-mag_desc-echoes_MEGRE.nii.gz",
     "phase": "{key}_part-phase_desc-radians_MEGRE.nii.gz",
+    "magnitude_rss": "{key}_part-mag_desc-rss_MEGRE.nii.gz",
     "fieldmap": "{key}_desc-ppm_fieldmap.nii.gz",
     "mask": "{key}_space-MEGRE_desc-brain_mask.nii.gz",
     "local_field": "{key}_desc-local_fieldmap.nii.gz",
@@ -51,7 +52,8 @@ def _volume(path):
 
 @python.define
 class ReadMegre(python.Task["ReadMegre.Outputs"]):
-    """Read BIDS MEGRE magnitude and phase (per echo or 4-D) with their sidecars; phase to radians.
+    """Read BIDS MEGRE magnitude and phase (per echo or 4-D) with their sidecars; phase to radians;
+    also the echoes' root-sum-of-squares magnitude (3-D, for registration).
 
     Args:
         mag_files: ``*_part-mag_MEGRE.nii.gz`` files, in echo order
@@ -69,6 +71,7 @@ class ReadMegre(python.Task["ReadMegre.Outputs"]):
     class Outputs(python.Outputs):
         magnitude: NiftiGz
         phase: NiftiGz
+        magnitude_rss: NiftiGz
         echo_times_s: list[float]
         b0_tesla: float
 
@@ -76,9 +79,12 @@ class ReadMegre(python.Task["ReadMegre.Outputs"]):
     def function(mag_files, phase_files, key, phase_units, version):
         from deepmir_tasks.qsm.bids import load_megre
 
+        import numpy as np
+
         d = load_megre([str(f) for f in mag_files], [str(f) for f in phase_files], phase_units)
+        rss = np.sqrt((d.magnitude ** 2).sum(-1))   # 3-D, for registration to the T2w
         return (_save(d.magnitude, d.affine, "magnitude", key), _save(d.phase, d.affine, "phase", key),
-                list(d.echo_times_s), d.b0_tesla)
+                _save(rss, d.affine, "magnitude_rss", key), list(d.echo_times_s), d.b0_tesla)
 
 
 @python.define
