@@ -22,7 +22,7 @@ from deepmir_tasks.bids_names import bids_prefix, job_file_name
 from deepmir_tasks.io import InputError
 from deepmir_tasks.labels import CLASSES, DSEG_LABELS, LESION_CLASSES
 from deepmir_tasks.lesions.measure import Volumes, measure_component, principal_extent, qsm_peak_shape
-from deepmir_tasks.lesions.rules import LesionRules, drop_reason
+from deepmir_tasks.lesions.rules import LesionRules, drop_iron_beside_cmb, drop_reason
 from deepmir_tasks.lesions.schema import (COLUMN_DESCRIPTIONS, LESION_COLUMNS, SUMMARY_COLUMNS,
                                           SUMMARY_COLUMNS_DOC, summarise_lesions, table_columns)
 
@@ -148,6 +148,7 @@ def _candidates(vol: Volumes, cand: dict, rules: LesionRules) -> tuple[list[dict
             row["_index"] = len(rows)
             rows.append(row)
             voxels.append(ijk)
+    drop_iron_beside_cmb(rows, rules)
     return rows, voxels
 
 

@@ -18,7 +18,14 @@ The rules, checked in this order (the first that applies is the ``reason``):
     a CMB candidate whose largest extent exceeds ``max_cmb_diameter_mm`` (the clinical 10 mm);
 ``vein_like``
     a CMB candidate whose QSM-bright region reaches further than ``max_cmb_qsm_extent_mm`` or is
-    more elongated than ``max_cmb_qsm_elongation`` (``None`` turns that half off).
+    more elongated than ``max_cmb_qsm_elongation`` (``None`` turns that half off);
+``beside_cmb``
+    an iron candidate, left by the rules above, whose centroid lies within ``iron_beside_cmb_mm``
+    of a kept CMB's (``None``: off). The network often calls a microbleed in or near a nucleus
+    both CMB and iron, as two touching components; one lesion is one class, and a bleed anywhere,
+    nuclei included, is a CMB. The distance is the lesion-matching radius, not a tuned value.
+    This rule compares candidates with each other: :func:`drop_iron_beside_cmb` applies it to
+    the whole candidate list after :func:`drop_reason`.
 """
 
 from __future__ import annotations
@@ -28,11 +35,11 @@ from dataclasses import dataclass
 
 from deepmir_tasks.labels import LESION_CLASSES
 
-__all__ = ["LesionRules", "RECORD_FIELDS", "drop_reason"]
+__all__ = ["LesionRules", "RECORD_FIELDS", "drop_iron_beside_cmb", "drop_reason"]
 
 #: the rules a model record may calibrate (``inference.lesions``)
 RECORD_FIELDS = ("threshold", "min_voxels", "min_prob_cmb", "min_prob_iron", "max_cmb_qsm_extent_mm",
-                 "max_cmb_qsm_elongation")
+                 "max_cmb_qsm_elongation", "iron_beside_cmb_mm")
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class LesionRules:
         qsm_min_ppm: candidates with a lower mean susceptibility are dropped
         min_prob_cmb, min_prob_iron: lesions whose largest probability is lower are dropped
         max_cmb_qsm_extent_mm, max_cmb_qsm_elongation: the ``vein_like`` rule (``None``: off)
+        iron_beside_cmb_mm: the ``beside_cmb`` rule (``None``: off)
     """
 
     threshold: float = 0.5
@@ -56,6 +64,7 @@ class LesionRules:
     min_prob_iron: float = 0.0
     max_cmb_qsm_extent_mm: float | None = 6.0
     max_cmb_qsm_elongation: float | None = 3.0
+    iron_beside_cmb_mm: float | None = 5.0
 
     def __post_init__(self):
         if not 0.0 < self.threshold <= 1.0:
@@ -123,3 +132,21 @@ def _vein_like(row: dict, max_extent, max_elongation) -> bool:
     ext, elong = row["qsm_extent_mm"], row["qsm_elongation"]
     return bool((max_extent is not None and ext == ext and ext > max_extent)
                 or (max_elongation is not None and elong == elong and elong > max_elongation))
+
+
+def drop_iron_beside_cmb(rows: list[dict], rules: LesionRules) -> None:
+    """Give ``reason`` ``beside_cmb`` to every iron row still kept whose centroid (``x_mm``,
+    ``y_mm``, ``z_mm``) lies within ``rules.iron_beside_cmb_mm`` of a kept CMB row's (in place)."""
+    import numpy as np
+
+    if rules.iron_beside_cmb_mm is None:
+        return
+    cmb = np.array([[r["x_mm"], r["y_mm"], r["z_mm"]] for r in rows
+                    if r["label"] == "cmb" and r["reason"] is None], float).reshape(-1, 3)
+    if not len(cmb):
+        return
+    for r in rows:
+        if r["label"] == "iron" and r["reason"] is None:
+            d = np.linalg.norm(cmb - np.array([r["x_mm"], r["y_mm"], r["z_mm"]], float), axis=1).min()
+            if d <= rules.iron_beside_cmb_mm:
+                r["reason"] = "beside_cmb"
