@@ -43,3 +43,19 @@ def test_a_dropped_cmb_does_not_remove_iron():
     kept, dropped = _run((19, 15, 16), min_prob_max={"cmb": 0.99, "iron": 0.0})
     assert kept["label"].tolist() == ["iron"]
     assert dropped["reason"].tolist() == ["low_probability"]
+
+
+def test_iron_on_a_tube_is_vein_like_and_a_focal_deposit_is_kept():
+    pi = np.zeros(SHAPE, np.float32)
+    qsm = np.zeros(SHAPE, np.float32)
+    tube = np.zeros(SHAPE, bool)
+    tube[8:40, 10:12, 15:17] = True                  # a vein, 32 mm long
+    blob = ball(SHAPE, (30, 30, 16), 2.5)            # a focal deposit
+    for region in (tube, blob):
+        pi[region], qsm[region] = 0.95, 0.3
+    kept, dropped = extract_lesions(None, pi, None, np.eye(4), qsm, None, None, participant_id="01")
+    assert len(kept) == 1 and abs(kept["x_mm"].iloc[0] - 30) < 1
+    assert dropped["reason"].tolist() == ["vein_like"]
+    kept, _ = extract_lesions(None, pi, None, np.eye(4), qsm, None, None, participant_id="01",
+                              max_iron_qsm_elongation=None)
+    assert len(kept) == 2

@@ -127,12 +127,15 @@ def test_cmb_candidate_on_a_vein_is_dropped_as_vein_like_and_a_microbleed_is_kep
     assert kept["qsm_extent_mm"].iloc[0] < 3.0 and kept["qsm_elongation"].iloc[0] < 1.5
     assert dropped["reason"].tolist() == ["vein_like"]
     assert dropped["qsm_extent_mm"].iloc[0] > 6.0 and dropped["qsm_elongation"].iloc[0] > 3.0
-    # the rule switched off keeps both; an iron candidate is never tested for it
+    # the rule switched off keeps both; an iron candidate is tested for elongation only
     kept2, _ = extract_lesions(prob_cmb, None, None, np.eye(4), qsm, swi, participant_id="01",
                                max_cmb_qsm_extent_mm=None, max_cmb_qsm_elongation=None)
     assert len(kept2) == 2
-    kept3, _ = extract_lesions(None, prob_cmb, None, np.eye(4), qsm, swi, participant_id="01")
-    assert kept3["label"].tolist() == ["iron", "iron"]
+    kept3, dropped3 = extract_lesions(None, prob_cmb, None, np.eye(4), qsm, swi, participant_id="01")
+    assert kept3["label"].tolist() == ["iron"] and dropped3["reason"].tolist() == ["vein_like"]
+    kept4, _ = extract_lesions(None, prob_cmb, None, np.eye(4), qsm, swi, participant_id="01",
+                               max_iron_qsm_elongation=None)
+    assert kept4["label"].tolist() == ["iron", "iron"]
 
 
 def test_microbleed_inside_an_iron_rich_nucleus_is_measured_against_the_nucleus():

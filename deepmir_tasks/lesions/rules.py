@@ -18,7 +18,10 @@ The rules, checked in this order (the first that applies is the ``reason``):
     a CMB candidate whose largest extent exceeds ``max_cmb_diameter_mm`` (the clinical 10 mm);
 ``vein_like``
     a CMB candidate whose QSM-bright region reaches further than ``max_cmb_qsm_extent_mm`` or is
-    more elongated than ``max_cmb_qsm_elongation`` (``None`` turns that half off);
+    more elongated than ``max_cmb_qsm_elongation`` (``None`` turns that half off), or an iron
+    candidate whose QSM-bright region is more elongated than ``max_iron_qsm_elongation``: iron
+    deposits are focal, a vein is a tube (the extent half is not applied to iron, whose deposits
+    may spread along a nucleus);
 ``beside_cmb``
     an iron candidate, left by the rules above, whose centroid lies within ``iron_beside_cmb_mm``
     of a kept CMB's (``None``: off). The network often calls a microbleed in or near a nucleus
@@ -39,7 +42,7 @@ __all__ = ["LesionRules", "RECORD_FIELDS", "drop_iron_beside_cmb", "drop_reason"
 
 #: the rules a model record may calibrate (``inference.lesions``)
 RECORD_FIELDS = ("threshold", "min_voxels", "min_prob_cmb", "min_prob_iron", "max_cmb_qsm_extent_mm",
-                 "max_cmb_qsm_elongation", "iron_beside_cmb_mm")
+                 "max_cmb_qsm_elongation", "max_iron_qsm_elongation", "iron_beside_cmb_mm")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class LesionRules:
         qsm_min_ppm: candidates with a lower mean susceptibility are dropped
         min_prob_cmb, min_prob_iron: lesions whose largest probability is lower are dropped
         max_cmb_qsm_extent_mm, max_cmb_qsm_elongation: the ``vein_like`` rule (``None``: off)
+        max_iron_qsm_elongation: the ``vein_like`` rule for iron (``None``: off)
         iron_beside_cmb_mm: the ``beside_cmb`` rule (``None``: off)
     """
 
@@ -64,6 +68,7 @@ class LesionRules:
     min_prob_iron: float = 0.0
     max_cmb_qsm_extent_mm: float | None = 6.0
     max_cmb_qsm_elongation: float | None = 3.0
+    max_iron_qsm_elongation: float | None = 3.0
     iron_beside_cmb_mm: float | None = 5.0
 
     def __post_init__(self):
@@ -124,6 +129,8 @@ def drop_reason(rules: LesionRules, row: dict, *, inside_fraction: float, extent
     if label == "cmb" and extent_mm > rules.max_cmb_diameter_mm:
         return "too_large_for_cmb"
     if label == "cmb" and _vein_like(row, rules.max_cmb_qsm_extent_mm, rules.max_cmb_qsm_elongation):
+        return "vein_like"
+    if label == "iron" and _vein_like(row, None, rules.max_iron_qsm_elongation):
         return "vein_like"
     return None
 

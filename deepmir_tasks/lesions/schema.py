@@ -82,7 +82,8 @@ COLUMN_DESCRIPTIONS = {
                    "low_probability": "largest probability below the class's minimum",
                    "negative_qsm": "diamagnetic (mean QSM below the minimum, e.g. calcification)",
                    "too_large_for_cmb": "CMB candidate larger than the clinical 10 mm limit",
-                   "vein_like": "CMB candidate on an elongated or extended QSM-bright structure (vein)",
+                   "vein_like": "CMB candidate on an elongated or extended QSM-bright structure, or iron "
+                                "candidate on an elongated one (vein)",
                    "beside_cmb": "iron candidate whose centroid lies within the rule's distance of a kept CMB: "
                                  "one lesion called twice, kept as the CMB"}},
 }
