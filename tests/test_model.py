@@ -363,7 +363,7 @@ def test_train_loop_exports_validated_model_and_resume_is_exact(tmp_path, monkey
     import deepmir_tasks.model.train as tr
     from helpers.model import identity_prepare, write_synthetic_bids
 
-    monkeypatch.setattr(tr, "prepare_subject", identity_prepare)
+    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [21, 22, 23])
 
     straight = tr.train(bids, ann, tmp_path / "a.safetensors", _tiny_config(), progress=False, threads=1,
@@ -392,7 +392,7 @@ def test_resume_from_a_missing_or_broken_checkpoint_is_an_input_error(tmp_path, 
     import deepmir_tasks.model.train as tr
     from helpers.model import identity_prepare, write_synthetic_bids
 
-    monkeypatch.setattr(tr, "prepare_subject", identity_prepare)
+    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [24, 25])
     with pytest.raises(InputError, match="does not exist"):
         tr.train(bids, ann, tmp_path / "m.safetensors", _tiny_config(folds=1), resume=tmp_path / "nope.pt",
@@ -411,7 +411,7 @@ def test_deepmir_train_command(tmp_path, monkeypatch, capsys):
     from helpers.model import identity_prepare, write_synthetic_bids
     from pipelines.cli import main
 
-    monkeypatch.setattr(tr, "prepare_subject", identity_prepare)
+    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [31, 32])
     out = tmp_path / "m.safetensors"
     base = ["train", str(bids), "--annotations", str(ann), "--out", str(out), "--levels", "3", "--base", "4",
