@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 work=${1:-work_tmp/bundled}
 out=${2:-deepmir_tasks/models/deepmir_default.safetensors}
 py=${PYTHON:-.venv/bin/python}
-run() { echo "+ bundled $*" >&2; "$py" -m deepmir_tasks.model.bundled --work "$work" --out "$out" --threads 2 "$@"; }
+run() { echo "+ bundled $*" >&2; "$py" -m pipelines.bundled_model --work "$work" --out "$out" --threads 2 "$@"; }
 
 run --stage data                                   # 16 training, 9 calibration, 10 test subjects
 run --stage train --resume --steps 6000            # lesion-, vein- and calcification-centred patches

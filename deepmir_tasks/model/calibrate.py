@@ -1,0 +1,119 @@
+"""Calibrating and scoring the lesion rules of a model on annotated, prepared subjects.
+
+:func:`calibrate_rules` chooses the voxel threshold, minimum size and per-class minimum peak
+probability (:data:`RULE_GRID`) as the most sensitive setting whose lesion-wise precision reaches
+:data:`MIN_CALIBRATION_PRECISION` on a calibration cohort; :func:`score_shipped` scores the lesion
+table of the pipeline's own extraction on a test cohort. ``pipelines/bundled_model.py`` uses both
+to rebuild the bundled model; they serve any model trained on your own annotations too.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def predict_subjects(predictor, subjects) -> list[np.ndarray]:
+    return [predictor.predict(s.extra["volumes"], s.mask).astype(np.float16) for s in subjects]
+
+
+#: the calibration grid of the lesion-extraction rules (``inference.lesions`` of the record)
+RULE_GRID = {"threshold": (0.2, 0.35, 0.5), "min_voxels": (1, 3, 8, 12),
+             "min_prob": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)}
+
+
+def candidate_tables(subjects, probs, threshold: float) -> list:
+    """Every lesion candidate of each subject, as the pipeline's :func:`extract_lesions` finds and
+    measures it at voxel ``threshold`` (``min_voxels`` 1, no probability minimum, so that those two
+    rules can be applied afterwards for any value); dropped rows keep their ``reason``."""
+    import pandas as pd
+
+    from deepmir_tasks.lesions.extract import extract_lesions
+
+    out = []
+    for s, p in zip(subjects, probs):
+        p = np.asarray(p, np.float32)
+        kept, dropped = extract_lesions(p[1], p[2], None, s.affine, s.extra["volumes"]["qsm"],
+                                        s.extra["volumes"]["swi"], s.mask, participant_id=s.key,
+                                        threshold=threshold, min_voxels=1)
+        out.append(pd.concat([kept.assign(reason=None), dropped], ignore_index=True))
+    return out
+
+
+def truth_centroids(subjects) -> list[dict]:
+    """World-mm centroids of each subject's annotated lesions, per class (computed once, then
+    passed to :func:`score_tables` for every rule setting)."""
+    from deepmir_tasks.model.train import DSEG_VALUE, lesion_components
+
+    return [{name: lesion_components(s.dseg, value, s.affine) for name, value in DSEG_VALUE.items()}
+            for s in subjects]
+
+
+def score_tables(subjects, tables, rules: dict, vein_rule: bool = True, truths=None) -> dict:
+    """Lesion-wise figures per class of the lesions kept under ``rules`` (``min_voxels``,
+    ``min_prob_cmb``, ``min_prob_iron``) from :func:`candidate_tables`; ``truths`` from
+    :func:`truth_centroids` (computed here when not given)."""
+    from deepmir_tasks.model.train import DSEG_VALUE, match_counts, summarise_metrics
+
+    truths = truths if truths is not None else truth_centroids(subjects)
+    per = []
+    for s, t, true in zip(subjects, tables, truths):
+        ok = t["reason"].isna() | ((t["reason"] == "vein_like") & (not vein_rule))
+        ok &= t["n_voxels"] >= rules["min_voxels"]
+        ok &= t["prob_max"] >= t["label"].map({"cmb": rules["min_prob_cmb"], "iron": rules["min_prob_iron"]})
+        per.append({name: match_counts(t.loc[ok & (t["label"] == name), ["x_mm", "y_mm", "z_mm"]].to_numpy(float),
+                                       true[name], 5.0, s.extra.get("mimics"))
+                    for name in DSEG_VALUE})
+    return {"n_subjects": len(subjects), **summarise_metrics(per, tuple(DSEG_VALUE))}
+
+
+def score_shipped(subjects, probs, rules: dict) -> tuple[list, dict, dict]:
+    """Candidate tables at the rules' threshold, and the figures with and without the
+    ``vein_like`` rule."""
+    tables = candidate_tables(subjects, probs, rules["threshold"])
+    truths = truth_centroids(subjects)
+    return (tables, score_tables(subjects, tables, rules, truths=truths),
+            score_tables(subjects, tables, rules, vein_rule=False, truths=truths))
+
+
+#: the operating point: the most sensitive rules whose precision on the calibration cohort is at
+#: least this (per class; when no rule reaches it, the most precise one)
+MIN_CALIBRATION_PRECISION = 0.9
+
+
+def _operating_score(m: dict) -> tuple:
+    sens = m["sensitivity"] if m["sensitivity"] == m["sensitivity"] else 0.0
+    prec = m["precision"] if m["precision"] == m["precision"] else 0.0
+    ok = prec >= MIN_CALIBRATION_PRECISION
+    return (ok, sens, prec) if ok else (ok, prec, sens)
+
+
+def calibrate_rules(subjects, probs) -> tuple[dict, dict]:
+    """The lesion rules on ``subjects``: for each voxel threshold and minimum size of
+    :data:`RULE_GRID`, each class's minimum peak probability is the one giving the highest
+    sensitivity at a precision of at least :data:`MIN_CALIBRATION_PRECISION`; the threshold and
+    size are those where the most classes reach that precision, then the highest mean sensitivity
+    (ties go to the lower values). Returns the rules and their figures."""
+    from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
+
+    best = None
+    truths = truth_centroids(subjects)
+    for threshold in RULE_GRID["threshold"]:
+        tables = candidate_tables(subjects, probs, threshold)
+        for min_voxels in RULE_GRID["min_voxels"]:
+            rules = dict(LESION_RULE_DEFAULTS, threshold=threshold, min_voxels=min_voxels)
+            for name in ("cmb", "iron"):
+                options = [(_operating_score(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}),
+                                                          truths=truths)[name]), -t)
+                           for t in RULE_GRID["min_prob"] if t == 0.0 or t >= threshold]
+                rules[f"min_prob_{name}"] = -max(options)[1]
+            figures = score_tables(subjects, tables, rules, truths=truths)
+            per = [_operating_score(figures[c]) for c in ("cmb", "iron")]
+            score = (sum(p[0] for p in per), round(sum(p[1] for p in per), 6), round(sum(p[2] for p in per), 6),
+                     -threshold, -min_voxels)
+            if best is None or score > best[0]:
+                best = (score, rules, figures)
+    return best[1], best[2]
