@@ -31,8 +31,17 @@ from . import derivatives
 from .errors import error_reason as _error_reason
 from .errors import one_line
 from .group import run_group
-from .results import (STATUS_CACHED, STATUS_DONE, STATUS_FAILED, CohortResult, SubjectStatus, finished,
-                      load_result, record_status, result_files)
+from .results import (
+    STATUS_CACHED,
+    STATUS_DONE,
+    STATUS_FAILED,
+    CohortResult,
+    SubjectStatus,
+    finished,
+    load_result,
+    record_status,
+    result_files,
+)
 
 __all__ = ["run_cohort", "run_group", "resolve_model_path", "default_cache_dir", "CohortResult",
            "SubjectStatus", "RunSettings"]
@@ -77,8 +86,9 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir(output_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    refused = {s.key: SubjectStatus(s, STATUS_FAILED, _missing_reason(s)) for s in subjects if s.missing}
-    runnable = [s for s in subjects if not s.missing]
+    reasons = {s.key: _missing_reason(s) if s.missing else _unreadable_reason(s) for s in subjects}
+    refused = {s.key: SubjectStatus(s, STATUS_FAILED, reasons[s.key]) for s in subjects if reasons[s.key]}
+    runnable = [s for s in subjects if not reasons[s.key]]
     # all cores when subjects run one at a time, else shared out between those running side by side
     set_subject_threads(n_procs, min(len(runnable), n_procs) if worker == "cf" else 1)
     derivatives.write_dataset_description(
@@ -101,6 +111,26 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
 
 def _missing_reason(subj) -> str:
     return "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in subj.missing)
+
+
+def _unreadable_reason(subj) -> str | None:
+    """Why one of the subject's files cannot be read as gzipped NIfTI (empty, not NIfTI, truncated
+    header), or ``None``: checked per subject before any graph is built, so a bad file fails its
+    subject alone, with its name, instead of the whole cohort."""
+    import nibabel as nib
+    from fileformats.medimage import NiftiGz
+
+    for path in (p for p in subj.files.values() if p is not None):
+        path = Path(path)
+        try:
+            if path.stat().st_size == 0:
+                return f"{path}: file is empty (0 bytes)"
+            NiftiGz(path)
+            nib.load(str(path)).header  # noqa: B018 - reads and checks the header
+        except Exception as err:  # noqa: BLE001 - any failure to read is this subject's problem
+            detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            return f"{path}: not a readable gzipped NIfTI image ({detail})"
+    return None
 
 
 @dataclass
