@@ -25,6 +25,9 @@ class SubjectInputs:
     participant_id: str  # without "sub-"
     session_id: str | None  # without "ses-"
     files: dict[str, Path | None] = field(default_factory=dict)
+    #: what is wrong with this subject's folder (e.g. two T2w runs): the subject cannot run, the
+    #: others can
+    problems: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -33,7 +36,9 @@ class SubjectInputs:
 
     @property
     def missing(self) -> list[str]:
-        return [MODALITY_SUFFIX[m] for m, f in self.files.items() if f is None]
+        """Suffixes of the modalities without an image (an ambiguous one is a problem instead)."""
+        ambiguous = {m for m in self.files if any(f"_{MODALITY_SUFFIX[m]} images" in p for p in self.problems)}
+        return [MODALITY_SUFFIX[m] for m, f in self.files.items() if f is None and m not in ambiguous]
 
     @property
     def anat_dir_rel(self) -> Path:
@@ -83,8 +88,14 @@ def find_subjects(
                 continue
         for ses in sessions or [None]:
             anat = sub_dir / (f"ses-{ses}" if ses else "") / "anat"
-            files = {m: _find_one(anat, MODALITY_SUFFIX[m]) for m in modalities}
-            subjects.append(SubjectInputs(label, ses, files))
+            files, problems = {}, []
+            for m in modalities:
+                try:
+                    files[m] = _find_one(anat, MODALITY_SUFFIX[m])
+                except InputError as err:  # several candidates: this subject's problem alone
+                    files[m] = None
+                    problems.append(str(err))
+            subjects.append(SubjectInputs(label, ses, files, tuple(problems)))
     if not subjects:
         raise InputError(bids_dir, "no subject has the requested session(s)")
     return subjects

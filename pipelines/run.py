@@ -86,7 +86,7 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir(output_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    reasons = {s.key: _missing_reason(s) if s.missing else _unreadable_reason(s) for s in subjects}
+    reasons = {s.key: "; ".join(s.problems) or _missing_reason(s) or _unreadable_reason(s) for s in subjects}
     refused = {s.key: SubjectStatus(s, STATUS_FAILED, reasons[s.key]) for s in subjects if reasons[s.key]}
     runnable = [s for s in subjects if not reasons[s.key]]
     # all cores when subjects run one at a time, else shared out between those running side by side

@@ -22,3 +22,22 @@ def test_text_and_empty_files_fail_their_subject_with_one_line_naming_the_file(c
 
 def test_valid_files_are_readable(small_cohort):
     assert [_unreadable_reason(s) for s in find_subjects(small_cohort)] == [None, None]
+
+
+def test_two_t2w_runs_fail_that_subject_alone(copy_cohort, tmp_path):
+    import shutil
+
+    anat = copy_cohort / "sub-01" / "anat"
+    t2 = anat / "sub-01_T2w.nii.gz"
+    shutil.copy(t2, anat / "sub-01_run-2_T2w.nii.gz")
+    t2.rename(anat / "sub-01_run-1_T2w.nii.gz")
+    subjects = {s.key: s for s in find_subjects(copy_cohort)}
+    assert set(subjects) == {"sub-01", "sub-02"}                    # the dataset is still read
+    assert subjects["sub-02"].problems == () and subjects["sub-02"].files["t2"] is not None
+    (problem,) = subjects["sub-01"].problems
+    assert "several _T2w images" in problem and "run-1" in problem and subjects["sub-01"].missing == []
+    (copy_cohort / "sub-02" / "anat" / "sub-02_swi.nii.gz").write_bytes(b"")  # keep the run short
+    result = run_cohort(copy_cohort, tmp_path / "out", worker="debug", cache_dir=tmp_path / "cache",
+                        group=False)
+    assert result.failed["sub-01"] == problem
+    assert result.failed["sub-02"].endswith("sub-02_swi.nii.gz: file is empty (0 bytes)")
