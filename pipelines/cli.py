@@ -62,6 +62,10 @@ def main(argv=None) -> int:
     except InputError as err:
         print(f"deepmir {name}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system refused: full disk, read-only, not a folder...
+        where = err.filename or "?"
+        print(f"deepmir {name}: error: {where}: {err.strerror or err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"deepmir {name}: interrupted", file=sys.stderr)
         return 130

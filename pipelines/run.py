@@ -79,6 +79,7 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     rebuilt from every subject in ``output_dir`` afterwards.
     """
     settings = (settings or RunSettings()).replace(**setting_changes)
+    check_output_dir(output_dir)
     subjects = find_subjects(bids_dir, participant_labels, session_labels)
     model_path = resolve_model_path(model)
     n_procs = n_procs or os.cpu_count() or 1
@@ -107,6 +108,32 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     if group:
         result.group = run_group(output_dir, report=settings.report)
     return result
+
+
+#: free space below which a run is refused up front (a subject writes about 100 MB of derivatives
+#: and cache at the 1 mm working grid)
+MIN_FREE_BYTES = 1 << 30
+
+
+def check_output_dir(output_dir) -> None:
+    """Refuse, in one line naming the path, an output folder that cannot be written: a file in its
+    place, no permission, a read-only or (nearly) full file system."""
+    import shutil
+    import tempfile
+
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(output_dir, "output path exists and is not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".deepmir-write-test-"):
+            pass
+    except OSError as err:
+        raise InputError(output_dir, f"cannot write to the output folder ({err.strerror or err})") from None
+    free = shutil.disk_usage(output_dir).free
+    if free < MIN_FREE_BYTES:
+        raise InputError(output_dir, f"only {free / 1e6:.0f} MB free on this file system; a run needs "
+                                     f"at least {MIN_FREE_BYTES / 1e9:.1f} GB (about 0.1 GB per subject)")
 
 
 def _missing_reason(subj) -> str:

@@ -41,3 +41,42 @@ def test_two_t2w_runs_fail_that_subject_alone(copy_cohort, tmp_path):
                         group=False)
     assert result.failed["sub-01"] == problem
     assert result.failed["sub-02"].endswith("sub-02_swi.nii.gz: file is empty (0 bytes)")
+
+
+def test_an_output_path_that_is_a_file_or_read_only_is_one_line(small_cohort, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    target = tmp_path / "out_file"
+    target.write_text("x")
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(small_cohort), str(target), "participant"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"deepmir run: error: {target}: output path exists and is not a folder"
+
+    from deepmir_tasks.io import InputError
+    from pipelines.run import check_output_dir
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        if os.geteuid() != 0:  # root writes anywhere; a read-only mount is what stops it
+            import pytest
+
+            with pytest.raises(InputError, match="cannot write to the output folder"):
+                check_output_dir(ro / "deriv")
+    finally:
+        ro.chmod(0o700)
+    import pipelines.run as run_mod
+
+    old = run_mod.MIN_FREE_BYTES
+    run_mod.MIN_FREE_BYTES = 1 << 62   # more than any disk: the free-space check must refuse
+    try:
+        import pytest
+
+        with pytest.raises(InputError, match="MB free on this file system"):
+            check_output_dir(tmp_path / "deriv")
+    finally:
+        run_mod.MIN_FREE_BYTES = old
