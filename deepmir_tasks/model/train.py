@@ -117,6 +117,107 @@ def build_record(config: TrainConfig, normalization: dict, training: dict, valid
     }
 
 
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up over the first tenth of the steps (at most 100), then cosine decay to 5 %."""
+    warm = max(1, min(100, config.steps // 10))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    frac = (step - warm) / max(config.steps - warm, 1)
+    return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def _resume_config(config: TrainConfig, resume, ckpt_file: Path, overrides: dict | None):
+    """(configuration, checkpoint or None): a resumed run keeps the stored configuration, except
+    ``steps`` (the schedule is stretched or shortened from the current step on) and ``overrides``."""
+    if not resume:
+        return config, None
+    rpath = ckpt_file if resume is True else Path(resume)
+    if not rpath.exists():
+        if resume is not True:
+            raise InputError(rpath, "checkpoint to resume from does not exist")
+        return config, None
+    ckpt = load_checkpoint(rpath)
+    stored = TrainConfig.from_json(json.loads(ckpt["config"]))
+    if config.steps < int(ckpt["step"]):
+        raise InputError(rpath, f"checkpoint is at step {int(ckpt['step'])}, past the {config.steps} steps asked for")
+    log.info("resuming from %s at step %d", rpath, ckpt["step"])
+    return dataclasses.replace(stored, steps=config.steps, **(overrides or {})), ckpt
+
+
+def _load_data(bids_dir, annotations_dir, cache_dir, config: TrainConfig, normalization, progress):
+    """(train keys, validation keys, train subjects, validation subjects with their volumes)."""
+    keys = [s.key for s in find_subjects(bids_dir, annotations_dir, config.modalities)]
+    try:
+        train_keys, val_keys = split_folds(keys, config.folds, config.fold, config.seed)
+    except ValueError as err:
+        raise InputError(bids_dir, str(err)) from None
+    train_subs = load_subjects(bids_dir, annotations_dir, cache_dir, config, normalization, train_keys,
+                               progress=progress)
+    val_subs = load_subjects(bids_dir, annotations_dir, cache_dir, config, normalization, val_keys,
+                             with_volumes=True, progress=progress) if val_keys else []
+    return train_keys, val_keys, train_subs, val_subs
+
+
+def _init_model(config: TrainConfig, normalization, dev, ckpt):
+    """(network, optimiser, numpy RNG, loop state, step), from the checkpoint when there is one."""
+    import torch
+
+    from deepmir_tasks.model.modelfile import build_network
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    net = build_network(build_record(config, normalization, {}, {})["architecture"]).to(dev)
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = {"best_score": -1.0, "best_step": None, "best_validation": None, "history": []}
+    step = 0
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step = int(ckpt["step"])
+        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        if "torch_rng" in ckpt:
+            torch.set_rng_state(ckpt["torch_rng"])
+        state = json.loads(ckpt.get("state", "{}")) or state
+    return net, opt, rng, state, step
+
+
+def _validate(net, config: TrainConfig, normalization, dev, val_subs, step: int) -> dict:
+    """Lesion-wise figures of the network as it is on the validation subjects."""
+    from deepmir_tasks.model.predictor import Predictor
+
+    net.eval()
+    pred = Predictor(net, build_record(config, normalization, {}, {}), device=str(dev))
+    t0 = time.perf_counter()
+    summary = evaluate_predictor(pred, val_subs)
+    summary["step"] = step
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    net.train()
+    return summary
+
+
+def _checkpoint_due(config: TrainConfig, step: int) -> bool:
+    return step % config.validate_every == 0 or step == config.steps
+
+
+def _evaluate_and_export(net, config, normalization, dev, val_subs, step, losses, state, export, bar) -> None:
+    """At a validation step: record the figures (or the training loss without a validation fold)
+    and export the model when it is the best so far (always, without a validation fold)."""
+    train_loss = round(float(np.mean(losses[-config.validate_every:])), 5)
+    if not val_subs:
+        state["history"].append({"step": step, "train_loss": train_loss})
+        export({"note": "no validation fold (folds <= 1)", "train_loss": train_loss}, step)
+        return
+    summary = dict(_validate(net, config, normalization, dev, val_subs, step), train_loss=train_loss)
+    state["history"].append(summary)
+    score = _score(summary, config.classes)
+    log.info("step %d validation %s", step, json.dumps(summary))
+    bar.write(f"step {step}: validation " + ", ".join(
+        f"{c} sens {summary[c]['sensitivity']:.3f} prec {summary[c]['precision']:.3f}" for c in config.classes))
+    if score > state["best_score"]:
+        state.update(best_score=score, best_step=step, best_validation=summary)
+        export({"fold": config.fold, "folds": config.folds, **summary}, step)
+
+
 def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *, cache_dir=None,
           resume=None, threads: int | None = None, device: str = "auto", progress: bool = True,
           normalization: dict | None = None, training_info: dict | None = None,
@@ -136,28 +237,14 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
     import torch
     from tqdm import tqdm
 
-    from deepmir_tasks.model.modelfile import build_network, save_model
+    from deepmir_tasks.model.modelfile import record_path, save_model
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
-    from deepmir_tasks.model.predictor import Predictor
 
     out = Path(out)
     if not out.name.endswith(".safetensors"):
         raise InputError(out, "--out must name a .safetensors file")
     ckpt_file = checkpoint_path(out)
-    ckpt = None
-    if resume:
-        rpath = ckpt_file if resume is True else Path(resume)
-        if rpath.exists():
-            ckpt = load_checkpoint(rpath)
-            stored = TrainConfig.from_json(json.loads(ckpt["config"]))
-            if config.steps < int(ckpt["step"]):
-                raise InputError(rpath, f"checkpoint is at step {int(ckpt['step'])}, past the {config.steps} steps asked for")
-            # the stored configuration wins, except the number of steps (the schedule is stretched
-            # or shortened from the current step on)
-            config = dataclasses.replace(stored, steps=config.steps, **(overrides or {}))
-            log.info("resuming from %s at step %d", rpath, ckpt["step"])
-        elif resume is not True:
-            raise InputError(rpath, "checkpoint to resume from does not exist")
+    config, ckpt = _resume_config(config, resume, ckpt_file, overrides)
     unknown = [c for c in config.classes if c not in DSEG_VALUE]
     if unknown or not config.classes:
         raise InputError("--classes", f"classes must be a non-empty subset of {list(DSEG_VALUE)}, got {list(config.classes)}")
@@ -166,82 +253,33 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
         torch.set_num_threads(int(threads))
     dev = _device(device)
     cache_dir = Path(cache_dir) if cache_dir else out.parent / (out.name.removesuffix(".safetensors") + "_cache")
-
-    keys = [s.key for s in find_subjects(bids_dir, annotations_dir, config.modalities)]
-    try:
-        train_keys, val_keys = split_folds(keys, config.folds, config.fold, config.seed)
-    except ValueError as err:
-        raise InputError(bids_dir, str(err)) from None
-    train_subs = load_subjects(bids_dir, annotations_dir, cache_dir, config, normalization, train_keys,
-                               progress=progress)
-    val_subs = load_subjects(bids_dir, annotations_dir, cache_dir, config, normalization, val_keys,
-                             with_volumes=True, progress=progress) if val_keys else []
-
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    arch = build_record(config, normalization, {}, {})["architecture"]
-    net = build_network(arch).to(dev)
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = {"best_score": -1.0, "best_step": None, "best_validation": None, "history": []}
-    step = 0
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
-        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
-        if "torch_rng" in ckpt:
-            torch.set_rng_state(ckpt["torch_rng"])
-        state = json.loads(ckpt.get("state", "{}")) or state
+    train_keys, val_keys, train_subs, val_subs = _load_data(bids_dir, annotations_dir, cache_dir, config,
+                                                            normalization, progress)
+    net, opt, rng, state, step = _init_model(config, normalization, dev, ckpt)
     sampler = PatchSampler(train_subs, config.patch, config.lesion_fraction, config.augment,
                            config.mimic_fraction, config.hard_fraction, config.bright_fraction,
                            config.modality_dropout)
     weights = list(config.class_weights)[: len(config.classes) + 1]
     weights += [weights[-1]] * (len(config.classes) + 1 - len(weights))
+    training = {"config": config.to_json(), "bids_dir": str(bids_dir), "subjects_train": train_keys,
+                "subjects_validation": val_keys, "device": str(dev), **(training_info or {})}
 
-    def lr_at(s):  # linear warm-up, then cosine decay to 5 %
-        warm = max(1, min(100, config.steps // 10))
-        if s < warm:
-            return config.lr * (s + 1) / warm
-        frac = (s - warm) / max(config.steps - warm, 1)
-        return config.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-    training = {
-        "config": config.to_json(),
-        "bids_dir": str(bids_dir),
-        "subjects_train": train_keys,
-        "subjects_validation": val_keys,
-        "device": str(dev),
-        **(training_info or {}),
-    }
     def export(validation, step_now):
         record = build_record(config, normalization, dict(training, steps_done=step_now), validation)
         return save_model(net, out, record)
 
-    def validate(step_now):
-        net.eval()
-        pred = Predictor(net, build_record(config, normalization, {}, {}), device=str(dev))
-        t0 = time.perf_counter()
-        summary = evaluate_predictor(pred, val_subs)
-        summary["step"] = step_now
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
-        net.train()
-        return summary
-
-    last_ckpt = time.monotonic()
-    losses = []
+    last_ckpt, losses = time.monotonic(), []
     net.train()
     bar = tqdm(total=config.steps, initial=step, desc="train", unit="step", disable=not progress)
-    t_start = time.perf_counter()
-    t_run = time.monotonic()
+    t_start, t_run = time.perf_counter(), time.monotonic()
     while step < config.steps:
         if (stop_at is not None and step >= stop_at) or (max_seconds and time.monotonic() - t_run > max_seconds):
             save_checkpoint(ckpt_file, net, opt, step, rng, config, state)
             break
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = learning_rate(config, step)
         x, y = sampler.sample(rng, config.batch)
-        x, y = x.to(dev), y.to(dev)
-        loss = dice_ce_loss(net(x), y, weights, config.dice_weight)
+        loss = dice_ce_loss(net(x.to(dev)), y.to(dev), weights, config.dice_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -251,33 +289,16 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % 100 == 0:
             log.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, config.steps, np.mean(losses[-100:]),
-                     lr_at(step - 1), (time.perf_counter() - t_start) / max(len(losses), 1))
-        validated = False
-        if val_subs and (step % config.validate_every == 0 or step == config.steps):
-            summary = validate(step)
-            summary["train_loss"] = round(float(np.mean(losses[-config.validate_every:])), 5)
-            state["history"].append(summary)
-            score = _score(summary, config.classes)
-            log.info("step %d validation %s", step, json.dumps(summary))
-            bar.write(f"step {step}: validation " + ", ".join(
-                f"{c} sens {summary[c]['sensitivity']:.3f} prec {summary[c]['precision']:.3f}"
-                for c in config.classes))
-            if score > state["best_score"]:
-                state.update(best_score=score, best_step=step, best_validation=summary)
-                export({"fold": config.fold, "folds": config.folds, **summary}, step)
-            validated = True
-        if not val_subs and (step % config.validate_every == 0 or step == config.steps):
-            state["history"].append({"step": step, "train_loss": round(float(np.mean(losses[-config.validate_every:])), 5)})
-            export({"note": "no validation fold (folds <= 1)", "train_loss": state["history"][-1]["train_loss"]}, step)
-            validated = True
-        if validated or time.monotonic() - last_ckpt > config.checkpoint_seconds or step == config.steps:
+                     learning_rate(config, step - 1), (time.perf_counter() - t_start) / max(len(losses), 1))
+        due = _checkpoint_due(config, step)
+        if due:
+            _evaluate_and_export(net, config, normalization, dev, val_subs, step, losses, state, export, bar)
+        if due or time.monotonic() - last_ckpt > config.checkpoint_seconds or step == config.steps:
             save_checkpoint(ckpt_file, net, opt, step, rng, config, state)
             last_ckpt = time.monotonic()
     bar.close()
     if not out.exists():
         export({"note": "not validated", "train_loss": float(np.mean(losses[-50:])) if losses else None}, step)
-    from deepmir_tasks.model.modelfile import record_path
-
     return {"model": out, "record": record_path(out), "checkpoint": ckpt_file, "step": step,
             "validation": state.get("best_validation"), "history": state.get("history"),
             "seconds": round(time.perf_counter() - t_start, 1)}
