@@ -170,6 +170,27 @@ def ready_view(bids: Path, cache: Path, view: Path) -> Path:
     return view
 
 
+def _describe_run(args, argv) -> dict:
+    """The record's account of the data and of the command that rebuilds the model."""
+    # the one command that rebuilds the model from nothing (staging options left out), and this run's
+    extra = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
+    command = " ".join(["python -m pipelines.bundled_model", f"--work {args.work}", f"--out {args.out}",
+                        f"--threads {args.threads}", *extra, *([f"--profile {args.profile}"] if args.profile else [])])
+    this_run = " ".join(["python -m pipelines.bundled_model", *(argv if argv is not None else sys.argv[1:])])
+    info = {"data": {"source": "deepmir_tasks.simulate.simulate_subject(seed, size='full', lesion_counts=...%s)"
+                               % (f", profile={args.profile!r}" if args.profile else ""),
+                     "train_cohort": {"n": args.n_train, "seeds": [args.train_seed, args.train_seed + args.n_train - 1],
+                                      "lesion_counts": TRAIN_LESION_COUNTS},
+                     "calibration_cohort": {"n": args.n_val, "seeds": [args.val_seed, args.val_seed + args.n_val - 1],
+                                            "lesion_counts": "simulator defaults",
+                                            "use": "choosing the per-class lesion probability thresholds"},
+                     "test_cohort": {"n": args.n_test, "seeds": [args.test_seed, args.test_seed + args.n_test - 1],
+                                     "lesion_counts": "simulator defaults"},
+                     "preprocessing": "deepmir_tasks.preprocess.preprocess_subject (voxel_size 1.0, defaults)"},
+            "command": command, "this_run": this_run}
+    return info
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.bundled_model", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -219,22 +240,7 @@ def main(argv=None) -> int:
     config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
                          batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,
                          validate_every=args.validate_every, checkpoint_seconds=args.checkpoint_seconds, **mix)
-    # the one command that rebuilds the model from nothing (staging options left out), and this run's
-    extra = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k, v in DEFAULTS.items() if getattr(args, k) != v]
-    command = " ".join(["python -m pipelines.bundled_model", f"--work {args.work}", f"--out {args.out}",
-                        f"--threads {args.threads}", *extra, *([f"--profile {args.profile}"] if args.profile else [])])
-    this_run = " ".join(["python -m pipelines.bundled_model", *(argv if argv is not None else sys.argv[1:])])
-    info = {"data": {"source": "deepmir_tasks.simulate.simulate_subject(seed, size='full', lesion_counts=...%s)"
-                               % (f", profile={args.profile!r}" if args.profile else ""),
-                     "train_cohort": {"n": args.n_train, "seeds": [args.train_seed, args.train_seed + args.n_train - 1],
-                                      "lesion_counts": TRAIN_LESION_COUNTS},
-                     "calibration_cohort": {"n": args.n_val, "seeds": [args.val_seed, args.val_seed + args.n_val - 1],
-                                            "lesion_counts": "simulator defaults",
-                                            "use": "choosing the per-class lesion probability thresholds"},
-                     "test_cohort": {"n": args.n_test, "seeds": [args.test_seed, args.test_seed + args.n_test - 1],
-                                     "lesion_counts": "simulator defaults"},
-                     "preprocessing": "deepmir_tasks.preprocess.preprocess_subject (voxel_size 1.0, defaults)"},
-            "command": command, "this_run": this_run}
+    info = _describe_run(args, argv)
     if "mine" in stages:
         from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
         from deepmir_tasks.model.predictor import Predictor
