@@ -68,7 +68,7 @@ def find_subjects(
         raise InputError(bids_dir, "not a BIDS dataset (no dataset_description.json)")
     present = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
     if participant_labels:
-        wanted = [check_label(p) for p in participant_labels]
+        wanted = list(dict.fromkeys(check_label(p) for p in participant_labels))  # each once, in order
         absent = [p for p in wanted if p not in present]
         if absent:
             raise InputError(bids_dir, "no such participant(s): " + ", ".join(f"sub-{p}" for p in absent))

@@ -80,3 +80,8 @@ def test_an_output_path_that_is_a_file_or_read_only_is_one_line(small_cohort, tm
             check_output_dir(tmp_path / "deriv")
     finally:
         run_mod.MIN_FREE_BYTES = old
+
+
+def test_a_label_given_twice_is_one_subject(small_cohort):
+    subjects = find_subjects(small_cohort, participant_labels=["01", "sub-01", "02", "01"])
+    assert [s.key for s in subjects] == ["sub-01", "sub-02"]
