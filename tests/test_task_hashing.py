@@ -10,7 +10,7 @@ import pkgutil
 import subprocess
 import sys
 import textwrap
-import time
+import types
 import typing as ty
 from pathlib import Path
 
@@ -47,7 +47,7 @@ def project_task_classes() -> list[type[Task]]:
 def _value_for(tp, tmp: Path):
     """A valid value for an input field of type ``tp`` (files are made small but real)."""
     args = [a for a in ty.get_args(tp) if a is not type(None)]
-    if args and ty.get_origin(tp) in (ty.Union, getattr(__import__("types"), "UnionType", ty.Union)):
+    if args and ty.get_origin(tp) in (ty.Union, types.UnionType):
         return _value_for(args[0], tmp)
     origin = ty.get_origin(tp) or tp
     if inspect.isclass(origin) and issubclass(origin, FileSet):

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from .background import DEFAULT_RADII_MM, vsharp
 from .field import fit_field, hz_to_ppm
 from .inversion import invert_dipole
