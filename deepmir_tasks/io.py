@@ -69,6 +69,9 @@ def load_image(path, *, what: str = "image", allow_empty: bool = False, squeeze_
     except (OSError, ValueError) as err:
         raise InputError(path, f"{what} file could not be read ({_first_line(err)})") from None
 
+    if np.iscomplexobj(data):
+        raise InputError(path, f"{what} is complex-valued ({data.dtype}); give the magnitude image "
+                               "(and, for QSM, the real susceptibility map)")
     if data.ndim == 4 and squeeze_4d and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -78,6 +81,11 @@ def load_image(path, *, what: str = "image", allow_empty: bool = False, squeeze_
     if not np.issubdtype(data.dtype, np.number):
         raise InputError(path, f"{what} has a non-numeric data type {data.dtype}")
     zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    raw = _raw_pixdim(path, img)
+    if raw is not None and (not np.all(np.isfinite(raw)) or np.any(raw <= 0)):
+        # nibabel quietly reads a zero pixdim as 1 mm; the header's geometry is then a guess
+        raise InputError(path, f"{what} header has invalid voxel sizes (pixdim {[round(float(x), 4) for x in raw]}); "
+                               "fix the header")
     if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
         raise InputError(path, f"{what} has invalid voxel sizes {tuple(zooms.round(4))}")
     affine = img.affine
@@ -179,6 +187,21 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _raw_pixdim(path, img):
+    """The voxel sizes as stored in a NIfTI header (before nibabel's repairs), or None."""
+    hdr = getattr(img, "header", None)
+    if hdr is None or not hasattr(hdr, "from_fileobj"):
+        return None
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as f:
+            raw = type(hdr).from_fileobj(f, check=False)
+        return np.asarray(raw["pixdim"][1:4], dtype=float)
+    except Exception:  # noqa: BLE001 - the header was already read once; this is a second look only
+        return None
 
 
 def _first_line(err) -> str:

@@ -30,6 +30,10 @@ class _PreprocessInputSpec(BaseInterfaceInputSpec):
     qsm_file = File(exists=True, mandatory=True, desc="QSM (susceptibility, ppm) image")
     mask_file = File(exists=True, desc="optional brain mask in the T2w's space")
     voxel_size = traits.Float(1.0, usedefault=True, desc="working grid voxel size (mm)")
+    qsm_units = traits.Enum("auto", "ppm", "ppb", usedefault=True,
+                            desc="auto: a QSM not in ppm fails; ppm: trust the values; ppb: divide by 1000")
+    allow_resolution = traits.Bool(False, usedefault=True,
+                                   desc="run voxel sizes outside the supported range instead of failing")
 
 
 class _PreprocessOutputSpec(TraitedSpec):
@@ -52,7 +56,8 @@ class Preprocess(SimpleInterface):
 
         mask = self.inputs.mask_file if self.inputs.mask_file else None
         out = preprocess_subject(self.inputs.t2_file, self.inputs.swi_file, self.inputs.qsm_file,
-                                 Path(runtime.cwd), mask_file=mask, voxel_size=self.inputs.voxel_size)
+                                 Path(runtime.cwd), mask_file=mask, voxel_size=self.inputs.voxel_size,
+                                 qsm_units=self.inputs.qsm_units, allow_resolution=self.inputs.allow_resolution)
         for name in self.output_spec().copyable_trait_names():
             self._results[name] = str(out[name])
         return runtime

@@ -15,7 +15,6 @@ from nibabel.affines import apply_affine
 
 from deepmir_tasks.io import InputError, save_nifti
 from deepmir_tasks.lesions import (
-    COLUMN_DESCRIPTIONS,
     LESION_COLUMNS,
     combine_tables,
     extract_lesions,

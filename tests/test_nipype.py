@@ -84,7 +84,7 @@ def test_preprocess_and_segment_run_in_a_nipype_workflow(small_cohort, tmp_path)
     truth_mask = nib.load(str(truth_dir / "sub-01_space-T2w_desc-brain_mask.nii.gz"))
     pre = Node(Preprocess(t2_file=str(anat / "sub-01_T2w.nii.gz"), swi_file=str(anat / "sub-01_swi.nii.gz"),
                           qsm_file=str(anat / "sub-01_Chimap.nii.gz"), mask_file=truth_mask.get_filename(),
-                          voxel_size=2.0), name="preprocess")
+                          voxel_size=2.0, allow_resolution=True), name="preprocess")
     seg = Node(Segment(), name="segment")  # the bundled model
     wf = Workflow(name="reuse_deepmir", base_dir=str(tmp_path / "work"))
     wf.config["execution"]["remove_unnecessary_outputs"] = False  # keep swi_to_t2 for the check below

@@ -1,23 +1,26 @@
-"""Input checks: each broken input gives its own one-line error naming the file; odd QSM scales warn."""
+"""Input checks: each broken input gives its own one-line error naming the file; a QSM not in ppm and
+an unsupported resolution fail unless overridden, and are then flagged."""
 
 from __future__ import annotations
 
 import gzip
+import struct
 import warnings
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 from deepmir_tasks.io import InputError
-from deepmir_tasks.preprocess.checks import QsmScaleWarning, check_inputs, guess_qsm_units
+from deepmir_tasks.preprocess.checks import QsmScaleWarning, check_inputs, guess_qsm_units, input_flags
 
 from helpers.preprocess import make_head_image, save
 
 
 @pytest.fixture
 def trio(tmp_path):
-    data, aff, _ = make_head_image((24, 24, 20), (4.0, 4.0, 4.0))
+    data, aff, _ = make_head_image((30, 30, 26), (4.0, 4.0, 4.0))
     rng = np.random.default_rng(0)
     qsm = np.where(data > 0.5, rng.normal(0, 0.05, data.shape), 0).astype(np.float32)
     return {"t2": save(data, aff, tmp_path / "sub-01_T2w.nii.gz"),
@@ -25,9 +28,11 @@ def trio(tmp_path):
             "qsm": save(qsm, aff, tmp_path / "sub-01_Chimap.nii.gz")}
 
 
-def _check(files, **over):
+def _check(files, qsm_units="auto", allow_resolution=True, **over):
+    """check_inputs on the trio with some files replaced (its 4 mm voxels are run with the override)."""
     f = {**files, **over}
-    return check_inputs(f["t2"], f["swi"], f["qsm"], f.get("mask"))
+    return check_inputs(f["t2"], f["swi"], f["qsm"], f.get("mask"), qsm_units=qsm_units,
+                        allow_resolution=allow_resolution, qsm_out=Path(files["qsm"]).with_name("qsm_ppm.nii.gz"))
 
 
 def test_good_inputs_pass_without_warning(trio):
@@ -35,8 +40,9 @@ def test_good_inputs_pass_without_warning(trio):
         warnings.simplefilter("error")
         report = _check(trio)
     assert report["qsm"]["units_check"].startswith("ppm")
-    assert report["t2"]["shape"] == [24, 24, 20]
-    assert report["warnings"] == []
+    assert report["t2"]["shape"] == [30, 30, 26]
+    assert len(report["warnings"]) == 3 and all("outside the supported range" in w for w in report["warnings"])
+    assert input_flags(report) == "outside_supported_resolution"
 
 
 @pytest.mark.parametrize("case, pattern", [
@@ -97,13 +103,82 @@ def test_mask_on_another_grid_is_refused(trio, tmp_path):
 
 
 @pytest.mark.parametrize("scale, expect", [(1000.0, "ppb"), (1e-6, "dimensionless")])
-def test_scaled_qsm_warns_naming_the_file(trio, tmp_path, scale, expect):
+def test_scaled_qsm_fails_naming_the_file_unless_trusted(trio, tmp_path, scale, expect):
     q = nib.load(trio["qsm"])
     bad = save(q.get_fdata() * scale, q.affine, tmp_path / "scaled_Chimap.nii.gz")
-    with pytest.warns(QsmScaleWarning, match=expect) as rec:
-        report = _check(trio, qsm=bad)
+    with pytest.raises(InputError, match=expect) as err:
+        _check(trio, qsm=bad)
+    assert err.value.path == str(bad) and "--qsm-units ppm" in str(err.value) and "\n" not in str(err.value)
+    with pytest.warns(QsmScaleWarning, match=expect) as rec:           # trusted: run, warned and flagged
+        report = _check(trio, qsm=bad, qsm_units="ppm")
     assert str(bad) in str(rec[0].message)
-    assert expect in report["qsm"]["units_check"]
+    assert expect in report["qsm"]["units_check"] and "qsm_units_unverified" in input_flags(report)
+
+
+def test_qsm_in_ppb_is_converted_when_asked(trio, tmp_path):
+    q = nib.load(trio["qsm"])
+    ppb = save(q.get_fdata() * 1000.0, q.affine, tmp_path / "ppb_Chimap.nii.gz")
+    report = _check(trio, qsm=ppb, qsm_units="ppb")
+    converted = nib.load(report["qsm_file"]).get_fdata()
+    assert report["qsm_file"] != str(ppb) and np.allclose(converted, q.get_fdata(), atol=1e-5)
+    assert report["qsm"]["units_check"].startswith("ppm") and "qsm_units_unverified" not in input_flags(report)
+    with pytest.raises(InputError, match="ppb"):                          # ppm data called ppb: now tiny
+        _check(trio, qsm_units="ppb")
+
+
+def test_wrapped_phase_given_as_qsm_fails(trio, tmp_path):
+    aff = nib.load(trio["qsm"]).affine
+    rng = np.random.default_rng(3)
+    head = nib.load(trio["t2"]).get_fdata() > 0.5
+    phase = save(np.where(head, rng.uniform(-np.pi, np.pi, head.shape), 0), aff, tmp_path / "phase_Chimap.nii.gz")
+    with pytest.raises(InputError, match="phase image in radians") as err:
+        _check(trio, qsm=phase)
+    assert err.value.path == str(phase)
+
+
+def test_complex_swi_is_refused(trio, tmp_path):
+    img = nib.load(trio["swi"])
+    bad = tmp_path / "complex_swi.nii.gz"
+    nib.save(nib.Nifti1Image((img.get_fdata() * (1 + 1j)).astype(np.complex64), img.affine), str(bad))
+    with pytest.raises(InputError, match="complex-valued") as err:
+        _check(trio, swi=bad)
+    assert err.value.path == str(bad)
+
+
+def test_header_with_zero_voxel_size_is_refused(trio, tmp_path):
+    """nibabel reads pixdim 0 as 1 mm; the header is broken and must be refused, not guessed."""
+    img = nib.load(trio["t2"])
+    out = nib.Nifti1Image(np.asarray(img.dataobj), img.affine)
+    out.set_qform(img.affine, code=1)
+    out.set_sform(None, code=0)
+    raw = bytearray(out.to_bytes())
+    raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)                      # pixdim[1:4]
+    bad = tmp_path / "pixdim0_T2w.nii.gz"
+    bad.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(InputError, match="invalid voxel sizes") as err:
+        _check(trio, t2=bad)
+    assert err.value.path == str(bad)
+
+
+def test_image_too_small_to_hold_a_brain_is_refused(trio, tmp_path):
+    tiny = save(np.ones((6, 6, 6)), np.eye(4), tmp_path / "tiny_T2w.nii.gz")
+    with pytest.raises(InputError, match="too small to hold a brain") as err:
+        _check(trio, t2=tiny)
+    assert err.value.path == str(tiny)
+
+
+def test_unsupported_resolution_fails_unless_allowed(trio):
+    with pytest.raises(InputError, match="outside the supported range") as err:
+        _check(trio, allow_resolution=False)
+    assert err.value.path == str(trio["t2"]) and "--allow-resolution" in str(err.value)
+
+
+def test_supported_resolution_passes_unflagged(tmp_path):
+    data, aff, _ = make_head_image((150, 150, 50), (1.0, 1.0, 3.0))
+    f = {"t2": save(data, aff, tmp_path / "t2.nii.gz"), "swi": save(data, aff, tmp_path / "swi.nii.gz"),
+         "qsm": save(np.where(data > 0.5, 0.02, 0.0), aff, tmp_path / "qsm.nii.gz")}
+    report = check_inputs(f["t2"], f["swi"], f["qsm"])
+    assert report["outside_supported_resolution"] is False and input_flags(report) == ""
 
 
 def test_phase_in_radians_is_recognised():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -85,16 +86,23 @@ def test_known_motion_is_recovered_across_grids_and_contrast(fixed_head, tmp_pat
     assert _mean_error_mm(transform_to_ras(out), truth, swi_pts) < 0.5
 
 
-def test_same_session_transform_is_reused_only_on_the_same_grid(fixed_head, tmp_path):
+def test_same_session_transform_is_reused_in_the_same_scanner_space(fixed_head, tmp_path):
     t2, mask, aff, _ = fixed_head
     tx = write_affine_transform(ras_to_ants_transform(rotation((1, 2, 3), (1, 1, 1))), tmp_path / "swi.mat")
     qsm = shutil.copy(t2, tmp_path / "qsm.nii.gz")
-    out = register_to_t2(qsm, t2, tmp_path / "qsm.mat", same_session_file=t2, same_session_transform=tx)
-    assert out.read_bytes() == tx.read_bytes()
-    # a QSM on its own grid is registered (here: to itself, so near identity, not the SWI transform)
+    out, qc = register_to_t2(qsm, t2, tmp_path / "qsm.mat", same_session_file=t2, same_session_transform=tx)
+    assert out.read_bytes() == tx.read_bytes() and qc == {"shared_with": Path(t2).name}
+    # a QSM on a grid of its own over the same place (cropped by 2 voxels, as other toolboxes do)
+    # shares the SWI's transform too
     img = nib.load(t2)
-    other = save(img.get_fdata()[2:, :, :], img.affine @ np.array(
-        [[1, 0, 0, 2], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]]), tmp_path / "qsm2.nii.gz")
-    out2 = register_to_t2(other, t2, tmp_path / "qsm2.mat", mask_file=mask, same_session_file=t2,
-                          same_session_transform=tx)
-    assert np.abs(transform_to_ras(out2)[:3, 3]).max() < 0.5
+    cropped = save(img.get_fdata()[2:-2, 2:-2, :], img.affine @ np.array(
+        [[1, 0, 0, 2], [0, 1, 0, 2], [0, 0, 1, 0], [0, 0, 0, 1.0]]), tmp_path / "qsm2.nii.gz")
+    out2, _ = register_to_t2(cropped, t2, tmp_path / "qsm2.mat", mask_file=mask, same_session_file=t2,
+                             same_session_transform=tx)
+    assert out2.read_bytes() == tx.read_bytes()
+    # an image elsewhere in the scanner (another session) is registered on its own: here to itself
+    # moved 200 mm, so the transform found is that shift, not the SWI's
+    shift = np.array([[1, 0, 0, 200], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    moved = save(img.get_fdata(), shift @ img.affine, tmp_path / "qsm3.nii.gz")
+    out3, _ = register_to_t2(moved, t2, tmp_path / "qsm3.mat", same_session_file=t2, same_session_transform=tx)
+    assert np.abs(transform_to_ras(out3)[:3, 3] - [-200, 0, 0]).max() < 0.5

@@ -38,7 +38,7 @@ def preprocessed(sim):
     from deepmir_tasks.preprocess import preprocess_subject
 
     subject, files, d = sim
-    return preprocess_subject(files["t2"], files["swi"], files["qsm"], d / "out")
+    return preprocess_subject(files["t2"], files["swi"], files["qsm"], d / "out", allow_resolution=True)
 
 
 def _brain_points(mask_img, step=3):
@@ -102,7 +102,9 @@ def test_swi_to_t2_registration_error_is_below_half_a_mm(sim, t2_n4):
     from deepmir_tasks.preprocess.register import register_to_t2, transform_to_ras
 
     subject, files, d = sim
-    tx = register_to_t2(files["swi"], t2_n4, d / "swi.mat", mask_file=files["brain_mask"])
+    tx, qc = register_to_t2(files["swi"], t2_n4, d / "swi.mat", mask_file=files["brain_mask"])
+    assert qc["rotation_deg"] < 20 and set(qc["alternatives"]) and all(  # the alignment check passed
+        v > qc["mutual_information"] - 0.03 * abs(qc["mutual_information"]) for v in qc["alternatives"].values())
     pts_t2 = _brain_points(subject.brain_mask, step=1)
     pts_swi = _apply(np.linalg.inv(subject.swi_to_t2), pts_t2)
     err = np.linalg.norm(_apply(transform_to_ras(tx), pts_swi) - pts_t2, axis=0)
@@ -175,7 +177,8 @@ def test_preprocess_workflow_runs_end_to_end(sim, preprocessed, tmp_path):
     from workflows.preprocess import PreprocessSubject
 
     subject, files, d = sim
-    wf = PreprocessSubject(t2=files["t2"], swi=files["swi"], qsm=files["qsm"], mask=files["brain_mask"])
+    wf = PreprocessSubject(t2=files["t2"], swi=files["swi"], qsm=files["qsm"], mask=files["brain_mask"],
+                           allow_resolution=True)
     out = wf(worker="debug", cache_root=tmp_path / "cache")
     mask = nib.load(out.mask.fspath)
     # the user's mask was used: it is the truth carried into the working grid
@@ -192,3 +195,33 @@ def test_preprocess_workflow_runs_end_to_end(sim, preprocessed, tmp_path):
 
     np.testing.assert_allclose(read_matrix(out.t2_to_mni.fspath),
                                read_matrix(preprocessed["t2_to_mni"]), atol=1e-3)
+
+
+@pytest.mark.parametrize("change, expected", [
+    ("flip", "flipped left-right"),
+    ("rotate_x", "rotated"),
+    ("rotate_z", "rotation to meet the T2w"),
+])
+def test_a_t2w_header_flipped_or_rotated_against_the_swi_fails_naming_the_swi(sim, t2_n4, change, expected):
+    """A T2w whose header alone is mirrored, or rotated 30°, does not line up with the SWI: the
+    alignment check fails the registration, naming the SWI, instead of misaligned results."""
+    from deepmir_tasks.io import InputError
+    from deepmir_tasks.preprocess.register import register_to_t2
+    from deepmir_tasks.preprocess.regqc import _rotation_about
+
+    subject, files, d = sim
+    mask = subject.brain_mask
+    centre = _brain_points(mask, step=1).mean(axis=1)
+    if change == "flip":
+        moved = _rotation_about(0, 0.0, centre)
+        moved[0] *= -1
+        moved[0, 3] += 2 * centre[0]
+    else:
+        moved = _rotation_about(0 if change == "rotate_x" else 2, 30.0, centre)
+    t2 = nib.load(t2_n4)
+    t2_file, mask_file = d / f"t2_{change}.nii.gz", d / f"mask_{change}.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj), moved @ t2.affine), str(t2_file))
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.uint8), moved @ mask.affine), str(mask_file))
+    with pytest.raises(InputError, match=expected) as err:
+        register_to_t2(files["swi"], t2_file, d / f"swi_{change}.mat", mask_file=mask_file)
+    assert err.value.path == str(files["swi"]) and "\n" not in str(err.value)

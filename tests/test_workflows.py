@@ -81,7 +81,7 @@ def test_subject_workflow_end_to_end(small_cohort, tmp_path, worker):
     """
     out = tmp_path / "deriv"
     labels = None if worker == "slurm" else ["01"]
-    result = run_cohort(small_cohort, out, participant_labels=labels, worker=worker, n_procs=2,
+    result = run_cohort(small_cohort, out, participant_labels=labels, worker=worker, n_procs=2, allow_resolution=True,
                         cache_dir=tmp_path / "cache")
     assert result.ok, result.failed
     for s in result.subjects:
@@ -107,7 +107,7 @@ def test_cohort_with_a_broken_subject_finishes_the_others(copy_cohort, tmp_path)
     data[3, 3, 3] = np.nan
     nib.save(nib.Nifti1Image(data, img.affine, img.header), str(qsm))
     out = tmp_path / "deriv"
-    result = run_cohort(copy_cohort, out, worker="cf", n_procs=2, cache_dir=tmp_path / "cache")
+    result = run_cohort(copy_cohort, out, worker="cf", n_procs=2, cache_dir=tmp_path / "cache", allow_resolution=True)
     assert list(result.failed) == ["sub-02"]
     reason = result.failed["sub-02"]
     assert "sub-02_Chimap.nii.gz" in reason and "non-finite" in reason and "\n" not in reason
@@ -120,7 +120,7 @@ def test_cohort_with_a_broken_subject_finishes_the_others(copy_cohort, tmp_path)
 
 def test_missing_modality_is_reported_by_name(copy_cohort, tmp_path):
     (copy_cohort / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").unlink()
-    result = run_cohort(copy_cohort, tmp_path / "deriv", participant_labels=["01"], worker="debug",
+    result = run_cohort(copy_cohort, tmp_path / "deriv", participant_labels=["01"], worker="debug", allow_resolution=True,
                         cache_dir=tmp_path / "cache")
     assert "Chimap" in result.failed["sub-01"]
 
@@ -137,10 +137,12 @@ def test_rerun_is_cached_and_a_new_model_reruns_only_segmentation_onwards(small_
     from pipelines.run import resolve_model_path
 
     out, cache = tmp_path / "deriv", tmp_path / "cache"
-    first = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache)
+    first = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache,
+                       allow_resolution=True)
     assert first.ok, first.failed
     before = _jobs_by_task(cache)
-    second = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache)
+    second = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache,
+                        allow_resolution=True)
     assert [s.status for s in second.subjects] == ["cached"]
     assert _jobs_by_task(cache) == before
 
@@ -155,7 +157,7 @@ def test_rerun_is_cached_and_a_new_model_reruns_only_segmentation_onwards(small_
         next(net.parameters()).add_(1e-3)
     other = tmp_path / "other_model.safetensors"
     save_model(net, other, {k: v for k, v in record.items() if k not in ("weights_file", "weights_sha256")})
-    third = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache,
+    third = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache, allow_resolution=True,
                        model=other)
     assert third.ok, third.failed
     new = {k: v for k, v in _jobs_by_task(cache).items() if k not in before}

@@ -26,19 +26,26 @@ __all__ = ["PreprocessSubject", "preprocess_subject"]
 @workflow.define(outputs=["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "report"])
 def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, mask: NiftiGz | None = None,
                       voxel_size: float = 1.0, interpolation: str = "bspline",
-                      registration: str = "fast", margin_mm: float = 8.0):
+                      registration: str = "fast", margin_mm: float = 8.0, qsm_units: str = "auto",
+                      allow_resolution: bool = False):
     """Preprocess one subject for DEEPMIR.
+
+    The inputs are checked first (:mod:`deepmir_tasks.preprocess.checks`): a QSM that is not in ppm
+    fails unless ``qsm_units`` says how to take it ("ppm": as it is, "ppb": divided by 1000), and a
+    resolution outside the supported range fails unless ``allow_resolution``.
 
     The T2w is N4 bias-corrected (ANTs; fit inside an Otsu head mask) and affinely registered to the
     MNI152 2009a template (Mattes MI, 2 mm); the brain is the template's brain probability carried
     through that affine and refined by T2w intensity (or the user's mask). SWI magnitude is
-    registered rigidly to the T2w (Mattes MI, three-level pyramid); QSM reuses that transform when
-    it shares the SWI grid. All images are resampled into the T2w space at ``voxel_size`` mm
+    registered rigidly to the T2w (Mattes MI, three-level pyramid) and the result checked (a
+    header flipped or rotated against the T2w's fails the subject, the SWI named); QSM reuses that
+    transform when it lies in the SWI's scanner space (its grid, or its own grid over the same place). All images are resampled into the T2w space at ``voxel_size`` mm
     isotropic, cropped to the brain plus ``margin_mm`` (B-spline for images, linear-thresholded for
     the mask); the SWI is N4-corrected in that grid; T2w and SWI become robust z-scores inside the
     brain (median, IQR/1.349) and QSM stays in ppm, clipped to [-1, 2], 0 outside the brain.
     """
-    chk = workflow.add(CheckInputs(t2_file=t2, swi_file=swi, qsm_file=qsm, mask_file=mask), name="check_inputs")
+    chk = workflow.add(CheckInputs(t2_file=t2, swi_file=swi, qsm_file=qsm, mask_file=mask, qsm_units=qsm_units,
+                                   allow_resolution=allow_resolution), name="check_inputs")
     t2, swi, qsm, mask = chk.t2_file, chk.swi_file, chk.qsm_file, chk.mask_file  # wait for the checks
     n4_t2 = workflow.add(N4BiasCorrect(in_file=t2), name="n4_t2")
     mni = workflow.add(RegisterToTemplate(t2_file=n4_t2.out_file), name="register_to_template")
@@ -48,7 +55,7 @@ def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, mask: NiftiGz | N
                                         preset=registration), name="register_swi")
     reg_qsm = workflow.add(RegisterToT2(moving_file=qsm, t2_file=n4_t2.out_file, mask_file=brain.mask,
                                         same_session_file=swi, same_session_transform=reg_swi.transform,
-                                        preset=registration), name="register_qsm")
+                                        preset=registration, what="QSM"), name="register_qsm")
     grid = workflow.add(MakeGrid(t2_file=n4_t2.out_file, mask_file=brain.mask, voxel_size=voxel_size,
                                  margin_mm=margin_mm), name="grid")
     mask_g = workflow.add(ResampleToGrid(in_file=brain.mask, reference_file=grid.grid,
@@ -66,7 +73,8 @@ def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, mask: NiftiGz | N
                          name="qsm_norm")
     rep = workflow.add(WritePreprocReport(
         checks=chk.report, mask_file=mask_g.out_file, swi_file=swi, qsm_file=qsm, swi_to_t2=reg_swi.transform,
-        qsm_to_t2=reg_qsm.transform, t2_to_mni=mni.t2_to_mni, user_mask=mask, interpolation=interpolation,
+        qsm_to_t2=reg_qsm.transform, t2_to_mni=mni.t2_to_mni, user_mask=mask,
+        swi_qc=reg_swi.qc, qsm_qc=reg_qsm.qc, interpolation=interpolation,
         registration=registration, voxel_size=voxel_size, margin_mm=margin_mm), name="report")
     return (t2_n.out_file, swi_n.out_file, qsm_n.out_file, mask_g.out_file, reg_swi.transform,
             mni.t2_to_mni, rep.report)
@@ -106,7 +114,8 @@ class _TimedWorker(DebugWorker):
 
 def preprocess_subject(t2_file, swi_file, qsm_file, out_dir, *, mask_file=None, voxel_size=1.0,
                        margin_mm: float = 8.0, interpolation: str = "bspline",
-                       registration: str = "fast", keep_intermediate: bool = False) -> dict[str, Path]:
+                       registration: str = "fast", keep_intermediate: bool = False, qsm_units: str = "auto",
+                       allow_resolution: bool = False) -> dict[str, Path]:
     """Run :func:`PreprocessSubject` on one subject in this process; copy its outputs into ``out_dir``.
 
     Returns paths keyed ``t2``, ``swi``, ``qsm``, ``mask`` (uint8) in the working grid,
@@ -129,7 +138,8 @@ def preprocess_subject(t2_file, swi_file, qsm_file, out_dir, *, mask_file=None, 
     try:
         outputs = PreprocessSubject(t2=t2_file, swi=swi_file, qsm=qsm_file, mask=mask_file, voxel_size=voxel_size,
                                     interpolation=interpolation, registration=registration,
-                                    margin_mm=margin_mm)(worker=worker, cache_root=work / "cache")
+                                    margin_mm=margin_mm, qsm_units=qsm_units,
+                                    allow_resolution=allow_resolution)(worker=worker, cache_root=work / "cache")
         names = output_names(t2_file)
         out = {k: shutil.copyfile(as_path(getattr(outputs, k)), out_dir / names[k])
                for k in ("t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "report")}

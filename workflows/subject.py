@@ -46,7 +46,8 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
     """
     record = record_path(as_path(model))  # a path: the record is read by the tasks that use it
     record = record if record.exists() else None
-    pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=settings.voxel_size))
+    pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=settings.voxel_size,
+                                         qsm_units=settings.qsm_units, allow_resolution=settings.allow_resolution))
     seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
                                       record=record, tta=settings.tta, version=version))
     provenance = {"deepmir": __version__, "model": str(getattr(model, "name", model)),
@@ -56,14 +57,15 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
     tab = workflow.add(ExtractLesions(probseg_cmb=seg.probseg_cmb, probseg_iron=seg.probseg_iron,
                                       dseg=seg.dseg, qsm=pre.qsm, swi=pre.swi, mask=pre.mask,
                                       t2_to_mni=pre.t2_to_mni, participant_id=participant_id,
-                                      session_id=session_id or None, rules=rules.rules, version=version))
+                                      session_id=session_id or None, rules=rules.rules,
+                                      preproc_report=pre.report, version=version))
     html = None
     if settings.report:
         rep = workflow.add(RenderSubjectReport(
             participant_id=participant_id, session_id=session_id or None, t2=pre.t2, swi=pre.swi,
             qsm=pre.qsm, mask=pre.mask, dseg=tab.dseg, lesions_tsv=tab.lesions, dropped_tsv=tab.dropped,
             inputs=_describe_inputs(t2=t2, swi=swi, qsm=qsm), provenance=rules.provenance,
-            version=version))
+            preproc_report=pre.report, version=version))
         html = rep.report
     return (pre.t2, pre.swi, pre.qsm, pre.mask, pre.swi_to_t2, pre.t2_to_mni, pre.report,
             seg.probseg_cmb, seg.probseg_iron, tab.dseg, tab.lesions, tab.lesions_json, tab.dropped,

@@ -183,7 +183,7 @@ def _load(path, what, *, allow_empty=True):
 
 def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_dir, participant_id,
                           session_id=None, t2_to_mni=None, *, rules: LesionRules | None = None,
-                          **rule_changes) -> dict:
+                          flags: str = "", **rule_changes) -> dict:
     """File-level :func:`extract_lesions`: read NIfTI maps, write the BIDS-derivative tables.
 
     Every image must be on one grid (the T2w working grid); a file on another grid raises
@@ -196,7 +196,8 @@ def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_d
     - ``<prefix>_space-T2w_desc-deepmir_summary.tsv`` (+ ``.json``),
     - ``<prefix>_space-T2w_desc-deepmir_dseg.nii.gz``: the kept lesions (0, 1 CMB, 2 iron),
 
-    where ``<prefix>`` is ``sub-XX[_ses-YY]``. Returns a dict with keys ``lesions``,
+    where ``<prefix>`` is ``sub-XX[_ses-YY]``. ``flags`` (from the input checks, e.g.
+    ``outside_supported_resolution``), when not empty, becomes a ``flags`` column of every table. Returns a dict with keys ``lesions``,
     ``lesions_json``, ``dropped``, ``summary``, ``dseg`` (paths) and ``summary_json`` (the summary's column
     descriptions plus the parameters and software version that produced the tables).
     """
@@ -217,6 +218,8 @@ def extract_lesions_files(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, out_d
         data["mask"], participant_id=sub, session_id=ses, t2_to_mni=load_affine(t2_to_mni), rules=rules,
         return_labels=True)
     summary = summarise_lesions(kept, dropped, sub, ses)
+    if flags:
+        kept, dropped, summary = (t.assign(flags=flags) for t in (kept, dropped, summary))
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

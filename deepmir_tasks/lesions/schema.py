@@ -25,6 +25,9 @@ LESION_COLUMNS = (
 #: BIDS-style sidecar for the lesion tables: column -> {"Description", "Units"?, "Levels"?}
 COLUMN_DESCRIPTIONS = {
     "participant_id": {"Description": "BIDS participant label, with the 'sub-' prefix"},
+    "flags": {"Description": "Only when the subject's inputs were run with an override: "
+                             "'outside_supported_resolution' (--allow-resolution), 'qsm_units_unverified' "
+                             "(a QSM that did not look like ppm, trusted with --qsm-units ppm); ';'-separated"},
     "session_id": {"Description": "BIDS session label, with the 'ses-' prefix (only when sessions exist)"},
     "lesion_id": {"Description": "Lesion number within this subject (and session), from 1, CMBs first"},
     "label": {"Description": "Class of the lesion",
@@ -103,6 +106,7 @@ SUMMARY_COLUMNS_DOC = {
     "mean_qsm_ppm": "mean of the mean susceptibility over every kept lesion (ppm)",
     "n_dropped": "number of dropped candidates",
     "n_dropped_<reason>": "dropped candidates per reason",
+    "flags": "only when the inputs were run with an override (see the lesion table's flags column)",
 }
 
 

@@ -64,6 +64,7 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
         participant_id: BIDS participant label, with or without 'sub-'
         session_id: BIDS session label, or None
         rules: the lesion rules (threshold, sizes, minimum probabilities, mimics); see LesionRules
+        preproc_report: the preprocessing report, whose input-check flags become a flags column
         version: package version, so that a new release is a new cache entry
     """
 
@@ -77,6 +78,7 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
     participant_id: str
     session_id: str | None = None
     rules: LesionRules = LesionRules()
+    preproc_report: File | None = None
     version: str = __version__
 
     class Outputs(python.Outputs):
@@ -88,13 +90,17 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
 
     @staticmethod
     def function(probseg_cmb, probseg_iron, dseg, qsm, swi, mask, t2_to_mni, participant_id, session_id,
-                 rules, version):
-        from deepmir_tasks.lesions.extract import extract_lesions_files
+                 rules, preproc_report, version):
+        import json
 
+        from deepmir_tasks.lesions.extract import extract_lesions_files
+        from deepmir_tasks.preprocess.checks import input_flags
+
+        flags = input_flags(json.loads(Path(_fspath(preproc_report)).read_text())) if preproc_report else ""
         out = extract_lesions_files(
             _fspath(probseg_cmb), _fspath(probseg_iron), _fspath(dseg), _fspath(qsm), _fspath(swi),
             _fspath(mask), Path.cwd(), participant_id, session_id=session_id,
-            t2_to_mni=_fspath(t2_to_mni), rules=rules)
+            t2_to_mni=_fspath(t2_to_mni), rules=rules, flags=flags)
         return out["lesions"], out["lesions_json"], out["dropped"], out["summary"], out["dseg"]
 
 

@@ -107,7 +107,8 @@ def prepare_subject(sub: SubjectFiles, cache_dir, voxel_size: float = 1.0) -> di
     from deepmir_tasks.preprocess import preprocess_subject, resample_labels
 
     t0 = time.perf_counter()
-    res = preprocess_subject(sub.t2, sub.swi, sub.qsm, out_dir, voxel_size=voxel_size)
+    # annotated training data are taken at whatever resolution they have (the user chose them)
+    res = preprocess_subject(sub.t2, sub.swi, sub.qsm, out_dir, voxel_size=voxel_size, allow_resolution=True)
     dseg = resample_labels(sub.dseg, res["t2"], out_dir / f"{sub.key}_space-work_desc-annotation_dseg.nii.gz")
     paths = {k: Path(res[k]) for k in ("t2", "swi", "qsm", "mask") if res.get(k) is not None}
     paths["dseg"] = Path(dseg)

@@ -1,10 +1,14 @@
 """Checks of the input images before any computation.
 
 Every hard failure is an :class:`~deepmir_tasks.io.InputError` naming the file and the problem in
-one line (missing file, unreadable gzip, 4-D, NaNs, empty image, implausible voxel size or field of
-view, a mask that does not match the T2w). Soft problems (a QSM map that looks scaled) are warnings
-naming the file and what the values look like. Overlap of SWI/QSM with the T2w brain is checked after
-registration by :func:`deepmir_tasks.preprocess.resample.resample_to_grid`.
+one line (missing file, unreadable gzip, 4-D, complex values, NaNs, empty image, a broken header,
+implausible voxel size, an image too small to hold a brain, a resolution outside what the model
+supports (:data:`SUPPORTED_RESOLUTION`), a QSM map whose values are not ppm, a phase image given as
+SWI, a mask that does not match the T2w). Two of them can be overridden, and are then recorded as
+warnings: ``qsm_units="ppm"`` trusts the QSM's scale, ``qsm_units="ppb"`` divides it by 1000, and
+``allow_resolution`` runs an unsupported resolution. Overlap of SWI/QSM with the T2w brain is checked
+after registration by :func:`deepmir_tasks.preprocess.resample.resample_to_grid`, their alignment
+by :mod:`deepmir_tasks.preprocess.regqc`.
 """
 
 from __future__ import annotations
@@ -16,13 +20,24 @@ import numpy as np
 
 from deepmir_tasks.io import InputError, load_image
 
-__all__ = ["QsmScaleWarning", "check_image", "guess_qsm_units", "check_inputs"]
+__all__ = ["QsmScaleWarning", "QSM_UNITS", "input_flags", "SUPPORTED_RESOLUTION", "MIN_FOV_MM", "check_image",
+           "guess_qsm_units", "check_resolution", "check_inputs"]
 
 log = logging.getLogger(__name__)
 
 MAX_VOXEL_MM = 10.0
 MIN_VOXEL_MM = 0.05
 MAX_FOV_MM = 600.0
+#: smallest field of view (mm) of an image that can hold a brain: (two largest axes, smallest axis);
+#: SWI and QSM may be slabs (partial coverage)
+MIN_FOV_MM = {"T2w": (100.0, 40.0), "SWI": (80.0, 20.0), "QSM": (80.0, 20.0)}
+#: supported voxel sizes (mm) by role: (largest in-plane, i.e. the two finer axes; largest slice).
+#: A microbleed (2-10 mm) spans few voxels beyond these; the model was trained on T2w of 0.8-1 mm
+#: in-plane and 2.5-4 mm slices and SWI/QSM of 0.5-0.9 mm in-plane and 1-2 mm slices (simulated).
+SUPPORTED_RESOLUTION = {"T2w": (1.5, 6.5), "SWI": (1.25, 3.5), "QSM": (1.25, 3.5)}
+#: how the QSM's values are taken: "auto" (must look like ppm, else the subject fails), "ppm"
+#: (trusted as they are), "ppb" (divided by 1000)
+QSM_UNITS = ("auto", "ppm", "ppb")
 
 
 class QsmScaleWarning(UserWarning):
@@ -48,6 +63,13 @@ def check_image(path, what: str, *, allow_empty: bool = False):
     if shear > 1e-3:
         raise InputError(path, f"{what} affine has sheared axes (max |cos| between axes {shear:.3f}); "
                                "re-slice the image first")
+    need_long, need_short = MIN_FOV_MM.get(what, (0.0, 0.0))
+    fov_sorted = np.sort(fov)
+    if fov_sorted[1] < need_long or fov_sorted[0] < need_short:
+        raise InputError(path, f"{what} field of view {tuple(int(round(f)) for f in fov)} mm "
+                               f"({'x'.join(str(n) for n in img.shape[:3])} voxels) is too small to hold a "
+                               f"brain (needs at least {need_long:.0f} mm in two axes and {need_short:.0f} mm "
+                               "in the third)")
     obliquity = float(np.degrees(np.arccos(np.clip(np.abs(dirs).max(axis=0), -1, 1))).max())
     info = {"file": str(path), "shape": list(img.shape[:3]), "voxel_size_mm": np.round(zooms, 4).tolist(),
             "obliquity_deg": round(obliquity, 2), "orientation": "".join(_axcodes(aff))}
@@ -88,26 +110,74 @@ def guess_qsm_units(data: np.ndarray) -> str | None:
     return None
 
 
-def check_inputs(t2_file, swi_file, qsm_file, mask_file=None) -> dict:
+def input_flags(checks: dict) -> str:
+    """The flags a subject's results carry from its input checks (``;``-separated, ``""`` if none):
+    ``outside_supported_resolution`` (run with ``allow_resolution``) and ``qsm_units_unverified``
+    (a QSM that did not look like ppm, trusted with ``qsm_units="ppm"``)."""
+    flags = []
+    if checks.get("outside_supported_resolution"):
+        flags.append("outside_supported_resolution")
+    if checks.get("qsm_units") == "ppm" and checks.get("qsm", {}).get("units_check", "ppm (plausible)") != "ppm (plausible)":
+        flags.append("qsm_units_unverified")
+    return ";".join(flags)
+
+
+def check_resolution(path, what: str, voxel_size_mm, allow: bool = False) -> str | None:
+    """Refuse a voxel size outside :data:`SUPPORTED_RESOLUTION` (one line naming the file), or with
+    ``allow`` return that line as a warning; ``None`` when supported."""
+    inplane_max, slice_max = SUPPORTED_RESOLUTION[what]
+    z = np.sort(np.asarray(voxel_size_mm, dtype=float))
+    if z[1] <= inplane_max + 1e-3 and z[2] <= slice_max + 1e-3:
+        return None
+    problem = (f"{what} voxels {'x'.join(f'{v:.2g}' for v in voxel_size_mm)} mm are outside the supported range "
+               f"(in-plane <= {inplane_max} mm, slices <= {slice_max} mm): microbleeds cannot be found reliably")
+    if not allow:
+        raise InputError(path, problem + "; --allow-resolution runs it anyway, flagged")
+    return f"{path}: {problem} (run anyway: --allow-resolution)"
+
+
+def check_inputs(t2_file, swi_file, qsm_file, mask_file=None, *, qsm_units: str = "auto",
+                 allow_resolution: bool = False, qsm_out=None) -> dict:
     """Check the three inputs (and an optional T2w-grid brain mask); return a report dict.
 
-    Raises :class:`InputError` on the first hard failure; emits a :class:`QsmScaleWarning` naming
-    the QSM file when its values do not look like ppm.
+    Raises :class:`InputError` on the first hard failure, naming the file. A QSM whose values do not
+    look like ppm fails unless ``qsm_units`` is ``"ppm"`` (trusted, with a warning) or ``"ppb"``
+    (divided by 1000 into ``qsm_out``, whose path the report gives as ``qsm_file``); a resolution
+    outside :data:`SUPPORTED_RESOLUTION` fails unless ``allow_resolution`` (then a warning, and
+    ``report["outside_supported_resolution"]``). Warnings are listed in ``report["warnings"]``.
     """
-    report = {"warnings": []}
+    if qsm_units not in QSM_UNITS:
+        raise InputError("--qsm-units", f"must be one of {', '.join(QSM_UNITS)}, got {qsm_units!r}")
+    report = {"warnings": [], "qsm_units": qsm_units}
     t2, report["t2"] = check_image(t2_file, "T2w")
     swi, report["swi"] = check_image(swi_file, "SWI")
     sd = np.asarray(swi.dataobj)
     if np.count_nonzero(sd < 0) > 0.2 * max(np.count_nonzero(sd), 1):
         raise InputError(swi_file, "SWI magnitude is negative in over 20% of voxels; is this a phase or QSM image?")
     qsm, report["qsm"] = check_image(qsm_file, "QSM", allow_empty=False)
-    verdict = guess_qsm_units(np.asarray(qsm.dataobj))
+    qd = np.asarray(qsm.dataobj)
+    if qsm_units == "ppb":
+        from deepmir_tasks.io import save_nifti
+
+        qd = qd / 1000.0
+        qsm_file = save_nifti(qd.astype(np.float32), qsm.affine, qsm_out or "qsm_ppm.nii.gz", header=qsm.header)
+        report["warnings"].append(f"{report['qsm']['file']}: QSM given in ppb (--qsm-units ppb), divided by 1000")
+    report["qsm_file"] = str(qsm_file)
+    verdict = guess_qsm_units(qd)
     report["qsm"]["units_check"] = verdict or "ppm (plausible)"
-    if verdict:
-        msg = f"{qsm_file}: QSM {verdict}"
+    if verdict and qsm_units == "ppm":
+        msg = f"{report['qsm']['file']}: QSM {verdict} (trusted as ppm: --qsm-units ppm)"
         warnings.warn(msg, QsmScaleWarning, stacklevel=2)
         log.warning(msg)
         report["warnings"].append(msg)
+    elif verdict:
+        hint = ("; if it is in ppb, --qsm-units ppb converts it" if "ppb" in verdict else "")
+        raise InputError(report["qsm"]["file"], f"QSM {verdict}{hint}; --qsm-units ppm trusts the values as they are")
+    outside = [w for w in (check_resolution(f, what, report[key]["voxel_size_mm"], allow_resolution)
+                           for f, what, key in ((t2_file, "T2w", "t2"), (swi_file, "SWI", "swi"),
+                                                (report["qsm"]["file"], "QSM", "qsm"))) if w]
+    report["outside_supported_resolution"] = bool(outside)
+    report["warnings"] += outside
     if mask_file is not None:
         mask, report["mask"] = check_image(mask_file, "brain mask")
         if mask.shape[:3] != t2.shape[:3] or not np.allclose(mask.affine, t2.affine, atol=1e-3):

@@ -29,9 +29,10 @@ def output_names(t2_file) -> dict[str, str]:
 
 
 def summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni, out_file, *,
-              user_mask=None, settings: dict | None = None) -> Path:
+              user_mask=None, settings: dict | None = None, registration_qc: dict | None = None) -> Path:
     """Write the preprocessing report: input checks (a dict or its JSON file) + the mask's source, the
-    settings, grid, coverage and transforms. ``user_mask`` is the user's own mask, if one was given."""
+    settings, grid, coverage, transforms and the registrations' alignment checks
+    (``registration_qc``, by image). ``user_mask`` is the user's own mask, if one was given."""
     import json
 
     from deepmir_tasks import __version__
@@ -43,8 +44,9 @@ def summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to
     report = dict(checks) if isinstance(checks, dict) else json.loads(Path(checks).read_text())
     report["mask_source"] = (f"user: {user_mask}" if user_mask is not None
                              else "extract_brain (MNI prior + T2w intensity refinement)")
-    report["qsm_transform"] = ("reused the SWI transform (same grid)"
+    report["qsm_transform"] = ("reused the SWI transform (same scanner space)"
                                if _same_bytes(qsm_to_t2, swi_to_t2) else "registered on its own")
+    report["registration_qc"] = registration_qc or {}
     report.update(settings or {})
     mask_img = load_image(mask_file, what="brain mask")
     mask = np.asarray(mask_img.dataobj) > 0

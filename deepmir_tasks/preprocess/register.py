@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmir_tasks.io import InputError, atomic_path, load_image
+from deepmir_tasks.io import atomic_path, load_image
 
-__all__ = ["RIGID_PRESETS", "register_rigid", "register_to_t2", "same_grid", "transform_to_ras"]
+__all__ = ["RIGID_PRESETS", "register_rigid", "register_to_t2", "same_grid", "same_space", "transform_to_ras"]
 
 #: Settings of the rigid Mattes-MI registration. ``fast`` is the default: a three-level pyramid
 #: ending at full resolution, 10 % of the fixed voxels sampled. Measured on a full-size simulated
@@ -87,20 +87,57 @@ def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, p
 
 
 def register_to_t2(moving_file, t2_file, out_file, *, mask_file=None, same_session_file=None,
-                   same_session_transform=None, preset: str = "fast", what: str = "SWI") -> Path:
-    """Register one image to the T2w, or reuse a transform when it shares a grid with one already done.
+                   same_session_transform=None, preset: str = "fast", what: str = "SWI",
+                   check: bool = True) -> tuple[Path, dict]:
+    """Register one image to the T2w, or reuse a transform of an image of the same scanner space.
 
-    QSM usually comes from the same gradient echo as the SWI: if ``moving_file`` has the same grid as
-    ``same_session_file`` (whose transform is ``same_session_transform``), that transform is copied.
+    QSM usually comes from the same gradient echo as the SWI: if ``moving_file`` lies in the same
+    scanner space as ``same_session_file`` (whose transform is ``same_session_transform``; see
+    :func:`same_space`: same grid, or a grid of its own over the same place, as when a toolbox crops
+    or pads), that transform is copied. A registration made here is checked by
+    :func:`~deepmir_tasks.preprocess.regqc.check_alignment` (with ``check`` and a brain mask), which
+    raises :class:`InputError` naming ``moving_file`` when the result cannot be right. Returns the
+    transform file and the check's measurements (``{"shared_with": ...}`` for a shared transform).
     """
     if same_session_file is not None and same_session_transform is not None:
-        if same_grid(load_image(moving_file, what=what, allow_empty=True),
-                     load_image(same_session_file, allow_empty=True)):
+        if same_space(load_image(moving_file, what=what, allow_empty=True),
+                      load_image(same_session_file, allow_empty=True)):
             with atomic_path(out_file) as dst:
                 shutil.copyfile(same_session_transform, dst)
-            return Path(out_file)
-    return register_rigid(moving_file, t2_file, out_file, fixed_mask_file=mask_file, preset=preset,
-                          what=what)
+            return Path(out_file), {"shared_with": Path(str(same_session_file)).name}
+    out = register_rigid(moving_file, t2_file, out_file, fixed_mask_file=mask_file, preset=preset, what=what)
+    qc = {}
+    if check and mask_file is not None:
+        from deepmir_tasks.preprocess.regqc import check_alignment
+
+        qc = check_alignment(moving_file, t2_file, out, mask_file, what=what)
+    return out, qc
+
+
+def same_space(img_a, img_b, min_overlap: float = 0.5, max_angle_deg: float = 1.0) -> bool:
+    """True when two images lie in one scanner space: the same grid, or axes within
+    ``max_angle_deg`` of each other and world boxes overlapping by at least ``min_overlap`` of the
+    smaller box (a grid of its own over the same place: cropped, padded or resampled)."""
+    if same_grid(img_a, img_b):
+        return True
+    dirs = [img.affine[:3, :3] / np.linalg.norm(img.affine[:3, :3], axis=0) for img in (img_a, img_b)]
+    cosines = np.abs(np.sum(dirs[0] * dirs[1], axis=0))
+    if np.degrees(np.arccos(np.clip(cosines.min(), -1.0, 1.0))) > max_angle_deg:
+        return False
+    boxes = [_world_box(img) for img in (img_a, img_b)]
+    lo, hi = np.maximum(boxes[0][0], boxes[1][0]), np.minimum(boxes[0][1], boxes[1][1])
+    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+    smaller = min(float(np.prod(b[1] - b[0])) for b in boxes)
+    return smaller > 0 and inter / smaller >= min_overlap
+
+
+def _world_box(img):
+    """(low, high) world corners of an image's field of view (voxel edges)."""
+    shape = np.asarray(img.shape[:3], dtype=float)
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    world = corners @ img.affine[:3, :3].T + img.affine[:3, 3]
+    return world.min(axis=0), world.max(axis=0)
 
 
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:

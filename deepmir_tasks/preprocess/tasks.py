@@ -27,12 +27,17 @@ class CheckInputs(python.Task["CheckInputs.Outputs"]):
         swi_file: SWI magnitude
         qsm_file: QSM map in ppm
         mask_file: the user's brain mask on the T2w grid (optional)
+        qsm_units: "auto" (the QSM must look like ppm), "ppm" (trusted), "ppb" (divided by 1000; the
+            converted map is the qsm_file output)
+        allow_resolution: run a resolution outside the supported range (flagged in the report)
         version: package version (part of the cache hash)
     """
     t2_file: NiftiGz
     swi_file: NiftiGz
     qsm_file: NiftiGz
     mask_file: NiftiGz | None = None
+    qsm_units: str = "auto"
+    allow_resolution: bool = False
     version: str = __version__
 
     class Outputs(python.Outputs):
@@ -43,13 +48,15 @@ class CheckInputs(python.Task["CheckInputs.Outputs"]):
         mask_file: NiftiGz | None
 
     @staticmethod
-    def function(t2_file, swi_file, qsm_file, mask_file, version):
+    def function(t2_file, swi_file, qsm_file, mask_file, qsm_units, allow_resolution, version):
         from deepmir_tasks.io import write_json
         from deepmir_tasks.preprocess.checks import check_inputs
 
-        report = write_json(check_inputs(t2_file, swi_file, qsm_file, mask_file), Path.cwd() / "checks.json")
-        # the inputs pass through, so that every later step waits for the checks
-        return report, t2_file, swi_file, qsm_file, mask_file
+        checks = check_inputs(t2_file, swi_file, qsm_file, mask_file, qsm_units=qsm_units,
+                              allow_resolution=allow_resolution, qsm_out=Path.cwd() / "qsm_ppm.nii.gz")
+        report = write_json(checks, Path.cwd() / "checks.json")
+        # the inputs pass through (the QSM converted to ppm if asked), so every later step waits for the checks
+        return report, t2_file, swi_file, Path(checks["qsm_file"]), mask_file
 
 
 @python.define
@@ -136,10 +143,15 @@ class RegisterToT2(python.Task["RegisterToT2.Outputs"]):
         moving_file: SWI magnitude or QSM
         t2_file: bias-corrected T2w
         mask_file: T2w brain mask restricting the metric (optional)
-        same_session_file: an image already registered (e.g. the SWI); if the moving image shares its
-            grid, same_session_transform is reused
+        same_session_file: an image already registered (e.g. the SWI); if the moving image lies in
+            its scanner space (same grid, or its own grid over the same place), same_session_transform
+            is reused
         same_session_transform: that image's transform
         preset: registration settings ("fast", "quick", "accurate")
+        what: the moving image's role in messages ("SWI", "QSM")
+
+    Outputs ``transform`` and ``qc``, the alignment check's measurements (a registration that cannot
+    be right, e.g. a header flipped left-right, fails with the moving file named).
         version: package version (part of the cache hash)
     """
     moving_file: NiftiGz
@@ -148,18 +160,21 @@ class RegisterToT2(python.Task["RegisterToT2.Outputs"]):
     same_session_file: NiftiGz | None = None
     same_session_transform: File | None = None
     preset: str = "fast"
+    what: str = "SWI"
     version: str = __version__
 
     class Outputs(python.Outputs):
         transform: File
+        qc: dict
 
     @staticmethod
-    def function(moving_file, t2_file, mask_file, same_session_file, same_session_transform, preset, version):
+    def function(moving_file, t2_file, mask_file, same_session_file, same_session_transform, preset, what,
+                 version):
         from deepmir_tasks.preprocess.register import register_to_t2
 
         return register_to_t2(moving_file, t2_file, Path.cwd() / "to_t2.mat", mask_file=mask_file,
                               same_session_file=same_session_file,
-                              same_session_transform=same_session_transform, preset=preset)
+                              same_session_transform=same_session_transform, preset=preset, what=what)
 
 
 @python.define
@@ -260,6 +275,7 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
         qsm_file: the QSM input
         swi_to_t2: SWI transform
         qsm_to_t2: QSM transform
+        swi_qc, qsm_qc: the registrations' alignment checks (RegisterToT2's qc)
         t2_to_mni: T2w → MNI affine (text)
         user_mask: the user's own brain mask, if one was given
         interpolation, registration, voxel_size, margin_mm: the settings the subject was run with
@@ -273,6 +289,8 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
     qsm_to_t2: File
     t2_to_mni: File
     user_mask: NiftiGz | None = None
+    swi_qc: dict | None = None
+    qsm_qc: dict | None = None
     interpolation: str = "bspline"
     registration: str = "fast"
     voxel_size: float = 1.0
@@ -284,10 +302,11 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
 
     @staticmethod
     def function(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni, user_mask,
-                 interpolation, registration, voxel_size, margin_mm, version):
+                 swi_qc, qsm_qc, interpolation, registration, voxel_size, margin_mm, version):
         from deepmir_tasks.preprocess.pipeline import summarise
 
         settings = {"interpolation": interpolation, "registration_preset": registration,
                     "voxel_size_mm": float(voxel_size), "margin_mm": float(margin_mm)}
         return summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni,
-                         Path.cwd() / "report.json", user_mask=user_mask, settings=settings)
+                         Path.cwd() / "report.json", user_mask=user_mask, settings=settings,
+                         registration_qc={"swi": swi_qc, "qsm": qsm_qc})

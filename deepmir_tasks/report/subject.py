@@ -48,7 +48,8 @@ TILE_PANEL_PX = 92
 
 
 def render_subject_report(out_html, *, participant_id, t2, swi, qsm, mask, dseg, lesions_tsv,
-                          dropped_tsv=None, inputs=None, provenance=None, session_id=None) -> Path:
+                          dropped_tsv=None, inputs=None, provenance=None, session_id=None,
+                          input_warnings=None) -> Path:
     """Write the self-contained QC page of one subject; return its path.
 
     Args:
@@ -61,6 +62,8 @@ def render_subject_report(out_html, *, participant_id, t2, swi, qsm, mask, dseg,
             "voxel_size_mm": ...}, ...}``.
         provenance: software version, model name and SHA-256, parameters, run time...
         session_id: session label, with or without ``ses-``.
+        input_warnings: the input checks' warnings (e.g. a resolution outside the supported range
+            run with ``--allow-resolution``), shown first.
 
     Raises:
         InputError: an unreadable image or table, images on different grids, a lesion table
@@ -81,7 +84,7 @@ def render_subject_report(out_html, *, participant_id, t2, swi, qsm, mask, dseg,
     title_id = f"sub-{label}" + (f" ses-{session}" if session else "")
     sections = [
         _header(title_id, grid, inputs, provenance),
-        _checks(grid, lesions),
+        _checks(grid, lesions, input_warnings),
         _summary(lesions, dropped),
         _registration(grid),
         _brain_mask(grid),
@@ -180,8 +183,8 @@ def _input_cell(key, value) -> str:
     return H.fmt_value(value)
 
 
-def _checks(grid: Grid, lesions: pd.DataFrame) -> str:
-    warnings = []
+def _checks(grid: Grid, lesions: pd.DataFrame, input_warnings=None) -> str:
+    warnings = [f"Input check: {w}" for w in input_warnings or []]
     if not grid.mask.any():
         warnings.append("The brain mask is empty: preprocessing failed; nothing below can be trusted.")
     frac = grid.mask.mean()

@@ -30,6 +30,7 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
         inputs: description of the raw inputs (file names, shapes, voxel sizes)
         provenance: software version, model name and SHA-256, parameters, run time
         session_id: session label, with or without ``ses-`` (optional)
+        preproc_report: the preprocessing report, whose input-check warnings the page shows (optional)
         version: package version, so that a new release renders a new page
     """
 
@@ -44,6 +45,7 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
     inputs: dict | None = None
     provenance: dict | None = None
     session_id: str | None = None
+    preproc_report: File | None = None
     version: str = __version__
 
     class Outputs(python.Outputs):
@@ -51,7 +53,9 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
 
     @staticmethod
     def function(participant_id, t2, swi, qsm, mask, dseg, lesions_tsv, dropped_tsv, inputs,
-                 provenance, session_id, version):
+                 provenance, session_id, preproc_report, version):
+        import json
+
         from deepmir_tasks.report.subject import render_subject_report
         from deepmir_tasks.io import as_path as fspath
         from deepmir_tasks.report._tables import strip_prefix
@@ -62,7 +66,8 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
         return render_subject_report(
             Path.cwd() / f"{name}.html", participant_id=participant_id, t2=fspath(t2), swi=fspath(swi),
             qsm=fspath(qsm), mask=fspath(mask), dseg=fspath(dseg), lesions_tsv=fspath(lesions_tsv),
-            dropped_tsv=fspath(dropped_tsv), inputs=inputs, provenance=provenance, session_id=session_id)
+            dropped_tsv=fspath(dropped_tsv), inputs=inputs, provenance=provenance, session_id=session_id,
+            input_warnings=json.loads(fspath(preproc_report).read_text()).get("warnings") if preproc_report else None)
 
 
 @python.define

@@ -32,6 +32,12 @@ def add_arguments(p):
     p.add_argument("--voxel-size", type=float, default=RunSettings.voxel_size,
                    help=f"working grid voxel size in mm (default {RunSettings.voxel_size:g})")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, steadier)")
+    p.add_argument("--qsm-units", choices=["auto", "ppm", "ppb"], default=RunSettings.qsm_units,
+                   help="auto (default): a QSM whose values do not look like ppm fails its subject; "
+                        "ppm: trust the values as they are; ppb: divide them by 1000")
+    p.add_argument("--allow-resolution", action="store_true",
+                   help="run subjects whose voxels are outside the supported range (see the README), "
+                        "flagged in the lesion table and report, instead of failing them")
     p.add_argument("--no-report", action="store_true", help="skip the HTML reports")
     p.add_argument("--no-group", action="store_true",
                    help="participant level only: do not rebuild the cohort tables afterwards (SLURM array "
@@ -59,7 +65,8 @@ def run(args) -> int:
         participant_labels=args.participant_label, session_labels=args.session_label,
         worker=args.worker, n_procs=args.n_procs, cache_dir=args.cache_dir, model=args.model,
         settings=RunSettings(threshold=args.threshold, voxel_size=args.voxel_size, tta=args.tta,
-                             report=not args.no_report),
+                             report=not args.no_report, qsm_units=args.qsm_units,
+                             allow_resolution=args.allow_resolution),
         sbatch_args=args.sbatch_args, progress=progress,
         group=not args.no_group,
     )

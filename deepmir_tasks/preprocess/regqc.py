@@ -1,0 +1,132 @@
+"""Is a rigid registration to the T2w right? The check run after registering the SWI.
+
+Images of one session share the scanner's coordinates up to head motion, so a registration that
+needs a large rotation, or that fits better in another pose, means a broken header, not a moved
+head. :func:`check_alignment` measures both:
+
+1. the rotation of the transform found: over :data:`MAX_ROTATION_DEG` the headers disagree;
+2. whether another pose fits better: the moving image is registered coarsely (both images smoothed
+   and resampled to :data:`QC_VOXEL_MM`) from the pose found and from alternative starts — mirrored
+   left–right (aligned by centres of mass), and the headers' own pose rotated ±30° about the
+   left–right and front–back axes through the brain's centre — and the found pose's
+   Mattes mutual information must be the best, within :data:`MARGIN` of its size. A mirrored pose
+   that fits better means a header flipped left–right; a rotated one, a header rotated beyond what
+   the registration recovers.
+
+Measured on a full-size simulated subject (2 mm check, SWI onto T2w), mutual information of each
+start (lower is better): aligned: found -0.948, mirrored -0.888, rotated -0.04 to -0.34; T2w header
+flipped left-right: found -0.887, mirrored -0.949; T2w header rotated 30° about left-right: found
+-0.368 (the registration stopped at 10°), the +30° start -0.948. A rotation about the vertical axis
+is recovered by the registration itself (34° found) and caught by the rotation limit.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from deepmir_tasks.io import InputError, load_image
+
+__all__ = ["MAX_ROTATION_DEG", "MARGIN", "QC_VOXEL_MM", "check_alignment", "rotation_deg"]
+
+#: rotation (degrees) beyond which two images of one session are taken to have disagreeing headers
+MAX_ROTATION_DEG = 20.0
+#: an alternative pose must fit better by this fraction of the found pose's mutual information
+MARGIN = 0.03
+#: voxel size (mm) of the coarse registrations
+QC_VOXEL_MM = 3.0
+#: alternative starts: name -> (mirror left-right, rotation axis (0 = left-right, 1 = front-back), degrees)
+ALTERNATIVES = {"mirrored left-right": (True, None, 0.0),
+                "rotated +30° about the left-right axis": (False, 0, 30.0),
+                "rotated -30° about the left-right axis": (False, 0, -30.0),
+                "rotated +30° about the front-back axis": (False, 1, 30.0),
+                "rotated -30° about the front-back axis": (False, 1, -30.0)}
+
+
+def rotation_deg(matrix) -> float:
+    """Rotation angle (degrees) of the linear part of a 4×4 rigid transform."""
+    r = np.asarray(matrix, float)[:3, :3]
+    return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def _rotation_about(axis: int, degrees: float, centre) -> np.ndarray:
+    t = np.radians(degrees)
+    c, s = np.cos(t), np.sin(t)
+    i, j = [(1, 2), (0, 2), (0, 1)][axis]
+    rot = np.eye(4)
+    rot[i, i], rot[i, j], rot[j, i], rot[j, j] = c, -s, s, c
+    shift, back = np.eye(4), np.eye(4)
+    shift[:3, 3], back[:3, 3] = -np.asarray(centre), np.asarray(centre)
+    return back @ rot @ shift
+
+
+def _coarse(img, voxel_mm: float):
+    import ants
+
+    target = tuple(max(float(sp), voxel_mm) for sp in img.spacing)
+    sigma = [max(0.0, (t - sp) / 2.355) for t, sp in zip(target, img.spacing)]
+    return ants.resample_image(ants.smooth_image(img, sigma, sigma_in_physical_coordinates=True), target,
+                               use_voxels=False, interp_type=0)
+
+
+def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: str = "SWI") -> dict:
+    """Check the rigid transform ``transform_file`` (moving → T2w, from
+    :func:`~deepmir_tasks.preprocess.register.register_rigid`); return the measurements.
+
+    Raises :class:`InputError` naming ``moving_file`` (and the T2w in the message) when the
+    rotation exceeds :data:`MAX_ROTATION_DEG` or an alternative pose fits better.
+    """
+    import ants
+
+    from deepmir_tasks.preprocess._ants import (ants_affine, ants_transform_to_ras, ras_to_ants_transform,
+                                                seeded, set_threads, to_ants, write_affine_transform)
+
+    set_threads()
+    found = ants_transform_to_ras(transform_file)
+    qc = {"rotation_deg": round(rotation_deg(found), 1),
+          "translation_mm": round(float(np.linalg.norm(found[:3, 3])), 1)}
+    t2_name = Path(str(t2_file)).name
+    if qc["rotation_deg"] > MAX_ROTATION_DEG:
+        raise InputError(moving_file, f"{what} needs a {qc['rotation_deg']:.0f}° rotation to meet the T2w "
+                                      f"{t2_name}; images of one session agree within a few degrees, so one of "
+                                      "the two headers is rotated: fix it and run again")
+    fixed = _coarse(to_ants(load_image(t2_file, what="T2w")), QC_VOXEL_MM)
+    moving = _coarse(to_ants(load_image(moving_file, what=what)), QC_VOXEL_MM)
+    m = load_image(mask_file, what="brain mask")
+    inside = np.argwhere(np.asarray(m.dataobj) > 0)
+    centre = m.affine[:3, :3] @ inside.mean(axis=0) + m.affine[:3, 3]
+    mask = ants.resample_image(to_ants((np.asarray(m.dataobj) > 0).astype(np.float32), m.affine),
+                               fixed.spacing, use_voxels=False, interp_type=1)
+    mask = ants.resample_image_to_target(mask, fixed, interp_type="nearestNeighbor")
+    mirrored = to_ants(moving.numpy(), np.diag([-1.0, 1.0, 1.0, 1.0]) @ ants_affine(moving))
+
+    def fit(mov, start_ras) -> float:
+        with tempfile.TemporaryDirectory(prefix="deepmir_regqc_") as tmp, seeded():
+            init = None
+            if start_ras is not None:
+                init = [str(write_affine_transform(ras_to_ants_transform(start_ras), Path(tmp) / "start.mat"))]
+            reg = ants.registration(fixed=fixed, moving=mov, type_of_transform="Rigid", mask=mask,
+                                    initial_transform=init, aff_iterations=(60, 30), aff_shrink_factors=(2, 1),
+                                    aff_smoothing_sigmas=(1, 0), aff_random_sampling_rate=0.3,
+                                    outprefix=str(Path(tmp) / "qc_"))
+            warped = ants.apply_transforms(fixed, mov, reg["fwdtransforms"])
+            return float(ants.image_mutual_information(fixed, warped))
+
+    qc["mutual_information"] = round(fit(moving, found), 4)
+    alternatives = {}
+    for name, (mirror, axis, degrees) in ALTERNATIVES.items():
+        # from the scanner's pose (the images' own headers), not the pose found: a rotated header
+        # is a rotation away from the former
+        start = None if mirror else _rotation_about(axis, degrees, centre)
+        alternatives[name] = round(fit(mirrored if mirror else moving, start), 4)
+    qc["alternatives"] = alternatives
+    best = min(alternatives, key=alternatives.get)
+    if alternatives[best] < qc["mutual_information"] - MARGIN * abs(qc["mutual_information"]):
+        why = ("one of the two headers is flipped left-right" if best.startswith("mirrored")
+               else "a header is rotated beyond what registration recovers, or the images are not of one head")
+        raise InputError(moving_file, f"{what} does not line up with the T2w {t2_name}: it fits better {best} "
+                                      f"(mutual information {alternatives[best]:.3f} vs "
+                                      f"{qc['mutual_information']:.3f} as registered), so {why}")
+    return qc
