@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deepmir_tasks.bids_names import MODALITIES, MODALITY_SUFFIX, check_label, entities, subject_key
+from deepmir_tasks.bids_names import LABEL_RE, MODALITIES, MODALITY_SUFFIX, check_label, entities, subject_key
 from deepmir_tasks.io import InputError
 
 __all__ = ["SubjectInputs", "find_subjects", "dataset_name", "find_dsegs", "find_probsegs"]
@@ -88,6 +88,10 @@ def find_subjects(
                 continue
         for ses in sessions or [None]:
             anat = sub_dir / (f"ses-{ses}" if ses else "") / "anat"
+            bad = _invalid_folder(sub_dir, label, ses)
+            if bad:  # named and refused; the others run
+                subjects.append(SubjectInputs(label, ses, {m: None for m in modalities}, (bad,)))
+                continue
             files, problems = {}, []
             for m in modalities:
                 try:
@@ -99,6 +103,16 @@ def find_subjects(
     if not subjects:
         raise InputError(bids_dir, "no subject has the requested session(s)")
     return subjects
+
+
+def _invalid_folder(sub_dir: Path, label: str, ses: str | None) -> str | None:
+    """Why a subject (or session) folder's name is not a valid BIDS label (it would end up in file
+    names and command lines), or ``None``."""
+    for what, value, folder in (("participant", label, sub_dir), ("session", ses, sub_dir / f"ses-{ses}")):
+        if value is not None and not LABEL_RE.match(value):
+            return (f"{folder}: folder name {folder.name!r} is not a valid BIDS {what} label "
+                    "(letters and digits only); rename it")
+    return None
 
 
 def _find_one(anat: Path, suffix: str) -> Path | None:

@@ -50,8 +50,13 @@ log = logging.getLogger("deepmir.run")
 
 
 def resolve_model_path(model=None) -> Path:
-    """The model file to use: ``model`` if given, else the bundled default; checked to exist."""
-    from deepmir_tasks.model.modelfile import DEFAULT_MODEL, record_path
+    """The model file to use: ``model`` if given, else the bundled default.
+
+    Checked whole, once, before anything runs or any cached result is served: the record is read,
+    the weights' SHA-256 compared with it and the weights loaded into the record's architecture
+    (:func:`~deepmir_tasks.model.modelfile.load_model`); a problem is one :class:`InputError` line.
+    """
+    from deepmir_tasks.model.modelfile import DEFAULT_MODEL, load_model, record_path
 
     path = Path(model).absolute() if model else DEFAULT_MODEL
     if not path.exists():
@@ -59,6 +64,7 @@ def resolve_model_path(model=None) -> Path:
         raise InputError(path, f"{what} does not exist")
     if not record_path(path).exists():
         raise InputError(path, f"model has no record {record_path(path).name} beside it")
+    load_model(path)
     return path
 
 
@@ -220,9 +226,13 @@ def _subject_inputs(subj) -> dict:
 
 
 def _subject_task(subj, model_path, settings: RunSettings):
+    from deepmir_tasks.model.modelfile import record_path
     from workflows.subject import SubjectPipeline
 
-    return SubjectPipeline(model=model_path, settings=settings, **_subject_inputs(subj))
+    # the record is an input of its own, so that a changed record (e.g. its lesion rules) is a new
+    # cache entry, never a stale result
+    return SubjectPipeline(model=model_path, record=record_path(model_path), settings=settings,
+                           **_subject_inputs(subj))
 
 
 def _submit(subjects, *, model_path, settings: RunSettings, worker, n_procs, cache_dir, sbatch_args):
@@ -248,7 +258,10 @@ def _submit(subjects, *, model_path, settings: RunSettings, worker, n_procs, cac
     if worker == "debug":
         jobs = [_subject_task(s, model_path, settings) for s in subjects]
     else:
-        jobs = [CohortPipeline([_subject_inputs(s) for s in subjects], model=model_path, settings=settings)]
+        from deepmir_tasks.model.modelfile import record_path
+
+        jobs = [CohortPipeline([_subject_inputs(s) for s in subjects], model=model_path,
+                               record=record_path(model_path), settings=settings)]
     with Submitter(worker=worker, cache_root=cache_dir) as sub:
         for job in jobs:
             try:

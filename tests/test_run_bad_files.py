@@ -1,4 +1,4 @@
-"""A file that is not a readable NIfTI fails its subject alone, with its name (issue 15)."""
+"""Bad inputs fail their subject alone, with the file and the problem in one line (issue 15)."""
 
 from __future__ import annotations
 
@@ -85,3 +85,31 @@ def test_an_output_path_that_is_a_file_or_read_only_is_one_line(small_cohort, tm
 def test_a_label_given_twice_is_one_subject(small_cohort):
     subjects = find_subjects(small_cohort, participant_labels=["01", "sub-01", "02", "01"])
     assert [s.key for s in subjects] == ["sub-01", "sub-02"]
+
+
+def test_a_folder_name_that_is_not_a_bids_label_fails_alone_and_names_no_file(copy_cohort, tmp_path):
+    (copy_cohort / "sub-02").rename(copy_cohort / "sub-c21;touch x")
+    (copy_cohort / "sub-01" / "anat" / "sub-01_swi.nii.gz").write_bytes(b"")  # keep the run short
+    result = run_cohort(copy_cohort, tmp_path / "out", worker="debug", cache_dir=tmp_path / "cache",
+                        group=False)
+    assert set(result.failed) == {"sub-01", "sub-c21;touch x"}
+    assert "'sub-c21;touch x' is not a valid BIDS participant label" in result.failed["sub-c21;touch x"]
+    assert sorted(p.name for p in (tmp_path / "out" / "logs").glob("*_status.json")) == ["sub-01_status.json"]
+    assert not (tmp_path / "x").exists() and not any(";" in p.name for p in (tmp_path / "out").rglob("*"))
+
+
+def test_a_qsm_in_ppb_fails_its_subject_with_the_file_named_unless_converted(copy_cohort, tmp_path):
+    import json
+
+    import nibabel as nib
+
+    qsm = copy_cohort / "sub-01" / "anat" / "sub-01_Chimap.nii.gz"
+    img = nib.load(qsm)
+    nib.save(nib.Nifti1Image(img.get_fdata() * 1000.0, img.affine, img.header), str(qsm))
+    (copy_cohort / "sub-02" / "anat" / "sub-02_swi.nii.gz").write_bytes(b"")
+    result = run_cohort(copy_cohort, tmp_path / "out", worker="debug", cache_dir=tmp_path / "cache",
+                        group=False, allow_resolution=True)
+    reason = result.failed["sub-01"]
+    assert reason.startswith(f"{qsm}: QSM values look like ppb") and "--qsm-units ppb" in reason
+    status = json.loads((tmp_path / "out" / "logs" / "sub-01_status.json").read_text())
+    assert status["status"] == "failed" and status["reason"] == reason

@@ -165,3 +165,29 @@ def test_rerun_is_cached_and_a_new_model_reruns_only_segmentation_onwards(small_
     assert not [v for v in new.values() if v in {"CheckInputs", "N4BiasCorrect", "ExtractBrain",
                                                   "RegisterToT2", "ResampleToGrid", "NormaliseIntensity",
                                                   "RegisterToTemplate", "PreprocessSubject"}]
+
+    # A changed record (its lesion rules) is a new cache entry too: never the stale table. Only the
+    # rules' reading and what follows run again.
+    from deepmir_tasks.model.modelfile import record_path
+
+    rec = json.loads(record_path(other).read_text())
+    rec.setdefault("inference", {}).setdefault("lesions", {})["min_voxels"] = 10**6   # keeps nothing
+    record_path(other).write_text(json.dumps(rec))
+    before = _jobs_by_task(cache)
+    fourth = run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache,
+                        allow_resolution=True, model=other)
+    assert [s.status for s in fourth.subjects] == ["done"]
+    new = {k: v for k, v in _jobs_by_task(cache).items() if k not in before}
+    assert "ExtractLesions" in new.values() and "N4BiasCorrect" not in new.values()
+    table = fourth.subjects[0].files["lesions"]
+    assert len(pd.read_csv(table, sep="\t")) == 0
+
+    # Weights that no longer match their record are refused up front, before a cached result is served
+    from deepmir_tasks.io import InputError
+
+    raw = bytearray(other.read_bytes())
+    raw[-1] ^= 0xFF
+    other.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="does not match its record"):
+        run_cohort(small_cohort, out, participant_labels=["01"], worker="debug", cache_dir=cache,
+                   allow_resolution=True, model=other)

@@ -9,7 +9,7 @@ from workflows.subject import SubjectPipeline
 SUBJECT_FIELDS = ("t2", "swi", "qsm", "participant_id", "session_id")
 
 
-def CohortPipeline(subjects: list[dict], model, settings: RunSettings):  # noqa: N802 - named like the workflows it builds
+def CohortPipeline(subjects: list[dict], model, settings: RunSettings, record=None):  # noqa: N802 - named like the workflows it builds
     """The :class:`SubjectPipeline` split over ``subjects`` (dicts of :data:`SUBJECT_FIELDS`).
 
     The split sits at the outer level on purpose: pydra 1.0 isolates failures between the outer
@@ -19,4 +19,4 @@ def CohortPipeline(subjects: list[dict], model, settings: RunSettings):  # noqa:
     built from them afterwards (``pipelines.derivatives.write_group_tables``).
     """
     columns = {f: [s[f] for s in subjects] for f in SUBJECT_FIELDS}
-    return SubjectPipeline(model=model, settings=settings).split(SUBJECT_FIELDS, **columns)
+    return SubjectPipeline(model=model, record=record, settings=settings).split(SUBJECT_FIELDS, **columns)

@@ -25,7 +25,7 @@ OUTPUTS = ["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "preproc_report
 @workflow.define(outputs=OUTPUTS)
 def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, participant_id: str,
                     session_id: str = "", settings: RunSettings = RunSettings(), mask: NiftiGz | None = None,
-                    version: str = __version__):
+                    record: File | None = None, version: str = __version__):
     """Find cerebral microbleeds and iron deposits in one subject.
 
     The T2w, SWI and QSM are checked, bias-corrected (N4; not the QSM), brain-extracted, registered
@@ -41,11 +41,14 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
     output holds the kept lesions. A self-contained HTML page shows each detection for visual review.
 
     ``version`` changes with the package, so results of an older release are never reused; the
-    model and its record are file inputs, so a new model reruns segmentation and what follows, not
-    preprocessing.
+    model and its record (``record``, default: the JSON beside the model) are file inputs, so a new
+    model or a changed record reruns segmentation and what follows, not preprocessing. Give
+    ``record`` explicitly to make the record part of this workflow's own cache key too (as
+    ``deepmir run`` does).
     """
-    record = record_path(as_path(model))  # a path: the record is read by the tasks that use it
-    record = record if record.exists() else None
+    if record is None:  # a path: the record is read by the tasks that use it
+        record = record_path(as_path(model))
+        record = record if record.exists() else None
     pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=settings.voxel_size,
                                          qsm_units=settings.qsm_units, allow_resolution=settings.allow_resolution))
     seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
