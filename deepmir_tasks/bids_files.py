@@ -4,6 +4,8 @@ The reader is deliberately small (no pybids dependency): DEEPMIR needs three fil
 session, found under ``sub-<label>[/ses-<label>]/anat/`` by their suffix (``_T2w``, ``_swi``,
 ``_Chimap``); evaluation needs the ``sub-*_dseg`` label maps of a derivatives folder. When several
 files match (e.g. two runs) the choice is refused with a message naming them, rather than guessed.
+A subject may also have raw multi-echo GRE (``*_echo-N_part-{mag,phase}_MEGRE.nii.gz`` or 4-D
+files), from which a missing SWI and QSM are computed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class SubjectInputs:
     #: what is wrong with this subject's folder (e.g. two T2w runs): the subject cannot run, the
     #: others can
     problems: tuple[str, ...] = ()
+    #: raw multi-echo GRE, ``(magnitude files, phase files)`` in echo order, or ``()``
+    megre: tuple = ()
 
     @property
     def key(self) -> str:
@@ -36,9 +40,12 @@ class SubjectInputs:
 
     @property
     def missing(self) -> list[str]:
-        """Suffixes of the modalities without an image (an ambiguous one is a problem instead)."""
+        """Suffixes of the modalities without an image (an ambiguous one is a problem instead; SWI
+        and QSM are not missing when the raw GRE they are computed from is there)."""
         ambiguous = {m for m in self.files if any(f"_{MODALITY_SUFFIX[m]} images" in p for p in self.problems)}
-        return [MODALITY_SUFFIX[m] for m, f in self.files.items() if f is None and m not in ambiguous]
+        computable = {"swi", "qsm"} if self.megre else set()
+        return [MODALITY_SUFFIX[m] for m, f in self.files.items()
+                if f is None and m not in ambiguous and m not in computable]
 
     @property
     def anat_dir_rel(self) -> Path:
@@ -99,7 +106,8 @@ def find_subjects(
                 except InputError as err:  # several candidates: this subject's problem alone
                     files[m] = None
                     problems.append(str(err))
-            subjects.append(SubjectInputs(label, ses, files, tuple(problems)))
+            megre = _find_megre(anat, subject_key(label, ses), problems)
+            subjects.append(SubjectInputs(label, ses, files, tuple(problems), megre))
     if not subjects:
         raise InputError(bids_dir, "no subject has the requested session(s)")
     return subjects
@@ -113,6 +121,21 @@ def _invalid_folder(sub_dir: Path, label: str, ses: str | None) -> str | None:
             return (f"{folder}: folder name {folder.name!r} is not a valid BIDS {what} label "
                     "(letters and digits only); rename it")
     return None
+
+
+def _find_megre(anat: Path, key: str, problems: list) -> tuple:
+    """``(magnitude files, phase files)`` of the subject's multi-echo GRE, ``()`` when it has none; an
+    incomplete set (e.g. phase files missing) is added to ``problems``."""
+    if not any(anat.glob(f"{key}_*MEGRE.nii*")):
+        return ()
+    from deepmir_tasks.qsm.bids import find_megre
+
+    try:
+        mag, phase = find_megre(anat, key)
+    except InputError as err:
+        problems.append(str(err))
+        return ()
+    return tuple(mag), tuple(phase)
 
 
 def _find_one(anat: Path, suffix: str) -> Path | None:

@@ -97,6 +97,8 @@ DERIVATIVE_NAMES = {
     "swi_to_t2": "{key}_from-swi_to-T2w_mode-image_xfm.mat",
     "t2_to_mni": "{key}_from-T2w_to-" + MNI_SPACE + "_mode-image_xfm.txt",
     "preproc_report": "{key}_desc-preproc_qc.json",
+    "gre_qsm": "{key}_desc-deepmir_Chimap.nii.gz",
+    "gre_swi": "{key}_desc-deepmir_swi.nii.gz",
 }
 
 #: file names the steps write that are not published under the name above

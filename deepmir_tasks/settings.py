@@ -34,6 +34,8 @@ class RunSettings:
         allow_resolution: run subjects whose voxel sizes are outside the supported range
             (:data:`deepmir_tasks.preprocess.checks.SUPPORTED_RESOLUTION`), flagged, instead of
             failing them
+        recompute_qsm: compute QSM and SWI from the raw multi-echo GRE even when a subject has
+            them (subjects without GRE keep theirs)
     """
 
     threshold: float | None = None
@@ -42,6 +44,7 @@ class RunSettings:
     report: bool = True
     qsm_units: str = "auto"
     allow_resolution: bool = False
+    recompute_qsm: bool = False
 
     def __post_init__(self):
         if self.threshold is not None and not 0.0 < self.threshold <= 1.0:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from deepmir_tasks.codehash import code_version
 from deepmir_tasks.io import InputError
@@ -63,12 +64,31 @@ def main(argv=None) -> int:
         print(f"deepmir {name}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # the file system refused: full disk, read-only, not a folder...
-        where = err.filename or "?"
-        print(f"deepmir {name}: error: {where}: {err.strerror or err}", file=sys.stderr)
+        print(f"deepmir {name}: error: {os_error_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"deepmir {name}: interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a file-system refusal: the path, the problem and, for a full disk, the space
+    free there and what a run needs."""
+    import errno
+    import shutil
+
+    where = err.filename or "?"
+    line = f"{where}: {err.strerror or err}"
+    if err.errno == errno.ENOSPC:
+        from pipelines.run import MIN_FREE_BYTES
+
+        probe = Path(where) if err.filename else Path.cwd()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+        line += (f" ({free / 1e6:.0f} MB free there; a run needs at least {MIN_FREE_BYTES / 1e9:.1f} GB, about "
+                 "0.1 GB per subject; free space and run again: finished subjects resume from the cache)")
+    return line
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

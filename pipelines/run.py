@@ -153,7 +153,8 @@ def _unreadable_reason(subj) -> str | None:
     import nibabel as nib
     from fileformats.medimage import NiftiGz
 
-    for path in (p for p in subj.files.values() if p is not None):
+    gre = [p for files in subj.megre for p in files]
+    for path in [p for p in subj.files.values() if p is not None] + gre:
         path = Path(path)
         try:
             if path.stat().st_size == 0:
@@ -221,7 +222,9 @@ def _watch(pending, collector: _Collector, stop, interval: float = 2.0):
 
 
 def _subject_inputs(subj) -> dict:
+    mag, phase = subj.megre or (None, None)
     return dict(t2=subj.files["t2"], swi=subj.files["swi"], qsm=subj.files["qsm"],
+                megre_mag=list(mag) if mag else None, megre_phase=list(phase) if phase else None,
                 participant_id=subj.participant_id, session_id=subj.session_id or "")
 
 

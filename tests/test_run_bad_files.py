@@ -113,3 +113,21 @@ def test_a_qsm_in_ppb_fails_its_subject_with_the_file_named_unless_converted(cop
     assert reason.startswith(f"{qsm}: QSM values look like ppb") and "--qsm-units ppb" in reason
     status = json.loads((tmp_path / "out" / "logs" / "sub-01_status.json").read_text())
     assert status["status"] == "failed" and status["reason"] == reason
+
+
+def test_a_full_disk_is_one_line_with_the_path_and_the_space(small_cohort, tmp_path, monkeypatch, capsys):
+    import errno
+
+    import pipelines.commands.run as run_command
+    from pipelines.cli import main
+
+    target = tmp_path / "out" / "sub-01" / "anat" / "sub-01_space-T2w_desc-deepmir_dseg.nii.gz"
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(run_command, "run", full)
+    assert main(["run", str(small_cohort), str(tmp_path / "out"), "participant"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"deepmir run: error: {target}: No space left on device (")
+    assert "MB free there" in err and "GB" in err

@@ -6,7 +6,7 @@ from deepmir_tasks.settings import RunSettings
 from workflows.subject import SubjectPipeline
 
 #: the inputs that differ between subjects; everything else is shared by the cohort
-SUBJECT_FIELDS = ("t2", "swi", "qsm", "participant_id", "session_id")
+SUBJECT_FIELDS = ("t2", "swi", "qsm", "megre_mag", "megre_phase", "participant_id", "session_id")
 
 
 def CohortPipeline(subjects: list[dict], model, settings: RunSettings, record=None):  # noqa: N802 - named like the workflows it builds

@@ -7,6 +7,7 @@ from fileformats.medimage import NiftiGz
 from pydra.compose import workflow
 
 from deepmir_tasks import __version__
+from deepmir_tasks.bids_names import subject_key
 from deepmir_tasks.io import as_path
 from deepmir_tasks.lesions.rules import LesionRules
 from deepmir_tasks.lesions.tasks import ExtractLesions, ReadLesionRules
@@ -14,19 +15,28 @@ from deepmir_tasks.model.modelfile import record_path
 from deepmir_tasks.model.tasks import SegmentLesions
 from deepmir_tasks.report.tasks import RenderSubjectReport
 from deepmir_tasks.settings import RunSettings
+from workflows.gre import QsmSwiFromGre
 from workflows.preprocess import PreprocessSubject
 
 __all__ = ["SubjectPipeline", "OUTPUTS"]
 
 OUTPUTS = ["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "preproc_report", "probseg_cmb",
-           "probseg_iron", "dseg", "lesions", "lesions_json", "dropped", "summary", "report"]
+           "probseg_iron", "dseg", "lesions", "lesions_json", "dropped", "summary", "report", "gre_qsm",
+           "gre_swi"]
 
 
 @workflow.define(outputs=OUTPUTS)
-def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, participant_id: str,
-                    session_id: str = "", settings: RunSettings = RunSettings(), mask: NiftiGz | None = None,
+def SubjectPipeline(t2: NiftiGz, model: File, participant_id: str, swi: NiftiGz | None = None,
+                    qsm: NiftiGz | None = None, megre_mag: list[NiftiGz] | None = None,
+                    megre_phase: list[NiftiGz] | None = None, session_id: str = "",
+                    settings: RunSettings = RunSettings(), mask: NiftiGz | None = None,
                     record: File | None = None, version: str = __version__):
     """Find cerebral microbleeds and iron deposits in one subject.
+
+    Without a QSM or an SWI, but with the raw multi-echo GRE (``megre_mag``, ``megre_phase``: one
+    file per echo, or one 4-D file each), both are computed from it first
+    (:func:`workflows.gre.QsmSwiFromGre`; ``settings.recompute_qsm`` recomputes given ones too), and
+    published on the GRE grid as ``gre_qsm`` / ``gre_swi``.
 
     The T2w, SWI and QSM are checked, bias-corrected (N4; not the QSM), brain-extracted, registered
     rigidly (SWI/QSM to T2w, mutual information) and resampled into the T2w's space at
@@ -49,6 +59,16 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
     if record is None:  # a path: the record is read by the tasks that use it
         record = record_path(as_path(model))
         record = record if record.exists() else None
+    given = _describe_inputs(t2=t2, swi=swi, qsm=qsm)
+    gre_qsm = gre_swi = None
+    if megre_mag and megre_phase and (qsm is None or swi is None or settings.recompute_qsm):
+        gre = workflow.add(QsmSwiFromGre(mag_files=megre_mag, phase_files=megre_phase,
+                                         key=subject_key(participant_id, session_id or None)), name="gre")
+        given["megre"] = {"file": as_path(megre_mag[0]).name, "echoes": len(megre_mag)}
+        if qsm is None or settings.recompute_qsm:
+            qsm = gre_qsm = gre.qsm
+        if swi is None or settings.recompute_qsm:
+            swi = gre_swi = gre.swi
     pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=settings.voxel_size,
                                          qsm_units=settings.qsm_units, allow_resolution=settings.allow_resolution))
     seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
@@ -67,12 +87,12 @@ def SubjectPipeline(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, model: File, partic
         rep = workflow.add(RenderSubjectReport(
             participant_id=participant_id, session_id=session_id or None, t2=pre.t2, swi=pre.swi,
             qsm=pre.qsm, mask=pre.mask, dseg=tab.dseg, lesions_tsv=tab.lesions, dropped_tsv=tab.dropped,
-            inputs=_describe_inputs(t2=t2, swi=swi, qsm=qsm), provenance=rules.provenance,
+            inputs=given, provenance=rules.provenance,
             preproc_report=pre.report, version=version))
         html = rep.report
     return (pre.t2, pre.swi, pre.qsm, pre.mask, pre.swi_to_t2, pre.t2_to_mni, pre.report,
             seg.probseg_cmb, seg.probseg_iron, tab.dseg, tab.lesions, tab.lesions_json, tab.dropped,
-            tab.summary, html)
+            tab.summary, html, gre_qsm, gre_swi)
 
 
 def _describe_inputs(**files) -> dict:
@@ -81,6 +101,8 @@ def _describe_inputs(**files) -> dict:
 
     out = {}
     for name, f in files.items():
+        if f is None:
+            continue
         path = str(as_path(f))
         try:
             hdr = nib.load(path).header

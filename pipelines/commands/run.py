@@ -35,6 +35,9 @@ def add_arguments(p):
     p.add_argument("--qsm-units", choices=["auto", "ppm", "ppb"], default=RunSettings.qsm_units,
                    help="auto (default): a QSM whose values do not look like ppm fails its subject; "
                         "ppm: trust the values as they are; ppb: divide them by 1000")
+    p.add_argument("--recompute-qsm", action="store_true",
+                   help="compute QSM and SWI from the raw multi-echo GRE (*_part-{mag,phase}_MEGRE) even "
+                        "for subjects that have them (subjects without GRE keep theirs)")
     p.add_argument("--allow-resolution", action="store_true",
                    help="run subjects whose voxels are outside the supported range (see the README), "
                         "flagged in the lesion table and report, instead of failing them")
@@ -66,7 +69,7 @@ def run(args) -> int:
         worker=args.worker, n_procs=args.n_procs, cache_dir=args.cache_dir, model=args.model,
         settings=RunSettings(threshold=args.threshold, voxel_size=args.voxel_size, tta=args.tta,
                              report=not args.no_report, qsm_units=args.qsm_units,
-                             allow_resolution=args.allow_resolution),
+                             allow_resolution=args.allow_resolution, recompute_qsm=args.recompute_qsm),
         sbatch_args=args.sbatch_args, progress=progress,
         group=not args.no_group,
     )
