@@ -93,7 +93,9 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir(output_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    reasons = {s.key: "; ".join(s.problems) or _missing_reason(s) or _unreadable_reason(s) for s in subjects}
+    optional = _optional_suffixes(model_path)
+    reasons = {s.key: "; ".join(s.problems) or _missing_reason(s, optional) or _unreadable_reason(s)
+               for s in subjects}
     refused = {s.key: SubjectStatus(s, STATUS_FAILED, reasons[s.key]) for s in subjects if reasons[s.key]}
     runnable = [s for s in subjects if not reasons[s.key]]
     # all cores when subjects run one at a time, else shared out between those running side by side
@@ -142,8 +144,22 @@ def check_output_dir(output_dir) -> None:
                                      f"at least {MIN_FREE_BYTES / 1e9:.1f} GB (about 0.1 GB per subject)")
 
 
-def _missing_reason(subj) -> str:
-    return "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in subj.missing)
+def _optional_suffixes(model_path) -> set:
+    """Inputs a subject may lack with this model: the QSM, for a model trained with modality dropout
+    (:func:`~deepmir_tasks.model.predictor.serves_subsets`; it runs on T2w + SWI, flagged
+    ``no_qsm``). The T2w (the reference space) and the SWI (what the QSM is registered by) are
+    needed."""
+    from deepmir_tasks.model.modelfile import load_record
+    from deepmir_tasks.model.predictor import serves_subsets
+
+    return {"Chimap"} if serves_subsets(load_record(model_path)) else set()
+
+
+def _missing_reason(subj, optional=frozenset()) -> str:
+    missing = [m for m in subj.missing if m not in optional]
+    why = ("" if not missing or "Chimap" in optional or missing != ["Chimap"]
+           else " (the model was trained on all three; a model trained with modality dropout runs without QSM)")
+    return "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing) + why
 
 
 def _unreadable_reason(subj) -> str | None:

@@ -142,6 +142,29 @@ def test_model_needing_qsm_refuses_subject_without_it(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_model_trained_with_modality_dropout_runs_without_qsm_as_a_zero_channel(tmp_path):
+    """A model whose record says it was trained with modality dropout serves T2w + SWI: the missing
+    QSM is the zero channel dropout showed it (a QSM of 0 ppm everywhere normalises to the same)."""
+    rec = json.loads(json.dumps(TINY_RECORD))
+    rec.setdefault("training", {})["config"] = {"modality_dropout": 0.3}
+    path = tmp_path / "m.safetensors"
+    _tiny_model(path, record=rec)
+    pred = Predictor.from_file(path)
+    vols, mask, *_ = synthetic_subject(1, shape=(24, 24, 16))
+    with_qsm = pred.predict(vols, mask)
+    no_qsm = pred.predict({k: v for k, v in vols.items() if k != "qsm"}, mask)
+    zero_qsm = pred.predict({**vols, "qsm": np.zeros_like(vols["qsm"])}, mask)
+    assert np.allclose(no_qsm, zero_qsm, atol=1e-6) and not np.allclose(no_qsm, with_qsm, atol=1e-3)
+    with pytest.raises(MissingModalityError):          # at least one of its modalities is needed
+        pred.predict({}, mask)
+    from deepmir_tasks.io import save_nifti
+
+    files = {m: save_nifti(v, np.eye(4), tmp_path / f"sub-01_{m}.nii.gz") for m, v in vols.items()}
+    out = segment_subject(files["t2"], files["swi"], None, None, tmp_path / "out", path)
+    sidecar = json.loads(out["dseg"].with_name(out["dseg"].name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["ModalitiesUsed"] == ["t2", "swi"]
+
+
 def test_sliding_windows_agree_with_whole_volume(tmp_path):
     path = tmp_path / "m.safetensors"
     _tiny_model(path)

@@ -24,7 +24,7 @@ __all__ = ["PreprocessSubject", "preprocess_subject"]
 
 
 @workflow.define(outputs=["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "report"])
-def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, mask: NiftiGz | None = None,
+def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz | None = None, mask: NiftiGz | None = None,
                       voxel_size: float = 1.0, interpolation: str = "bspline",
                       registration: str = "fast", margin_mm: float = 8.0, qsm_units: str = "auto",
                       allow_resolution: bool = False):
@@ -39,11 +39,14 @@ def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, mask: NiftiGz | N
     through that affine and refined by T2w intensity (or the user's mask). SWI magnitude is
     registered rigidly to the T2w (Mattes MI, three-level pyramid) and the result checked (a
     header flipped or rotated against the T2w's fails the subject, the SWI named); QSM reuses that
-    transform when it lies in the SWI's scanner space (its grid, or its own grid over the same place). All images are resampled into the T2w space at ``voxel_size`` mm
-    isotropic, cropped to the brain plus ``margin_mm`` (B-spline for images, linear-thresholded for
+    transform when it lies in the SWI's scanner space (its grid, or its own grid over the same
+    place). All images are resampled into the T2w space at ``voxel_size`` mm isotropic, cropped to the brain plus ``margin_mm`` (B-spline for images, linear-thresholded for
     the mask); the SWI is N4-corrected in that grid; T2w and SWI become robust z-scores inside the
     brain (median, IQR/1.349) and QSM stays in ppm, clipped to [-1, 2], 0 outside the brain.
+    Without a QSM (``qsm=None``: a T2w + SWI subject) the QSM steps are left out and the ``qsm``
+    output is None.
     """
+    has_qsm = qsm is not None  # a T2w + SWI subject has no QSM branch (its qsm output is None)
     chk = workflow.add(CheckInputs(t2_file=t2, swi_file=swi, qsm_file=qsm, mask_file=mask, qsm_units=qsm_units,
                                    allow_resolution=allow_resolution), name="check_inputs")
     t2, swi, qsm, mask = chk.t2_file, chk.swi_file, chk.qsm_file, chk.mask_file  # wait for the checks
@@ -53,9 +56,12 @@ def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, mask: NiftiGz | N
                          name="extract_brain")
     reg_swi = workflow.add(RegisterToT2(moving_file=swi, t2_file=n4_t2.out_file, mask_file=brain.mask,
                                         preset=registration), name="register_swi")
-    reg_qsm = workflow.add(RegisterToT2(moving_file=qsm, t2_file=n4_t2.out_file, mask_file=brain.mask,
-                                        same_session_file=swi, same_session_transform=reg_swi.transform,
-                                        preset=registration, what="QSM"), name="register_qsm")
+    reg_qsm = qsm_qc = None
+    if has_qsm:
+        reg_qsm = workflow.add(RegisterToT2(moving_file=qsm, t2_file=n4_t2.out_file, mask_file=brain.mask,
+                                            same_session_file=swi, same_session_transform=reg_swi.transform,
+                                            preset=registration, what="QSM"), name="register_qsm")
+        qsm_qc = reg_qsm.qc
     grid = workflow.add(MakeGrid(t2_file=n4_t2.out_file, mask_file=brain.mask, voxel_size=voxel_size,
                                  margin_mm=margin_mm), name="grid")
     mask_g = workflow.add(ResampleToGrid(in_file=brain.mask, reference_file=grid.grid,
@@ -64,19 +70,22 @@ def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz, mask: NiftiGz | N
                                        interpolation=interpolation), name="t2_grid")
     swi_g = workflow.add(ResampleToGrid(in_file=swi, reference_file=grid.grid, transform_file=reg_swi.transform,
                                         interpolation=interpolation, mask_file=mask_g.out_file), name="swi_grid")
-    qsm_g = workflow.add(ResampleToGrid(in_file=qsm, reference_file=grid.grid, transform_file=reg_qsm.transform,
-                                        interpolation=interpolation, mask_file=mask_g.out_file), name="qsm_grid")
     n4_swi = workflow.add(N4BiasCorrect(in_file=swi_g.out_file, mask_file=mask_g.out_file), name="n4_swi")
     t2_n = workflow.add(NormaliseIntensity(in_file=t2_g.out_file, mask_file=mask_g.out_file), name="t2_norm")
     swi_n = workflow.add(NormaliseIntensity(in_file=n4_swi.out_file, mask_file=mask_g.out_file), name="swi_norm")
-    qsm_n = workflow.add(NormaliseIntensity(in_file=qsm_g.out_file, mask_file=mask_g.out_file, kind="qsm"),
-                         name="qsm_norm")
+    qsm_out = qsm_to_t2 = None
+    if has_qsm:
+        qsm_g = workflow.add(ResampleToGrid(in_file=qsm, reference_file=grid.grid, transform_file=reg_qsm.transform,
+                                            interpolation=interpolation, mask_file=mask_g.out_file), name="qsm_grid")
+        qsm_out = workflow.add(NormaliseIntensity(in_file=qsm_g.out_file, mask_file=mask_g.out_file, kind="qsm"),
+                               name="qsm_norm").out_file
+        qsm_to_t2 = reg_qsm.transform
     rep = workflow.add(WritePreprocReport(
-        checks=chk.report, mask_file=mask_g.out_file, swi_file=swi, qsm_file=qsm, swi_to_t2=reg_swi.transform,
-        qsm_to_t2=reg_qsm.transform, t2_to_mni=mni.t2_to_mni, user_mask=mask,
-        swi_qc=reg_swi.qc, qsm_qc=reg_qsm.qc, interpolation=interpolation,
+        checks=chk.report, mask_file=mask_g.out_file, swi_file=swi, qsm_file=qsm if has_qsm else None,
+        swi_to_t2=reg_swi.transform, qsm_to_t2=qsm_to_t2, t2_to_mni=mni.t2_to_mni, user_mask=mask,
+        swi_qc=reg_swi.qc, qsm_qc=qsm_qc, interpolation=interpolation,
         registration=registration, voxel_size=voxel_size, margin_mm=margin_mm), name="report")
-    return (t2_n.out_file, swi_n.out_file, qsm_n.out_file, mask_g.out_file, reg_swi.transform,
+    return (t2_n.out_file, swi_n.out_file, qsm_out, mask_g.out_file, reg_swi.transform,
             mni.t2_to_mni, rep.report)
 
 
@@ -142,7 +151,8 @@ def preprocess_subject(t2_file, swi_file, qsm_file, out_dir, *, mask_file=None, 
                                     allow_resolution=allow_resolution)(worker=worker, cache_root=work / "cache")
         names = output_names(t2_file)
         out = {k: shutil.copyfile(as_path(getattr(outputs, k)), out_dir / names[k])
-               for k in ("t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "report")}
+               for k in ("t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "report")
+               if getattr(outputs, k) is not None}
         report = _with_timings(out["report"], worker.seconds, time.perf_counter() - t0)
         write_json(report, out["report"])
         if keep_intermediate:
@@ -152,7 +162,7 @@ def preprocess_subject(t2_file, swi_file, qsm_file, out_dir, *, mask_file=None, 
         shutil.rmtree(work / "cache", ignore_errors=True)
         if not keep_intermediate:
             shutil.rmtree(work, ignore_errors=True)
-    return {k: Path(v) for k, v in out.items()}
+    return {k: Path(v) for k, v in out.items()}  # no "qsm" for a T2w + SWI subject
 
 
 def _with_timings(report_file, seconds: dict, total: float) -> dict:

@@ -25,7 +25,9 @@ LESION_COLUMNS = (
 #: BIDS-style sidecar for the lesion tables: column -> {"Description", "Units"?, "Levels"?}
 COLUMN_DESCRIPTIONS = {
     "participant_id": {"Description": "BIDS participant label, with the 'sub-' prefix"},
-    "flags": {"Description": "Only when the subject's inputs were run with an override: "
+    "flags": {"Description": "Only when the subject ran without a modality or with an override: 'no_qsm' "
+                             "(T2w + SWI only: a calcification cannot be told from a CMB by the sign of its "
+                             "susceptibility, and the QSM-based vein rule could not apply), "
                              "'outside_supported_resolution' (--allow-resolution), 'qsm_units_unverified' "
                              "(a QSM that did not look like ppm, trusted with --qsm-units ppm); ';'-separated"},
     "session_id": {"Description": "BIDS session label, with the 'ses-' prefix (only when sessions exist)"},
@@ -106,7 +108,8 @@ SUMMARY_COLUMNS_DOC = {
     "mean_qsm_ppm": "mean of the mean susceptibility over every kept lesion (ppm)",
     "n_dropped": "number of dropped candidates",
     "n_dropped_<reason>": "dropped candidates per reason",
-    "flags": "only when the inputs were run with an override (see the lesion table's flags column)",
+    "flags": "only when the subject ran without a modality or with an override (see the lesion table's "
+             "flags column)",
 }
 
 

@@ -50,6 +50,11 @@ def normalize_volume(data: np.ndarray, mask: np.ndarray | None, spec: dict) -> n
     return out
 
 
-def normalize_stack(volumes: dict, mask, modalities, normalization: dict) -> np.ndarray:
-    """Stack ``volumes[m]`` for ``m`` in ``modalities`` into a (C, X, Y, Z) float32 array."""
-    return np.stack([normalize_volume(volumes[m], mask, normalization[m]) for m in modalities])
+def normalize_stack(volumes: dict, mask, modalities, normalization: dict, shape=None) -> np.ndarray:
+    """Stack ``volumes[m]`` for ``m`` in ``modalities`` into a (C, X, Y, Z) float32 array; a
+    modality given as ``None`` becomes a zero channel of ``shape`` (a model trained with modality
+    dropout saw a missing modality so)."""
+    if shape is None:
+        shape = next(np.shape(v) for v in volumes.values() if v is not None)
+    return np.stack([np.zeros(shape, np.float32) if volumes.get(m) is None
+                     else normalize_volume(volumes[m], mask, normalization[m]) for m in modalities])

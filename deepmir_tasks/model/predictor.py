@@ -22,7 +22,7 @@ from deepmir_tasks.bids_names import MODALITY_NAMES, entities, job_file_name, su
 from deepmir_tasks.io import InputError, load_image, load_mask, save_nifti, write_json
 from deepmir_tasks.labels import DSEG_LABELS
 
-__all__ = ["Predictor", "MissingModalityError", "segment_subject", "gaussian_window", "DSEG_LABELS"]
+__all__ = ["Predictor", "MissingModalityError", "segment_subject", "serves_subsets", "gaussian_window", "DSEG_LABELS"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Predictor:
         self.window = int(np.ceil(window / m) * m)
         self.overlap = float(overlap)
         self.modalities = list(record["modalities"])
+        self.any_subset = serves_subsets(record)
         self.classes = list(record["classes"])
         self.normalization = record["normalization"]
         self.slices = int(record["architecture"].get("slices", 1)) if net.dim == 2 else 1
@@ -90,8 +91,11 @@ class Predictor:
 
     # ------------------------------------------------------------------ prediction
     def check_modalities(self, available) -> None:
-        """Raise :class:`MissingModalityError` if a modality the model needs is not available."""
+        """Raise :class:`MissingModalityError` if a modality the model needs is not available (a
+        model trained with modality dropout, :func:`serves_subsets`, needs any one of its own)."""
         missing = [m for m in self.modalities if m not in available]
+        if self.any_subset and len(missing) < len(self.modalities):
+            return
         if missing:
             names = ", ".join(MODALITY_NAMES.get(m, m) for m in missing)
             need = "+".join(MODALITY_NAMES.get(m, m) for m in self.modalities)
@@ -104,8 +108,9 @@ class Predictor:
         import torch
 
         self.check_modalities({k for k, v in volumes.items() if v is not None})
-        shape = np.shape(volumes[self.modalities[0]])
-        for m in self.modalities:
+        present = [m for m in self.modalities if volumes.get(m) is not None]
+        shape = np.shape(volumes[present[0]])
+        for m in present:
             if np.shape(volumes[m]) != shape:
                 raise ValueError(f"modality {m} has shape {np.shape(volumes[m])}, expected {shape}")
         if mask is not None:
@@ -114,7 +119,9 @@ class Predictor:
                 raise ValueError(f"mask has shape {mask.shape}, expected {shape}")
         from deepmir_tasks.model.normalize import normalize_stack
 
-        x = normalize_stack(volumes, mask, self.modalities, self.normalization)
+        # a missing modality is a zero channel, as modality dropout showed it in training
+        x = normalize_stack({m: volumes.get(m) for m in self.modalities}, mask, self.modalities,
+                            self.normalization, shape=shape)
         probs = np.zeros((len(self.classes),) + tuple(shape), np.float32)
         probs[0] = 1.0
         if mask is not None:
@@ -269,6 +276,14 @@ def _prefix_from(t2_file) -> str:
     return subject_key(*ents) if ents else "deepmir"
 
 
+def serves_subsets(record: dict) -> bool:
+    """Whether a model serves any non-empty subset of its modalities: trained with modality
+    dropout (``training.config.modality_dropout`` > 0 in its record), so that a missing modality,
+    given as a zero channel, is something it has seen."""
+    cfg = (record.get("training") or {}).get("config") or {}
+    return float(cfg.get("modality_dropout") or 0.0) > 0.0
+
+
 def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=None, *,
                     tta: bool = False, threads: int | None = None, prefix: str | None = None,
                     predictor: Predictor | None = None) -> dict:
@@ -288,13 +303,14 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
     files = {"t2": t2_file, "swi": swi_file, "qsm": qsm_file}
     pred.check_modalities({m for m, f in files.items() if f is not None})
     what = MODALITY_NAMES
-    ref = load_image(files[pred.modalities[0]], what=what[pred.modalities[0]])
+    present = [m for m in pred.modalities if files.get(m) is not None]
+    ref = load_image(files[present[0]], what=what[present[0]])
     volumes = {}
-    for m in pred.modalities:
-        img = ref if m == pred.modalities[0] else load_image(files[m], what=what[m])
+    for m in present:
+        img = ref if m == present[0] else load_image(files[m], what=what[m])
         if img.shape != ref.shape or not np.allclose(img.affine, ref.affine, atol=1e-3):
             raise InputError(files[m], f"{what[m]} is not on the same grid as "
-                                       f"{Path(files[pred.modalities[0]]).name} (shape {img.shape} vs "
+                                       f"{Path(files[present[0]]).name} (shape {img.shape} vs "
                                        f"{ref.shape}); give preprocessed images in one space")
         volumes[m] = np.asarray(img.dataobj, dtype=np.float32)
     mask = None
@@ -323,6 +339,7 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
         "ModelClasses": pred.classes,
         "ModelWeightsSHA256": rec.get("weights_sha256"),
         "ModelFile": Path(pred.source).name,
+        "ModalitiesUsed": present,
         "TestTimeAugmentation": bool(pred.tta if tta is None else tta),
         "PackageVersion": _version(),
         "ElapsedSeconds": round(time.perf_counter() - t0, 2),

@@ -112,9 +112,12 @@ def guess_qsm_units(data: np.ndarray) -> str | None:
 
 def input_flags(checks: dict) -> str:
     """The flags a subject's results carry from its input checks (``;``-separated, ``""`` if none):
+    ``no_qsm`` (a T2w + SWI subject: a calcification cannot be told from a CMB by its sign),
     ``outside_supported_resolution`` (run with ``allow_resolution``) and ``qsm_units_unverified``
     (a QSM that did not look like ppm, trusted with ``qsm_units="ppm"``)."""
     flags = []
+    if "qsm_file" in checks and checks["qsm_file"] is None:
+        flags.append("no_qsm")
     if checks.get("outside_supported_resolution"):
         flags.append("outside_supported_resolution")
     if checks.get("qsm_units") == "ppm" and checks.get("qsm", {}).get("units_check", "ppm (plausible)") != "ppm (plausible)":
@@ -139,6 +142,7 @@ def check_resolution(path, what: str, voxel_size_mm, allow: bool = False) -> str
 def check_inputs(t2_file, swi_file, qsm_file, mask_file=None, *, qsm_units: str = "auto",
                  allow_resolution: bool = False, qsm_out=None) -> dict:
     """Check the three inputs (and an optional T2w-grid brain mask); return a report dict.
+    ``qsm_file`` may be ``None`` (a T2w + SWI subject).
 
     Raises :class:`InputError` on the first hard failure, naming the file. A QSM whose values do not
     look like ppm fails unless ``qsm_units`` is ``"ppm"`` (trusted, with a warning) or ``"ppb"``
@@ -154,6 +158,15 @@ def check_inputs(t2_file, swi_file, qsm_file, mask_file=None, *, qsm_units: str 
     sd = np.asarray(swi.dataobj)
     if np.count_nonzero(sd < 0) > 0.2 * max(np.count_nonzero(sd), 1):
         raise InputError(swi_file, "SWI magnitude is negative in over 20% of voxels; is this a phase or QSM image?")
+    if qsm_file is None:  # a T2w + SWI subject (the model must serve that subset)
+        report["qsm_file"] = None
+        report["outside_supported_resolution"] = False
+        outside = [w for w in (check_resolution(f, what, report[key]["voxel_size_mm"], allow_resolution)
+                               for f, what, key in ((t2_file, "T2w", "t2"), (swi_file, "SWI", "swi"))) if w]
+        report["outside_supported_resolution"] = bool(outside)
+        report["warnings"] += outside
+        _check_mask(mask_file, t2, report)
+        return report
     qsm, report["qsm"] = check_image(qsm_file, "QSM", allow_empty=False)
     qd = np.asarray(qsm.dataobj)
     if qsm_units == "ppb":
@@ -178,12 +191,18 @@ def check_inputs(t2_file, swi_file, qsm_file, mask_file=None, *, qsm_units: str 
                                                 (report["qsm"]["file"], "QSM", "qsm"))) if w]
     report["outside_supported_resolution"] = bool(outside)
     report["warnings"] += outside
-    if mask_file is not None:
-        mask, report["mask"] = check_image(mask_file, "brain mask")
-        if mask.shape[:3] != t2.shape[:3] or not np.allclose(mask.affine, t2.affine, atol=1e-3):
-            raise InputError(mask_file, f"brain mask grid {mask.shape[:3]} does not match the T2w grid "
-                                        f"{t2.shape[:3]} (same shape and affine needed)")
-        vals = np.unique(np.asarray(mask.dataobj))
-        if vals.size > 2:
-            raise InputError(mask_file, f"brain mask is not binary ({vals.size} distinct values)")
+    _check_mask(mask_file, t2, report)
     return report
+
+
+def _check_mask(mask_file, t2, report: dict) -> None:
+    """The user's brain mask must be binary and on the T2w grid."""
+    if mask_file is None:
+        return
+    mask, report["mask"] = check_image(mask_file, "brain mask")
+    if mask.shape[:3] != t2.shape[:3] or not np.allclose(mask.affine, t2.affine, atol=1e-3):
+        raise InputError(mask_file, f"brain mask grid {mask.shape[:3]} does not match the T2w grid "
+                                    f"{t2.shape[:3]} (same shape and affine needed)")
+    vals = np.unique(np.asarray(mask.dataobj))
+    if vals.size > 2:
+        raise InputError(mask_file, f"brain mask is not binary ({vals.size} distinct values)")

@@ -44,7 +44,7 @@ def summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to
     report = dict(checks) if isinstance(checks, dict) else json.loads(Path(checks).read_text())
     report["mask_source"] = (f"user: {user_mask}" if user_mask is not None
                              else "extract_brain (MNI prior + T2w intensity refinement)")
-    report["qsm_transform"] = ("reused the SWI transform (same scanner space)"
+    report["qsm_transform"] = ("no QSM" if qsm_to_t2 is None else "reused the SWI transform (same scanner space)"
                                if _same_bytes(qsm_to_t2, swi_to_t2) else "registered on its own")
     report["registration_qc"] = registration_qc or {}
     report.update(settings or {})
@@ -53,13 +53,13 @@ def summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to
     zooms = np.linalg.norm(mask_img.affine[:3, :3], axis=0)
     report["coverage"] = {
         k: round(coverage_fraction(load_image(f, allow_empty=True), mask_img, mask, t), 4)
-        for k, f, t in (("swi", swi_file, swi_to_t2), ("qsm", qsm_file, qsm_to_t2))}
+        for k, f, t in (("swi", swi_file, swi_to_t2), ("qsm", qsm_file, qsm_to_t2)) if f is not None}
     report.update({
         "deepmir_version": __version__,
         "grid": {"shape": list(mask_img.shape), "affine": np.round(mask_img.affine, 6).tolist()},
         "brain_volume_ml": round(float(mask.sum()) * float(np.prod(zooms)) / 1000.0, 2),
         "swi_to_t2_ras": np.round(transform_to_ras(swi_to_t2), 6).tolist(),
-        "qsm_to_t2_ras": np.round(transform_to_ras(qsm_to_t2), 6).tolist(),
+        "qsm_to_t2_ras": None if qsm_to_t2 is None else np.round(transform_to_ras(qsm_to_t2), 6).tolist(),
         "t2_to_mni_ras": np.round(read_matrix(t2_to_mni), 6).tolist(),
         "qsm_range_ppm": list(QSM_RANGE_PPM),
     })

@@ -25,7 +25,7 @@ class CheckInputs(python.Task["CheckInputs.Outputs"]):
     Args:
         t2_file: T2-weighted image
         swi_file: SWI magnitude
-        qsm_file: QSM map in ppm
+        qsm_file: QSM map in ppm (None: a T2w + SWI subject)
         mask_file: the user's brain mask on the T2w grid (optional)
         qsm_units: "auto" (the QSM must look like ppm), "ppm" (trusted), "ppb" (divided by 1000; the
             converted map is the qsm_file output)
@@ -34,7 +34,7 @@ class CheckInputs(python.Task["CheckInputs.Outputs"]):
     """
     t2_file: NiftiGz
     swi_file: NiftiGz
-    qsm_file: NiftiGz
+    qsm_file: NiftiGz | None = None
     mask_file: NiftiGz | None = None
     qsm_units: str = "auto"
     allow_resolution: bool = False
@@ -44,7 +44,7 @@ class CheckInputs(python.Task["CheckInputs.Outputs"]):
         report: File
         t2_file: NiftiGz
         swi_file: NiftiGz
-        qsm_file: NiftiGz
+        qsm_file: NiftiGz | None
         mask_file: NiftiGz | None
 
     @staticmethod
@@ -56,7 +56,8 @@ class CheckInputs(python.Task["CheckInputs.Outputs"]):
                               allow_resolution=allow_resolution, qsm_out=Path.cwd() / "qsm_ppm.nii.gz")
         report = write_json(checks, Path.cwd() / "checks.json")
         # the inputs pass through (the QSM converted to ppm if asked), so every later step waits for the checks
-        return report, t2_file, swi_file, Path(checks["qsm_file"]), mask_file
+        qsm = Path(checks["qsm_file"]) if checks["qsm_file"] else None
+        return report, t2_file, swi_file, qsm, mask_file
 
 
 @python.define
@@ -284,9 +285,9 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
     checks: File
     mask_file: NiftiGz
     swi_file: NiftiGz
-    qsm_file: NiftiGz
+    qsm_file: NiftiGz | None = None
     swi_to_t2: File
-    qsm_to_t2: File
+    qsm_to_t2: File | None = None
     t2_to_mni: File
     user_mask: NiftiGz | None = None
     swi_qc: dict | None = None

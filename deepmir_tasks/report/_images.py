@@ -63,6 +63,8 @@ def load_grid(t2, swi, qsm, mask, dseg) -> Grid:
     files = {"T2w": t2, "SWI": swi, "QSM": qsm, "brain mask": mask, "dseg": dseg}
     imgs = {}
     for what, path in files.items():
+        if path is None and what == "QSM":  # a T2w + SWI subject: shown as an empty map
+            continue
         # an empty mask or dseg is something the rater must see, not a reason to fail
         allow_empty = what in ("dseg", "QSM", "brain mask")
         imgs[what] = load_image(path, what=what, allow_empty=allow_empty)
@@ -84,6 +86,10 @@ def load_grid(t2, swi, qsm, mask, dseg) -> Grid:
     zooms = np.empty(3)
     for axis, (new_axis, _) in enumerate(ornt):
         zooms[int(new_axis)] = zooms_in[axis]
+    if "QSM" not in imgs:
+        import nibabel as nib_
+
+        imgs["QSM"] = nib_.Nifti1Image(np.zeros(ref.shape, np.float32), ref.affine)
     data = {k: reorient(v) for k, v in imgs.items()}
     brain = data["brain mask"] > 0
     dseg_arr = np.rint(data["dseg"]).astype(np.int16)

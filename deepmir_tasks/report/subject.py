@@ -55,7 +55,8 @@ def render_subject_report(out_html, *, participant_id, t2, swi, qsm, mask, dseg,
     Args:
         out_html: where to write the page (conventionally ``sub-<label>[_ses-<label>].html``).
         participant_id: subject label, with or without ``sub-``.
-        t2, swi, qsm, mask, dseg: NIfTI files in the working grid (one grid for all five).
+        t2, swi, qsm, mask, dseg: NIfTI files in the working grid (one grid for all five); ``qsm``
+            may be None (a T2w + SWI subject: said on the page).
         lesions_tsv: the per-lesion table (lesion-table contract; ``i, j, k`` index the working grid).
         dropped_tsv: the table of candidates dropped as mimics (same columns plus ``reason``).
         inputs: description of the raw inputs, e.g. ``{"T2w": {"file": ..., "shape": ...,
@@ -84,7 +85,7 @@ def render_subject_report(out_html, *, participant_id, t2, swi, qsm, mask, dseg,
     title_id = f"sub-{label}" + (f" ses-{session}" if session else "")
     sections = [
         _header(title_id, grid, inputs, provenance),
-        _checks(grid, lesions, input_warnings),
+        _checks(grid, lesions, input_warnings, no_qsm=qsm is None),
         _summary(lesions, dropped),
         _registration(grid),
         _brain_mask(grid),
@@ -183,7 +184,7 @@ def _input_cell(key, value) -> str:
     return H.fmt_value(value)
 
 
-def _checks(grid: Grid, lesions: pd.DataFrame, input_warnings=None) -> str:
+def _checks(grid: Grid, lesions: pd.DataFrame, input_warnings=None, no_qsm: bool = False) -> str:
     warnings = [f"Input check: {w}" for w in input_warnings or []]
     if not grid.mask.any():
         warnings.append("The brain mask is empty: preprocessing failed; nothing below can be trusted.")
@@ -200,8 +201,12 @@ def _checks(grid: Grid, lesions: pd.DataFrame, input_warnings=None) -> str:
         if outside:
             warnings.append(f"{len(outside)} lesion centroid(s) lie outside the brain mask "
                             f"(lesion {', '.join(outside[:8])}{'…' if len(outside) > 8 else ''}).")
-    if not np.any(grid.qsm):
+    if not np.any(grid.qsm) and not no_qsm:
         warnings.append("The QSM map is zero everywhere.")
+    if no_qsm:
+        warnings.append("No QSM: this subject ran on T2w + SWI. A calcification cannot be told from a "
+                        "microbleed without the sign of its susceptibility, and veins are told apart by "
+                        "shape alone; check each CMB below.")
     return "".join(f'<div class="warn">{H.esc(w)}</div>' for w in warnings)
 
 

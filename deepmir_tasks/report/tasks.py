@@ -22,7 +22,7 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
         participant_id: subject label, with or without ``sub-``
         t2: preprocessed T2w (working grid)
         swi: SWI on the same grid
-        qsm: QSM in ppm on the same grid
+        qsm: QSM in ppm on the same grid (None: a T2w + SWI subject)
         mask: brain mask on the same grid
         dseg: detections (1 CMB, 2 iron) on the same grid
         lesions_tsv: per-lesion table (``i, j, k`` index the working grid)
@@ -37,7 +37,7 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
     participant_id: str
     t2: NiftiGz
     swi: NiftiGz
-    qsm: NiftiGz
+    qsm: NiftiGz | None
     mask: NiftiGz
     dseg: NiftiGz
     lesions_tsv: Tsv
