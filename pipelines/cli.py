@@ -24,6 +24,7 @@ COMMANDS = {
     "train": ("train", "train a DEEPMIR model on a BIDS dataset with annotations"),
     "evaluate": ("evaluate", "score predicted lesions against annotations, lesion by lesion"),
     "submit": ("submit", "submit a cohort to SLURM as a job array"),
+    "review": ("review", "review the model's candidates in a browser; export the decisions as annotations"),
 }
 
 
