@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deepmir_tasks.io import InputError, load_image
+from deepmir_tasks.labels import CLASSES
 
 #: RGB colours of the overlays.
 COLOURS = {
@@ -326,7 +327,7 @@ def paint_labels(rgb: np.ndarray, labels2d: np.ndarray, *, outside: bool = False
     for value in np.unique(labels2d):
         if value == 0:
             continue
-        colour = {1: COLOURS["cmb"], 2: COLOURS["iron"]}.get(int(value), COLOURS["other"])
+        colour = COLOURS.get(CLASSES.get(int(value)), COLOURS["other"])
         sel = labels2d == value
         line = outer_outline(sel) & (labels2d == 0) if outside else outline(sel)
         paint(rgb, line, colour)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from deepmir_tasks.labels import DSEG_LABELS
+
 from .anatomy import NUCLEI_LABELS, SITE_LABELS, region_name
 from .shapes import EllipsoidUnion, Tube, random_rotation
 
@@ -33,7 +35,8 @@ DEFAULT_RANGES = {
     "vein_length_mm": (15.0, 45.0),
 }
 
-DSEG_LABEL = {"cmb": 1, "iron": 2, "calcification": 0, "vein": 0}
+#: lesion kind -> its value in the truth dseg (mimics are background), from the one class table
+DSEG_LABEL = {kind: DSEG_LABELS.get(kind, 0) for kind in ("cmb", "iron", "calcification", "vein")}
 
 
 @dataclass
