@@ -174,7 +174,7 @@ def read_decisions(subject: ReviewSubject) -> pd.DataFrame:
 def rater_decisions(decisions: pd.DataFrame, rater: str) -> dict[str, dict]:
     """{candidate_id: row} of one rater."""
     rows = decisions[decisions["rater"] == rater]
-    return {r["candidate_id"]: {k: (None if _missing(v) else v) for k, v in r.items()}
+    return {r["candidate_id"]: {k: _plain(v) for k, v in r.items()}
             for r in rows.to_dict("records")}
 
 
@@ -225,7 +225,7 @@ def save_decision(subject: ReviewSubject, rater: str, candidate_id: str | None, 
         new = new.sort_values(["rater", "candidate_id"], key=_id_order, kind="stable").reset_index(drop=True)
         write_tsv(new, subject.review_tsv)
         write_json(_sidecar(subject, new), subject.review_json)
-    return {k: (None if _missing(v) else v) for k, v in row.items()}
+    return {k: _plain(v) for k, v in row.items()}
 
 
 def source_changes(subject: ReviewSubject) -> list[str]:
@@ -305,6 +305,13 @@ def _id_order(col: pd.Series) -> pd.Series:
         return col
     rank = {"k": 0, "d": 1, "a": 2}
     return col.map(lambda c: rank.get(str(c)[:1], 3) * 1_000_000 + (int(str(c)[1:]) if str(c)[1:].isdigit() else 0))
+
+
+def _plain(v):
+    """A table value as plain Python (numpy scalars unwrapped, NaN as None)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    return None if _missing(v) else v
 
 
 def _missing(v) -> bool:
