@@ -352,3 +352,67 @@ def test_export_with_two_raters_prints_and_writes_agreement(output, tmp_path, ca
     assert list(agree["participant_id"]) == ["sub-01", "all"]
     assert agree.loc[0, "kappa"] == pytest.approx(1.0)  # same decisions on the model's candidates
     assert agree.loc[0, "sensitivity_b"] == pytest.approx(3 / 4)  # bob missed alice's added lesion
+
+
+# --------------------------------------------------------------------------------- fine-tuning
+def _tiny_init_model(path, levels=3, modalities=("t2", "swi", "qsm")):
+    import torch
+
+    from deepmir_tasks.model.modelfile import save_model
+    from deepmir_tasks.model.unet import UNet
+    from helpers.model import TINY_RECORD
+
+    rec = json.loads(json.dumps(TINY_RECORD))
+    rec["architecture"].update(levels=levels, in_channels=len(modalities), max_width=32)
+    rec["modalities"] = list(modalities)
+    torch.manual_seed(7)
+    net = UNet(**{k: v for k, v in rec["architecture"].items() if k != "name"})
+    with torch.no_grad():  # weights and batch-norm statistics unlike a fresh network's
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        net.train()
+        net(torch.randn(2, len(modalities), 16, 16, 16))
+    save_model(net.eval(), path, rec)
+    return path
+
+
+def test_train_init_starts_from_the_models_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    import deepmir_tasks.model.train as tr
+    from deepmir_tasks.model.train import TrainConfig
+    from helpers.model import identity_prepare, write_synthetic_bids
+
+    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
+    bids, ann = write_synthetic_bids(tmp_path / "bids", [41, 42], shape=(24, 24, 16))
+    init = _tiny_init_model(tmp_path / "init.safetensors")
+    config = TrainConfig(levels=3, base=8, patch=16, batch=1, steps=2, folds=1, validate_every=2, seed=1)
+    # stopped before the first step: the exported weights are the initial model's, exactly
+    res = tr.train(bids, ann, tmp_path / "ft.safetensors", config, init=init, stop_at=0, progress=False,
+                   threads=1, device="cpu")
+    a, b = load_file(str(init)), load_file(str(res["model"]))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    rec = json.loads(res["record"].read_text())
+    assert rec["training"]["init"]["sha256"] == json.loads(init.with_suffix(".json").read_text())["weights_sha256"]
+    assert rec["architecture"]["max_width"] == 32  # taken from the model, not the default
+    fresh = tr.train(bids, ann, tmp_path / "fresh.safetensors", config, stop_at=0, progress=False, threads=1,
+                     device="cpu")
+    c = load_file(str(fresh["model"]))
+    assert not all(np.array_equal(a[k].numpy(), c[k].numpy()) for k in a if "weight" in k)
+
+
+def test_train_init_with_another_architecture_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    from helpers.model import identity_prepare, write_synthetic_bids
+    from pipelines.cli import main
+
+    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
+    bids, ann = write_synthetic_bids(tmp_path / "bids", [43, 44], shape=(24, 24, 16))
+    init = _tiny_init_model(tmp_path / "init.safetensors", modalities=("t2", "swi"))
+    base = ["train", str(bids), "--annotations", str(ann), "--out", str(tmp_path / "m.safetensors"),
+            "--init", str(init), "--base", "8", "--patch", "16", "--folds", "1", "--steps", "1",
+            "--no-progress", "--device", "cpu", "--threads", "1"]
+    assert main(base + ["--levels", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "init.safetensors" in err
+    assert "levels 3 (asked: 4)" in err and "modalities ['t2', 'swi']" in err and "in_channels 2" in err
+    assert main(base + ["--levels", "3", "--modalities", "t2", "swi"]) == 0  # the same: it trains

@@ -218,10 +218,30 @@ def _evaluate_and_export(net, config, normalization, dev, val_subs, step, losses
         export({"fold": config.fold, "folds": config.folds, **summary}, step)
 
 
+def init_record(init, config: TrainConfig) -> tuple[TrainConfig, dict]:
+    """(configuration, record) for fine-tuning from the model file ``init``: its architecture fields
+    the command line cannot set (``max_width``, ``norm``) are taken from it; the rest, the modalities
+    and the classes must be those asked for (:class:`InputError` naming the differences otherwise)."""
+    from deepmir_tasks.model.modelfile import load_record
+
+    rec = load_record(init)
+    arch = rec["architecture"]
+    config = dataclasses.replace(config, max_width=arch.get("max_width", config.max_width),
+                                 norm=arch.get("norm", config.norm))
+    want = build_record(config, {m: None for m in config.modalities}, {}, {})
+    diffs = [f"{k} {arch.get(k)} (asked: {v})" for k, v in want["architecture"].items() if arch.get(k) != v]
+    diffs += [f"{k} {rec[k]} (asked: {want[k]})" for k in ("modalities", "classes") if list(rec[k]) != want[k]]
+    if diffs:
+        raise InputError(init, "cannot fine-tune from this model: it has " + "; ".join(diffs)
+                         + "; give the same --modalities, --classes, --levels and --base")
+    return config, rec
+
+
 def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *, cache_dir=None,
           resume=None, threads: int | None = None, device: str = "auto", progress: bool = True,
           normalization: dict | None = None, training_info: dict | None = None,
-          stop_at: int | None = None, max_seconds: float | None = None, overrides: dict | None = None) -> dict:
+          stop_at: int | None = None, max_seconds: float | None = None, overrides: dict | None = None,
+          init=None) -> dict:
     """Train a model and write it to ``out`` (``.safetensors`` + ``.json``) with a checkpoint beside.
 
     ``resume``: a checkpoint path, or ``True`` for the default one beside ``out``
@@ -230,6 +250,8 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
     recomputed for the new total, which may be larger or smaller than before but not below the
     checkpoint's step). ``overrides`` replaces fields of the stored configuration on resume
     (e.g. ``{"hard_fraction": 0.2}`` to fine-tune with mined hard examples).
+    ``init``: a model file whose weights (and normalisation) a new run starts from, to fine-tune it
+    (same architecture, modalities and classes: :func:`init_record`); a resumed checkpoint wins.
     ``stop_at`` / ``max_seconds`` end this run early (after that step / that much time) with a
     checkpoint, without changing the schedule, so a later ``resume`` continues exactly.
     Returns a dict with ``model``, ``record``, ``checkpoint``, ``step`` and ``validation``.
@@ -245,6 +267,10 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
         raise InputError(out, "--out must name a .safetensors file")
     ckpt_file = checkpoint_path(out)
     config, ckpt = _resume_config(config, resume, ckpt_file, overrides)
+    init_rec = None
+    if init is not None and ckpt is None:
+        config, init_rec = init_record(init, config)
+        normalization = normalization or init_rec["normalization"]
     unknown = [c for c in config.classes if c not in DSEG_VALUE]
     if unknown or not config.classes:
         raise InputError("--classes", f"classes must be a non-empty subset of {list(DSEG_VALUE)}, got {list(config.classes)}")
@@ -256,6 +282,12 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
     train_keys, val_keys, train_subs, val_subs = _load_data(bids_dir, annotations_dir, cache_dir, config,
                                                             normalization, progress)
     net, opt, rng, state, step = _init_model(config, normalization, dev, ckpt)
+    if init_rec is not None:
+        from deepmir_tasks.model.modelfile import load_model
+
+        net.load_state_dict(load_model(init, device=dev)[0].state_dict())
+        net.train()
+        training_info = dict(training_info or {}, init={"file": str(init), "sha256": init_rec["weights_sha256"]})
     sampler = PatchSampler(train_subs, config.patch, config.lesion_fraction, config.augment,
                            config.mimic_fraction, config.hard_fraction, config.bright_fraction,
                            config.modality_dropout)

@@ -40,6 +40,9 @@ def add_arguments(p):
                         "annotated on thick slices is covered (the bundled model used 1; default 0)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="continue from <out>.ckpt.pt, or from the checkpoint given")
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL",
+                   help="fine-tune: start from this model's weights and normalisation (same --modalities, "
+                        "--classes, --levels, --base), e.g. on annotations exported by deepmir review")
     p.add_argument("--cache-dir", type=Path, default=None, help="preprocessing cache (default beside --out)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -72,7 +75,7 @@ def run(args) -> int:
 
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     res = train(args.bids_dir, args.annotations, args.out, config, cache_dir=args.cache_dir,
-                resume=args.resume, threads=args.threads, device=args.device,
+                resume=args.resume, init=args.init, threads=args.threads, device=args.device,
                 progress=not args.no_progress,
                 training_info={"command": "deepmir train " + " ".join(_argv(args))})
     print(json.dumps({"model": str(res["model"]), "checkpoint": str(res["checkpoint"]), "step": res["step"],
