@@ -416,3 +416,55 @@ def test_train_init_with_another_architecture_is_one_clear_error(tmp_path, monke
     assert len(err.splitlines()) == 1 and "init.safetensors" in err
     assert "levels 3 (asked: 4)" in err and "modalities ['t2', 'swi']" in err and "in_channels 2" in err
     assert main(base + ["--levels", "3", "--modalities", "t2", "swi"]) == 0  # the same: it trains
+
+
+# --------------------------------------------------------------------------------- the server
+def test_server_answers_pages_pictures_and_refuses_foreign_posts(output):
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from deepmir_tasks.review.server import make_server
+
+    server = make_server(find_review_subjects(output), "alice", port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+
+    def post(path, body, **headers):
+        req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(req) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    try:
+        page = urllib.request.urlopen(base + "/s/sub-01").read().decode()
+        assert "<script" in page and "http://" not in page.replace(base, "")  # self-contained: nothing fetched elsewhere
+        for path in ("/s/sub-01/crop.png?ijk=12,12,10&contour=1", "/s/sub-01/slice/qsm/10.png"):
+            assert urllib.request.urlopen(base + path).read()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert post("/api/sub-01/decision", {"candidate_id": "k1", "decision": "cmb"},
+                    Origin="http://evil.example")[0] == 403
+        status, out = post("/api/sub-01/decision", {"candidate_id": "k1", "decision": "maybe"})
+        assert status == 400 and "unknown decision" in out["error"]
+        assert post("/api/sub-02/decision", {"candidate_id": "k1", "decision": "cmb"})[0] == 404
+        status, out = post("/api/sub-01/add", {"ras": [20, 30, 14], "decision": "iron"}, Origin=base)
+        assert status == 200 and out["candidate"]["id"] == "a1" and out["candidate"]["ijk"] == [20, 30, 14]
+        assert rater_decisions(read_decisions(_subject(output)), "alice")["a1"]["decision"] == "iron"
+        with pytest.raises(InputError, match="port .* is in use"):
+            make_server(find_review_subjects(output), "alice", port=server.server_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_rerun_that_changes_the_tables_is_flagged(output):
+    from deepmir_tasks.review.decisions import source_changes
+
+    subject = _subject(output)
+    save_decision(subject, "alice", "k1", "cmb")
+    assert source_changes(subject) == []
+    table = subject.files["lesions"]
+    table.write_text(table.read_text().replace("\t0.9\t", "\t0.8\t", 1))
+    assert source_changes(subject) == ["sub-01_space-T2w_desc-deepmir_lesions.tsv"]
