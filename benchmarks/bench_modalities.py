@@ -1,0 +1,108 @@
+"""The modality table: one model on every non-empty subset of T2w, SWI and QSM, held-out cohort.
+
+The paper (Rashid et al. 2021) compares every combination of the three modalities. A DEEPMIR model
+trained with modality dropout (``--modality-dropout``; ``serves_subsets`` in its record) takes any
+subset, a missing modality being the zero channel it saw in training; this prints, for each of the
+7 subsets, the lesion-wise figures of the lesion table the pipeline would write (the model's own
+lesion rules from its record, nothing chosen here; 5 mm; without QSM the QSM-based rules stand aside
+as they do in ``deepmir run``) on a held-out cohort prepared by ``pipelines.bundled_model --stage
+data`` (its ``test_bids`` and ``prepared_test`` folders):
+
+    .venv/bin/python benchmarks/bench_modalities.py --work work_tmp/rand --model M.safetensors [--markdown]
+
+Columns: CMB sensitivity, precision and false positives per subject, iron-deposit sensitivity and
+precision, and kept CMB calls within 5 mm of a simulated calcification (``calc_called_cmb``). The
+paper reports, for its best models, CMB sensitivity 0.84-0.88 at precision 0.40-0.59 and iron
+0.75-0.81 at 0.62-0.75. Single-class models are not trained: the multi-class model serves both
+classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+SUBSETS = [s for n in (3, 2, 1) for s in itertools.combinations(("t2", "swi", "qsm"), n)]
+NAMES = {"t2": "T2w", "swi": "SWI", "qsm": "QSM"}
+COLUMNS = ["modalities", "cmb_sens", "cmb_prec", "cmb_fp_per_subj", "iron_sens", "iron_prec", "calc_called_cmb"]
+
+
+def subset_tables(pred, subjects, subset, threshold: float) -> list:
+    """Candidate tables of each subject predicted from ``subset`` alone (the others missing)."""
+    from deepmir_tasks.lesions.extract import extract_lesions
+
+    out = []
+    for s in subjects:
+        vols = {m: (v if m in subset else None) for m, v in s.extra["volumes"].items()}
+        p = pred.predict(vols, s.mask)
+        kept, dropped = extract_lesions(p[1], p[2], None, s.affine, vols.get("qsm"), vols.get("swi"), s.mask,
+                                        participant_id=s.key, threshold=threshold, min_voxels=1)
+        out.append(pd.concat([kept.assign(reason=None), dropped], ignore_index=True))
+    return out
+
+
+def row(subset, figures) -> dict:
+    c, i = figures["cmb"], figures["iron"]
+    n = figures["n_subjects"]
+    return {"modalities": " + ".join(NAMES[m] for m in subset), "cmb_sens": c["sensitivity"],
+            "cmb_prec": c["precision"], "cmb_fp_per_subj": c["fp"] / max(n, 1), "iron_sens": i["sensitivity"],
+            "iron_prec": i["precision"], "calc_called_cmb": int(c.get("on_calcification", 0)),
+            "_counts": {k: f"{figures[k]['tp']}/{figures[k]['n_true']} found, {figures[k]['fp']} FP"
+                        for k in ("cmb", "iron")}}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="a bundled_model work folder (test_bids, prepared_test)")
+    ap.add_argument("--cohort", default="test", help="which of its cohorts: test (default) or val")
+    ap.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the bundled one)")
+    ap.add_argument("--subjects", type=int, default=None, help="only the first N subjects (a quick check)")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args(argv)
+
+    from deepmir_tasks.model.calibrate import score_tables, truth_centroids
+    from deepmir_tasks.model.config import TrainConfig
+    from deepmir_tasks.model.data import load_subjects
+    from deepmir_tasks.model.modelfile import lesion_rules
+    from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
+    from deepmir_tasks.model.predictor import Predictor
+    from pipelines.bundled_model import cohort_cache
+
+    pred = Predictor.from_file(args.model)
+    if not pred.any_subset:
+        sys.exit(f"{pred.source}: this model was not trained with modality dropout; it serves only "
+                 f"{' + '.join(NAMES[m] for m in pred.modalities)}")
+    rules = lesion_rules(args.model)
+    bids = args.work / f"{args.cohort}_bids"
+    keys = None
+    if args.subjects:
+        keys = sorted(p.name for p in bids.glob("sub-*") if p.is_dir())[:args.subjects]
+    subjects = load_subjects(bids, bids / "derivatives" / "annotations",
+                             cohort_cache(args.work / "prepared", args.cohort), TrainConfig(),
+                             DEFAULT_NORMALIZATION, keys, with_volumes=True, progress=False)
+    truths = truth_centroids(subjects)
+    rows = []
+    for subset in SUBSETS:
+        t0 = time.perf_counter()
+        tables = subset_tables(pred, subjects, subset, rules["threshold"])
+        rows.append(row(subset, score_tables(subjects, tables, rules, truths=truths)))
+        print(f"{rows[-1]['modalities']}: {rows[-1]['_counts']} ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr, flush=True)
+    df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], columns=COLUMNS).round(2)
+    print(f"{len(subjects)} subjects of {bids}; model {pred.source}; rules {json.dumps(rules)}")
+    if args.markdown:
+        print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
+        print("\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)))
+    else:
+        print(df.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
