@@ -239,3 +239,76 @@ def test_a_failed_save_is_shown_and_not_kept(session):
     assert "NOT saved (k1)" in browser.js("document.getElementById('status').textContent")
     assert browser.js(STATE)[0] == ["k1", None, ""]  # the page does not pretend it was saved
     assert browser.js(CURRENT) == "k2"
+
+
+#: the 20 candidates of the one-key-per-candidate test: 12 kept lesions, then 8 dropped candidates
+#: (working-grid voxels on a 5 x 2 x 2 lattice inside the head), and the decision meant for each
+TWENTY = [(f"k{n}" if n <= 12 else f"d{n - 12}", (10 + 5 * (m % 5), 14 + 12 * (m // 5 % 2), 10 + 10 * (m // 10)))
+          for m, n in enumerate(range(1, 21))]
+TWENTY_DECISIONS = ["cmb", "iron", "cmb", "not_lesion", "cmb", "vein", "iron", "cmb", "calcification", "cmb",
+                    "iron", "not_lesion", "cmb", "vein", "not_lesion", "cmb", "calcification", "iron", "not_lesion", "cmb"]
+#: both keys of each class are used (``1``/``c``, ``2``/``i``, ``3``/``a``, ``4``/``v``, ``5``/``x``)
+CLASS_KEYS = {"cmb": "1c", "iron": "2i", "calcification": "3a", "vein": "4v", "not_lesion": "5x"}
+
+
+def make_twenty(root: Path) -> Path:
+    """The hand-made output folder of ``test_review`` with its lesion tables replaced by 20 candidates."""
+    import pandas as pd
+    from test_review import make_output_dir, world
+
+    from deepmir_tasks.bids_names import DERIVATIVE_NAMES
+    from deepmir_tasks.io import write_tsv
+
+    out = make_output_dir(root)
+    rows = {"kept": [], "dropped": []}
+    for n, (cid, ijk) in enumerate(TWENTY):
+        table = "kept" if cid[0] == "k" else "dropped"
+        x, y, z = world(ijk)
+        rows[table].append({"participant_id": "sub-01", "lesion_id": int(cid[1:]), "label": ("cmb", "iron")[n % 2],
+                            "n_voxels": 14, "volume_mm3": 14.0, "x_mm": x, "y_mm": y, "z_mm": z, "i": ijk[0],
+                            "j": ijk[1], "k": ijk[2], "prob_max": 0.9, "qsm_mean_ppm": 0.3, "region": "deep",
+                            **({"reason": "min_prob"} if table == "dropped" else {})})
+    anat = out / "sub-01" / "anat"
+    write_tsv(pd.DataFrame(rows["kept"]), anat / DERIVATIVE_NAMES["lesions"].format(key="sub-01"))
+    write_tsv(pd.DataFrame(rows["dropped"]), anat / DERIVATIVE_NAMES["dropped"].format(key="sub-01"))
+    return out
+
+
+def test_twenty_candidates_take_twenty_key_presses(chromium, tmp_path):
+    """Issue 17: reviewing a subject with 20 candidates takes one key press per candidate. Each
+    decision moves the page to the next undecided candidate, so the rater presses nothing else."""
+    from deepmir_tasks.review.server import make_server
+
+    out = make_twenty(tmp_path)
+    (subject,) = find_review_subjects(out)
+    server = make_server([subject], "alice", port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    browser = Browser(chromium, tmp_path / "profile")
+    try:
+        browser.open(f"http://127.0.0.1:{server.server_port}/s/sub-01")
+        ids = [cid for cid, _ in TWENTY]
+        assert browser.js("Array.from(document.querySelectorAll('.card')).map(e => e.dataset.id)") == ids
+        # count, on the page, every key event that reaches it (capture phase: before the page's own handler)
+        browser.js("window.__keys = 0; document.addEventListener('keydown', () => { window.__keys++; }, true)")
+        presses = 0
+        for n, (cid, decision) in enumerate(zip(ids, TWENTY_DECISIONS)):
+            assert browser.js(CURRENT) == cid  # the page is already on the next undecided one
+            browser.key(CLASS_KEYS[decision][n % 2])
+            presses += 1
+        browser.wait(SETTLED)
+        assert presses == 20 == len(ids)
+        assert browser.js("window.__keys") == presses  # no other key event reached the page
+        assert "NOT saved" not in browser.js("document.getElementById('status').textContent")
+        assert browser.js("document.getElementById('progress').textContent") == "20 of 20 decided"
+        assert [row[:2] for row in browser.js(STATE)] == [list(p) for p in zip(ids, TWENTY_DECISIONS)]
+    finally:
+        browser.close()
+        server.shutdown()
+        server.server_close()
+
+    table = read_decisions(subject)  # what was saved on disk: one row per key press, the intended classes
+    assert len(table) == 20
+    assert list(table["candidate_id"]) == ids and list(table["rater"]) == ["alice"] * 20
+    assert list(table["decision"]) == TWENTY_DECISIONS
+    assert {c: r["decision"] for c, r in rater_decisions(table, "alice").items()} == dict(zip(ids, TWENTY_DECISIONS))
