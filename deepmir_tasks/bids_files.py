@@ -32,6 +32,8 @@ class SubjectInputs:
     problems: tuple[str, ...] = ()
     #: raw multi-echo GRE, ``(magnitude files, phase files)`` in echo order, or ``()``
     megre: tuple = ()
+    #: modalities with several candidate files (their problem is in ``problems``, not "missing")
+    ambiguous: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
@@ -42,10 +44,9 @@ class SubjectInputs:
     def missing(self) -> list[str]:
         """Suffixes of the modalities without an image (an ambiguous one is a problem instead; SWI
         and QSM are not missing when the raw GRE they are computed from is there)."""
-        ambiguous = {m for m in self.files if any(f"_{MODALITY_SUFFIX[m]} images" in p for p in self.problems)}
         computable = {"swi", "qsm"} if self.megre else set()
         return [MODALITY_SUFFIX[m] for m, f in self.files.items()
-                if f is None and m not in ambiguous and m not in computable]
+                if f is None and m not in self.ambiguous and m not in computable]
 
     @property
     def anat_dir_rel(self) -> Path:
@@ -99,15 +100,16 @@ def find_subjects(
             if bad:  # named and refused; the others run
                 subjects.append(SubjectInputs(label, ses, {m: None for m in modalities}, (bad,)))
                 continue
-            files, problems = {}, []
+            files, problems, ambiguous = {}, [], []
             for m in modalities:
                 try:
                     files[m] = _find_one(anat, MODALITY_SUFFIX[m])
                 except InputError as err:  # several candidates: this subject's problem alone
                     files[m] = None
                     problems.append(str(err))
+                    ambiguous.append(m)
             megre = _find_megre(anat, subject_key(label, ses), problems)
-            subjects.append(SubjectInputs(label, ses, files, tuple(problems), megre))
+            subjects.append(SubjectInputs(label, ses, files, tuple(problems), megre, tuple(ambiguous)))
     if not subjects:
         raise InputError(bids_dir, "no subject has the requested session(s)")
     return subjects

@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "InputError",
+    "read_header",
     "load_image",
     "load_volume",
     "load_mask",
@@ -43,13 +44,10 @@ class InputError(ValueError):
         return type(self), (self.path, self.problem)
 
 
-def load_image(path, *, what: str = "image", allow_empty: bool = False, squeeze_4d: bool = True):
-    """Load a 3-D NIfTI image with nibabel and check it; return the ``nibabel`` image.
-
-    ``what`` names the role of the file (``"T2w"``, ``"QSM"``...) in messages.
-    A 4-D image with a single volume is accepted as 3-D when ``squeeze_4d`` is true.
-    Data are read (and checked for finite values) once here; the returned image holds them.
-    """
+def read_header(path, *, what: str = "image"):
+    """Open a NIfTI file's header (the data are not read): the cheap checks a cohort run makes of
+    every file before anything runs (exists, not a folder, not empty, readable gzip and header).
+    Returns the ``nibabel`` image (data still on disk); raises :class:`InputError` naming the file."""
     import nibabel as nib
 
     path = Path(path)
@@ -61,11 +59,31 @@ def load_image(path, *, what: str = "image", allow_empty: bool = False, squeeze_
         raise InputError(path, f"{what} file is empty (0 bytes)")
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        img.header  # noqa: B018 - parsed here, so that a broken header is this file's error
     except (gzip.BadGzipFile, zlib.error, EOFError) as err:
         raise InputError(path, f"{what} file is not a readable gzip (truncated or corrupt: {err})") from None
     except nib.filebasedimages.ImageFileError as err:
         raise InputError(path, f"{what} file is not a readable NIfTI image ({_first_line(err)})") from None
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"{what} file could not be read ({_first_line(err)})") from None
+    return img
+
+
+def load_image(path, *, what: str = "image", allow_empty: bool = False, squeeze_4d: bool = True):
+    """Load a 3-D NIfTI image with nibabel and check it; return the ``nibabel`` image.
+
+    ``what`` names the role of the file (``"T2w"``, ``"QSM"``...) in messages.
+    A 4-D image with a single volume is accepted as 3-D when ``squeeze_4d`` is true.
+    Data are read (and checked for finite values) once here; the returned image holds them.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    img = read_header(path, what=what)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (gzip.BadGzipFile, zlib.error, EOFError) as err:
+        raise InputError(path, f"{what} file is not a readable gzip (truncated or corrupt: {err})") from None
     except (OSError, ValueError) as err:
         raise InputError(path, f"{what} file could not be read ({_first_line(err)})") from None
 

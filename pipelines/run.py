@@ -164,19 +164,19 @@ def _missing_reason(subj, optional=frozenset()) -> str:
 
 def _unreadable_reason(subj) -> str | None:
     """Why one of the subject's files cannot be read as gzipped NIfTI (empty, not NIfTI, truncated
-    header), or ``None``: checked per subject before any graph is built, so a bad file fails its
-    subject alone, with its name, instead of the whole cohort."""
-    import nibabel as nib
+    header), or ``None``: checked per subject before any graph is built (:func:`read_header`, no
+    data read), so a bad file fails its subject alone, with its name, instead of the whole cohort."""
     from fileformats.medimage import NiftiGz
+
+    from deepmir_tasks.io import read_header
 
     gre = [p for files in subj.megre for p in files]
     for path in [p for p in subj.files.values() if p is not None] + gre:
-        path = Path(path)
         try:
-            if path.stat().st_size == 0:
-                return f"{path}: file is empty (0 bytes)"
-            NiftiGz(path)
-            nib.load(str(path)).header  # noqa: B018 - reads and checks the header
+            read_header(path, what="image")
+            NiftiGz(path)  # the type the workflow's inputs are checked against
+        except InputError as err:
+            return str(err)
         except Exception as err:  # noqa: BLE001 - any failure to read is this subject's problem
             detail = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             return f"{path}: not a readable gzipped NIfTI image ({detail})"

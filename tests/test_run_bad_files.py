@@ -15,8 +15,8 @@ def test_text_and_empty_files_fail_their_subject_with_one_line_naming_the_file(c
                         group=False)
     reasons = result.failed
     assert set(reasons) == {"sub-01", "sub-02"}
-    assert reasons["sub-01"].startswith(f"{qsm}: not a readable gzipped NIfTI image")
-    assert reasons["sub-02"] == f"{t2}: file is empty (0 bytes)"
+    assert reasons["sub-01"].startswith(f"{qsm}: image file is not a readable NIfTI image")
+    assert reasons["sub-02"] == f"{t2}: image file is empty (0 bytes)"
     assert all("\n" not in r for r in reasons.values())
 
 
@@ -40,7 +40,7 @@ def test_two_t2w_runs_fail_that_subject_alone(copy_cohort, tmp_path):
     result = run_cohort(copy_cohort, tmp_path / "out", worker="debug", cache_dir=tmp_path / "cache",
                         group=False)
     assert result.failed["sub-01"] == problem
-    assert result.failed["sub-02"].endswith("sub-02_swi.nii.gz: file is empty (0 bytes)")
+    assert result.failed["sub-02"].endswith("sub-02_swi.nii.gz: image file is empty (0 bytes)")
 
 
 def test_an_output_path_that_is_a_file_or_read_only_is_one_line(small_cohort, tmp_path):
