@@ -28,7 +28,8 @@ COLUMN_DESCRIPTIONS = {
     "flags": {"Description": "Only when the subject ran without a modality or with an override: 'no_qsm' "
                              "(T2w + SWI only: a calcification cannot be told from a CMB by the sign of its "
                              "susceptibility, and the QSM-based vein rule could not apply), "
-                             "'outside_supported_resolution' (--allow-resolution), 'qsm_units_unverified' "
+                             "'outside_supported_resolution' (--allow-resolution), 'registration_suspect' (the SWI fitted the "
+                             "T2w better mirrored or rotated: check the registration), 'qsm_units_unverified' "
                              "(a QSM that did not look like ppm, trusted with --qsm-units ppm); ';'-separated"},
     "session_id": {"Description": "BIDS session label, with the 'ses-' prefix (only when sessions exist)"},
     "lesion_id": {"Description": "Lesion number within this subject (and session), from 1, CMBs first"},

@@ -114,12 +114,15 @@ def input_flags(checks: dict) -> str:
     """The flags a subject's results carry from its input checks (``;``-separated, ``""`` if none):
     ``no_qsm`` (a T2w + SWI subject: a calcification cannot be told from a CMB by its sign),
     ``outside_supported_resolution`` (run with ``allow_resolution``) and ``qsm_units_unverified``
-    (a QSM that did not look like ppm, trusted with ``qsm_units="ppm"``)."""
+    (a QSM that did not look like ppm, trusted with ``qsm_units="ppm"``); from the preprocessing
+    report, ``registration_suspect`` (the SWI/QSM fitted the T2w better in another pose)."""
     flags = []
     if "qsm_file" in checks and checks["qsm_file"] is None:
         flags.append("no_qsm")
     if checks.get("outside_supported_resolution"):
         flags.append("outside_supported_resolution")
+    if any(qc and qc.get("suspect") for qc in (checks.get("registration_qc") or {}).values()):
+        flags.append("registration_suspect")
     if checks.get("qsm_units") == "ppm" and checks.get("qsm", {}).get("units_check", "ppm (plausible)") != "ppm (plausible)":
         flags.append("qsm_units_unverified")
     return ";".join(flags)

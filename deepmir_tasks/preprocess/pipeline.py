@@ -47,6 +47,8 @@ def summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to
     report["qsm_transform"] = ("no QSM" if qsm_to_t2 is None else "reused the SWI transform (same scanner space)"
                                if _same_bytes(qsm_to_t2, swi_to_t2) else "registered on its own")
     report["registration_qc"] = registration_qc or {}
+    report.setdefault("warnings", [])
+    report["warnings"] += [qc["suspect"] for qc in report["registration_qc"].values() if qc and qc.get("suspect")]
     report.update(settings or {})
     mask_img = load_image(mask_file, what="brain mask")
     mask = np.asarray(mask_img.dataobj) > 0

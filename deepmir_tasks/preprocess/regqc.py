@@ -5,7 +5,7 @@ needs a large rotation, or that fits better in another pose, means a broken head
 head. :func:`check_alignment` measures both:
 
 1. the rotation of the transform found: over :data:`MAX_ROTATION_DEG` the headers disagree;
-2. whether another pose fits better: the moving image is registered coarsely (both images smoothed
+2. whether another pose fits better (a warning, not a failure: see :func:`check_alignment`): the moving image is registered coarsely (both images smoothed
    and resampled to :data:`QC_VOXEL_MM`) from the pose found and from alternative starts — mirrored
    left–right (aligned by centres of mass), and the headers' own pose rotated ±30° about the
    left–right and front–back axes through the brain's centre — and the found pose's
@@ -79,7 +79,11 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
     :func:`~deepmir_tasks.preprocess.register.register_rigid`); return the measurements.
 
     Raises :class:`InputError` naming ``moving_file`` (and the T2w in the message) when the
-    rotation exceeds :data:`MAX_ROTATION_DEG` or an alternative pose fits better.
+    rotation exceeds :data:`MAX_ROTATION_DEG`. An alternative pose that fits better is not a
+    failure but ``qc["suspect"]``, a sentence the report shows and the tables flag
+    (``registration_suspect``): the test raised false alarms on valid data (2 of 8 subjects of the
+    independent generator's 7 T condition, MI 9-10 % better in a wrong pose, against 6-13 % for the
+    flips it is meant to catch), so it cannot fail a subject alone.
     """
     import ants
 
@@ -126,10 +130,11 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
         alternatives[name] = round(fit(mirrored if mirror else moving, start), 4)
     qc["alternatives"] = alternatives
     best = min(alternatives, key=alternatives.get)
+    qc["suspect"] = None
     if alternatives[best] < qc["mutual_information"] - MARGIN * abs(qc["mutual_information"]):
-        why = ("one of the two headers is flipped left-right" if best.startswith("mirrored")
-               else "a header is rotated beyond what registration recovers, or the images are not of one head")
-        raise InputError(moving_file, f"{what} does not line up with the T2w {t2_name}: it fits better {best} "
-                                      f"(mutual information {alternatives[best]:.3f} vs "
-                                      f"{qc['mutual_information']:.3f} as registered), so {why}")
+        why = ("one of the two headers may be flipped left-right" if best.startswith("mirrored")
+               else "a header may be rotated beyond what registration recovers, or the images may not be of one head")
+        qc["suspect"] = (f"{Path(str(moving_file)).name} may not line up with the T2w {t2_name}: it fits better "
+                         f"{best} (mutual information {alternatives[best]:.3f} vs {qc['mutual_information']:.3f} "
+                         f"as registered), so {why}; check the registration in the report")
     return qc
