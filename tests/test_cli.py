@@ -38,14 +38,16 @@ def test_unknown_participant_is_named(small_cohort, tmp_path, capsys):
     assert "sub-99" in capsys.readouterr().err
 
 
-def test_subject_without_qsm_fails_by_name_and_exit_status_is_nonzero(copy_cohort, tmp_path):
-    (copy_cohort / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").unlink()
+def test_subject_without_swi_fails_by_name_and_exit_status_is_nonzero(copy_cohort, tmp_path):
+    """The SWI is needed (the bundled model serves T2w + SWI without QSM, not T2w alone or T2w + QSM
+    through the pipeline)."""
+    (copy_cohort / "sub-01" / "anat" / "sub-01_swi.nii.gz").unlink()
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", str(copy_cohort), str(tmp_path / "out"), "participant",
          "--participant-label", "01", "--worker", "debug"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr
-    assert "sub-01" in proc.stdout and "Chimap" in proc.stdout and "failed" in proc.stdout
+    assert "sub-01" in proc.stdout and "no swi image" in proc.stdout and "failed" in proc.stdout
     assert "Traceback" not in proc.stderr
 
 

@@ -17,12 +17,12 @@ from pipelines.run import run_cohort
 pytestmark = pytest.mark.slow
 
 
-def _dropout_model(path):
-    """A small network whose record says it was trained with modality dropout (its weights are
-    random: this checks the path through the pipeline, not detection)."""
+def _small_model(path, dropout: float):
+    """A small network whose record says it was trained with ``dropout`` modality dropout (its
+    weights are random: this checks the path through the pipeline, not detection)."""
     torch.manual_seed(0)
     rec = json.loads(json.dumps(TINY_RECORD))
-    rec["training"] = {"config": {"modality_dropout": 0.3}}
+    rec["training"] = {"config": {"modality_dropout": dropout}}
     net = UNet(**{k: v for k, v in rec["architecture"].items() if k != "name"}).eval()
     save_model(net, path, rec)
     return path
@@ -32,11 +32,12 @@ def test_t2w_and_swi_subject_runs_flagged_with_a_subset_model_and_is_refused_oth
     qsm = copy_cohort / "sub-01" / "anat" / "sub-01_Chimap.nii.gz"
     qsm.unlink()
     refused = run_cohort(copy_cohort, tmp_path / "refused", participant_labels=["01"], worker="debug",
-                         cache_dir=tmp_path / "cache", allow_resolution=True, group=False)
+                         cache_dir=tmp_path / "cache", allow_resolution=True, group=False,
+                         model=_small_model(tmp_path / "all_three.safetensors", 0.0))
     reason = refused.failed["sub-01"]
     assert reason.startswith("no Chimap image") and "modality dropout" in reason and "\n" not in reason
 
-    model = _dropout_model(tmp_path / "subset.safetensors")
+    model = _small_model(tmp_path / "subset.safetensors", 0.3)
     out = tmp_path / "out"
     result = run_cohort(copy_cohort, out, participant_labels=["01"], worker="debug", cache_dir=tmp_path / "cache",
                         allow_resolution=True, model=model)
