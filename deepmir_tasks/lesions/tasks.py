@@ -64,7 +64,8 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
         participant_id: BIDS participant label, with or without 'sub-'
         session_id: BIDS session label, or None
         rules: the lesion rules (threshold, sizes, minimum probabilities, mimics); see LesionRules
-        preproc_report: the preprocessing report, whose input-check flags become a flags column
+        preproc_report: the preprocessing report, whose ``flags`` (input checks, registration)
+            become a flags column
         version: package version, so that a new release is a new cache entry
     """
 
@@ -94,9 +95,9 @@ class ExtractLesions(python.Task["ExtractLesions.Outputs"]):
         import json
 
         from deepmir_tasks.lesions.extract import extract_lesions_files
-        from deepmir_tasks.preprocess.checks import input_flags
 
-        flags = input_flags(json.loads(Path(_fspath(preproc_report)).read_text())) if preproc_report else ""
+        # the flags the preprocessing report gives (deepmir_tasks.preprocess.checks.input_flags)
+        flags = json.loads(Path(_fspath(preproc_report)).read_text()).get("flags", "") if preproc_report else ""
         out = extract_lesions_files(
             _fspath(probseg_cmb), _fspath(probseg_iron), _fspath(dseg), _fspath(qsm), _fspath(swi),
             _fspath(mask), Path.cwd(), participant_id, session_id=session_id,

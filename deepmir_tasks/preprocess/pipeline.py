@@ -36,6 +36,7 @@ def summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to
     import json
 
     from deepmir_tasks import __version__
+    from deepmir_tasks.preprocess.checks import input_flags
     from deepmir_tasks.preprocess.normalise import QSM_RANGE_PPM
     from deepmir_tasks.preprocess.register import transform_to_ras
     from deepmir_tasks.preprocess.resample import coverage_fraction
@@ -65,6 +66,7 @@ def summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to
         "t2_to_mni_ras": np.round(read_matrix(t2_to_mni), 6).tolist(),
         "qsm_range_ppm": list(QSM_RANGE_PPM),
     })
+    report["flags"] = input_flags(report)  # what the lesion tables carry (ExtractLesions reads it here)
     return write_json(report, out_file)
 
 
