@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,21 @@ def _workers():
 def worker(request):
     """Run a test under each pydra worker: debug, cf and (where sbatch exists) slurm."""
     return request.param
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """The system Chromium for the browser tests, installed with ``scripts/install_chromium.sh``
+    when missing; the test is skipped, with the reason, only when that is impossible."""
+    for name in ("chromium", "chromium-browser"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(["bash", str(root / "scripts" / "install_chromium.sh")], capture_output=True,
+                          text=True, timeout=1200)
+    exe = shutil.which("chromium")
+    if exe is None:
+        reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["unknown reason"]
+        pytest.skip(f"chromium is absent and scripts/install_chromium.sh could not install it: {reason[0]}")
+    return exe

@@ -7,7 +7,6 @@ skipped, with the reason, only when that is impossible (no apt-get or no root).
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from helpers.report import make_simulated, parse_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # simulating the subject takes a few seconds
 
-ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -38,21 +36,6 @@ window.addEventListener("load", function () {
                                             tileImgs.length, tileOk.length].join(","));
 });
 </script>"""
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    for name in ("chromium", "chromium-browser"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "install_chromium.sh")], capture_output=True,
-                          text=True, timeout=1200)
-    exe = shutil.which("chromium")
-    if exe is None:
-        reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["unknown reason"]
-        pytest.skip(f"chromium is absent and scripts/install_chromium.sh could not install it: {reason[0]}")
-    return exe
 
 
 def _chromium(exe, tmp: Path, *args, timeout=120) -> subprocess.CompletedProcess:

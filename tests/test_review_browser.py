@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -24,25 +23,9 @@ from deepmir_tasks.review.decisions import rater_decisions
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1500,1100"]
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    for name in ("chromium", "chromium-browser"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "install_chromium.sh")], capture_output=True,
-                          text=True, timeout=1200)
-    exe = shutil.which("chromium")
-    if exe is None:
-        reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["unknown reason"]
-        pytest.skip(f"chromium is absent and scripts/install_chromium.sh could not install it: {reason[0]}")
-    return exe
 
 
 class Browser:
