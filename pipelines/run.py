@@ -157,8 +157,8 @@ def _optional_suffixes(model_path) -> set:
 
 def _missing_reason(subj, optional=frozenset()) -> str:
     missing = [m for m in subj.missing if m not in optional]
-    why = ("" if not missing or "Chimap" in optional or missing != ["Chimap"]
-           else " (the model was trained on all three; a model trained with modality dropout runs without QSM)")
+    why = (" (the model was trained on all three; a model trained with modality dropout runs without QSM)"
+           if missing == ["Chimap"] else "")
     return "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing) + why
 
 

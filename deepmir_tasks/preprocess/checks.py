@@ -161,15 +161,29 @@ def check_inputs(t2_file, swi_file, qsm_file, mask_file=None, *, qsm_units: str 
     sd = np.asarray(swi.dataobj)
     if np.count_nonzero(sd < 0) > 0.2 * max(np.count_nonzero(sd), 1):
         raise InputError(swi_file, "SWI magnitude is negative in over 20% of voxels; is this a phase or QSM image?")
-    if qsm_file is None:  # a T2w + SWI subject (the model must serve that subset)
-        report["qsm_file"] = None
-        report["outside_supported_resolution"] = False
-        outside = [w for w in (check_resolution(f, what, report[key]["voxel_size_mm"], allow_resolution)
-                               for f, what, key in ((t2_file, "T2w", "t2"), (swi_file, "SWI", "swi"))) if w]
-        report["outside_supported_resolution"] = bool(outside)
-        report["warnings"] += outside
-        _check_mask(mask_file, t2, report)
-        return report
+    report["qsm_file"] = None  # a T2w + SWI subject has no QSM (the model must serve that subset)
+    images = [(t2_file, "T2w", "t2"), (swi_file, "SWI", "swi")]
+    if qsm_file is not None:
+        report["qsm_file"] = _check_qsm(qsm_file, qsm_units, qsm_out, report)
+        images.append((report["qsm"]["file"], "QSM", "qsm"))
+    outside = [w for w in (check_resolution(f, what, report[key]["voxel_size_mm"], allow_resolution)
+                           for f, what, key in images) if w]
+    report["outside_supported_resolution"] = bool(outside)
+    report["warnings"] += outside
+    if mask_file is not None:
+        mask, report["mask"] = check_image(mask_file, "brain mask")
+        if mask.shape[:3] != t2.shape[:3] or not np.allclose(mask.affine, t2.affine, atol=1e-3):
+            raise InputError(mask_file, f"brain mask grid {mask.shape[:3]} does not match the T2w grid "
+                                        f"{t2.shape[:3]} (same shape and affine needed)")
+        vals = np.unique(np.asarray(mask.dataobj))
+        if vals.size > 2:
+            raise InputError(mask_file, f"brain mask is not binary ({vals.size} distinct values)")
+    return report
+
+
+def _check_qsm(qsm_file, qsm_units: str, qsm_out, report: dict) -> str:
+    """Check the QSM and its units (``report["qsm"]``, warnings added); return the path of the map
+    in ppm (``qsm_out`` when converted from ppb)."""
     qsm, report["qsm"] = check_image(qsm_file, "QSM", allow_empty=False)
     qd = np.asarray(qsm.dataobj)
     if qsm_units == "ppb":
@@ -178,34 +192,14 @@ def check_inputs(t2_file, swi_file, qsm_file, mask_file=None, *, qsm_units: str 
         qd = qd / 1000.0
         qsm_file = save_nifti(qd.astype(np.float32), qsm.affine, qsm_out or "qsm_ppm.nii.gz", header=qsm.header)
         report["warnings"].append(f"{report['qsm']['file']}: QSM given in ppb (--qsm-units ppb), divided by 1000")
-    report["qsm_file"] = str(qsm_file)
     verdict = guess_qsm_units(qd)
     report["qsm"]["units_check"] = verdict or "ppm (plausible)"
     if verdict and qsm_units == "ppm":
         msg = f"{report['qsm']['file']}: QSM {verdict} (trusted as ppm: --qsm-units ppm)"
-        warnings.warn(msg, QsmScaleWarning, stacklevel=2)
+        warnings.warn(msg, QsmScaleWarning, stacklevel=3)
         log.warning(msg)
         report["warnings"].append(msg)
     elif verdict:
         hint = ("; if it is in ppb, --qsm-units ppb converts it" if "ppb" in verdict else "")
         raise InputError(report["qsm"]["file"], f"QSM {verdict}{hint}; --qsm-units ppm trusts the values as they are")
-    outside = [w for w in (check_resolution(f, what, report[key]["voxel_size_mm"], allow_resolution)
-                           for f, what, key in ((t2_file, "T2w", "t2"), (swi_file, "SWI", "swi"),
-                                                (report["qsm"]["file"], "QSM", "qsm"))) if w]
-    report["outside_supported_resolution"] = bool(outside)
-    report["warnings"] += outside
-    _check_mask(mask_file, t2, report)
-    return report
-
-
-def _check_mask(mask_file, t2, report: dict) -> None:
-    """The user's brain mask must be binary and on the T2w grid."""
-    if mask_file is None:
-        return
-    mask, report["mask"] = check_image(mask_file, "brain mask")
-    if mask.shape[:3] != t2.shape[:3] or not np.allclose(mask.affine, t2.affine, atol=1e-3):
-        raise InputError(mask_file, f"brain mask grid {mask.shape[:3]} does not match the T2w grid "
-                                    f"{t2.shape[:3]} (same shape and affine needed)")
-    vals = np.unique(np.asarray(mask.dataobj))
-    if vals.size > 2:
-        raise InputError(mask_file, f"brain mask is not binary ({vals.size} distinct values)")
+    return str(qsm_file)
