@@ -35,16 +35,11 @@ COLUMNS = ["modalities", "cmb_sens", "cmb_prec", "cmb_fp_per_subj", "iron_sens",
 
 def subset_tables(pred, subjects, subset, threshold: float) -> list:
     """Candidate tables of each subject predicted from ``subset`` alone (the others missing)."""
-    from deepmir_tasks.lesions.extract import extract_lesions
+    from deepmir_tasks.model.calibrate import candidate_tables
 
-    out = []
-    for s in subjects:
-        vols = {m: (v if m in subset else None) for m, v in s.extra["volumes"].items()}
-        p = pred.predict(vols, s.mask)
-        kept, dropped = extract_lesions(p[1], p[2], None, s.affine, vols.get("qsm"), vols.get("swi"), s.mask,
-                                        participant_id=s.key, threshold=threshold, min_voxels=1)
-        out.append(pd.concat([kept.assign(reason=None), dropped], ignore_index=True))
-    return out
+    probs = [pred.predict({m: (v if m in subset else None) for m, v in s.extra["volumes"].items()}, s.mask)
+             for s in subjects]
+    return candidate_tables(subjects, probs, threshold, missing=[m for m in NAMES if m not in subset])
 
 
 def row(subset, figures) -> dict:

@@ -25,10 +25,11 @@ RULE_GRID = {"threshold": (0.2, 0.35, 0.5), "min_voxels": (1, 3, 8, 12),
              "min_prob": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)}
 
 
-def candidate_tables(subjects, probs, threshold: float) -> list:
+def candidate_tables(subjects, probs, threshold: float, missing=()) -> list:
     """Every lesion candidate of each subject, as the pipeline's :func:`extract_lesions` finds and
     measures it at voxel ``threshold`` (``min_voxels`` 1, no probability minimum, so that those two
-    rules can be applied afterwards for any value); dropped rows keep their ``reason``."""
+    rules can be applied afterwards for any value); dropped rows keep their ``reason``. The
+    modalities in ``missing`` are not given to the extraction (as for a subject without them)."""
     import pandas as pd
 
     from deepmir_tasks.lesions.extract import extract_lesions
@@ -36,8 +37,8 @@ def candidate_tables(subjects, probs, threshold: float) -> list:
     out = []
     for s, p in zip(subjects, probs):
         p = np.asarray(p, np.float32)
-        kept, dropped = extract_lesions(p[1], p[2], None, s.affine, s.extra["volumes"]["qsm"],
-                                        s.extra["volumes"]["swi"], s.mask, participant_id=s.key,
+        qsm, swi = (None if m in missing else s.extra["volumes"][m] for m in ("qsm", "swi"))
+        kept, dropped = extract_lesions(p[1], p[2], None, s.affine, qsm, swi, s.mask, participant_id=s.key,
                                         threshold=threshold, min_voxels=1)
         out.append(pd.concat([kept.assign(reason=None), dropped], ignore_index=True))
     return out
