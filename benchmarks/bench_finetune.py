@@ -82,7 +82,8 @@ def usable_subjects(bids: Path, subjects: list[str], n: int, cache: Path, work: 
     """The first ``n`` of ``subjects`` that the pipeline's preprocessing takes (cached in ``cache``),
     and those it refused, with the one-line reason (kept in ``work/refused.json``: not retried)."""
     from deepmir_tasks.io import InputError
-    from deepmir_tasks.model.data import find_subjects, prepare_subject
+    from deepmir_tasks.model.data import find_subjects
+    from workflows.train import prepare_subject
 
     files = {s.key: s for s in find_subjects(bids, bids / "derivatives" / "annotations")}
     ref_file = work / "refused.json"
@@ -133,7 +134,7 @@ def score_model(model: Path, tag: str, view: Path, cache: Path, rules: dict, wor
     from deepmir_tasks.model.modelfile import sha256_file
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
     from deepmir_tasks.model.predictor import Predictor
-    from deepmir_tasks.model.train import load_subjects
+    from workflows.train import load_subjects
 
     sha = sha256_file(model)
     out = work / "scores" / f"{tag}.json"

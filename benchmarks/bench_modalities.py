@@ -63,7 +63,7 @@ def main(argv=None) -> int:
 
     from deepmir_tasks.model.calibrate import score_tables, truth_centroids
     from deepmir_tasks.model.config import TrainConfig
-    from deepmir_tasks.model.data import load_subjects
+    from workflows.train import load_subjects
     from deepmir_tasks.model.modelfile import lesion_rules
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
     from deepmir_tasks.model.predictor import Predictor

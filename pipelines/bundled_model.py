@@ -12,7 +12,7 @@ Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run c
    (both cohorts in the ``write_bids_cohort`` layout; the training cohort with raised lesion
    counts, ``TRAIN_LESION_COUNTS``, the test cohort with the simulator's defaults), and every
    subject through the pipeline's own ``preprocess_subject`` (cached), ``--jobs`` at a time;
-2. ``train``: :func:`deepmir_tasks.model.train.train` (``--resume`` continues the checkpoint;
+2. ``train``: :func:`workflows.train.train` (``--resume`` continues the checkpoint;
    ``--lesion-fraction``/``--mimic-fraction``/``--hard-fraction`` change the patch mix on resume);
    ``mine``: :func:`deepmir_tasks.model.train.mine_hard_examples` runs the current model on the
    training cohort and records its false positives and weak lesions, which a resumed ``train``
@@ -110,7 +110,8 @@ def _make_and_prepare(args) -> str:
     import torch
 
     torch.set_num_threads(1)
-    from deepmir_tasks.model.train import find_subjects, prepare_subject
+    from deepmir_tasks.model.data import find_subjects
+    from workflows.train import prepare_subject
 
     write_simulated_subject(root, label, seed, counts, profile)
     for sub in find_subjects(root, root / "derivatives" / "annotations"):
@@ -186,7 +187,7 @@ def _describe_run(args, argv) -> dict:
                                             "use": "choosing the per-class lesion probability thresholds"},
                      "test_cohort": {"n": args.n_test, "seeds": [args.test_seed, args.test_seed + args.n_test - 1],
                                      "lesion_counts": "simulator defaults"},
-                     "preprocessing": "deepmir_tasks.preprocess.preprocess_subject (voxel_size 1.0, defaults)"},
+                     "preprocessing": "workflows.preprocess.preprocess_subject (voxel_size 1.0, defaults)"},
             "command": command, "this_run": this_run}
     return info
 
@@ -223,7 +224,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from deepmir_tasks.model.train import TrainConfig, load_subjects, train
+    from deepmir_tasks.model.train import TrainConfig
+    from workflows.train import load_subjects, train
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -282,7 +284,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
     from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS, load_record, record_path
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
     from deepmir_tasks.model.predictor import Predictor
-    from deepmir_tasks.model.train import load_subjects
+    from workflows.train import load_subjects
 
     rec = load_record(out)
     pred = Predictor.from_file(out)
@@ -340,7 +342,8 @@ def test_bundled(out: Path, bids: Path, cache: Path, config, cohort: dict) -> di
     from deepmir_tasks.model.modelfile import lesion_rules, load_record, record_path
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
     from deepmir_tasks.model.predictor import Predictor
-    from deepmir_tasks.model.train import load_subjects, summarise_metrics
+    from deepmir_tasks.model.train import summarise_metrics
+    from workflows.train import load_subjects
 
     rec = load_record(out)
     rules = lesion_rules(out)

@@ -13,6 +13,7 @@ from deepmir_tasks.model.modelfile import load_model, record_path, save_model
 from deepmir_tasks.model.predictor import MissingModalityError, Predictor, segment_subject
 from deepmir_tasks.model.train import (
     PatchSampler,
+    checkpoint_path,
     dice_ce_loss,
     lesion_metrics,
     match_lesions,
@@ -383,10 +384,10 @@ def _tiny_config(**kw):
 
 
 def test_train_loop_exports_validated_model_and_resume_is_exact(tmp_path, monkeypatch):
-    import deepmir_tasks.model.train as tr
+    import workflows.train as tr
     from helpers.model import identity_prepare, write_synthetic_bids
 
-    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
+    monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [21, 22, 23])
 
     straight = tr.train(bids, ann, tmp_path / "a.safetensors", _tiny_config(), progress=False, threads=1,
@@ -405,17 +406,17 @@ def test_train_loop_exports_validated_model_and_resume_is_exact(tmp_path, monkey
     resumed = tr.train(bids, ann, tmp_path / "b.safetensors", _tiny_config(steps=6), progress=False,
                        threads=1, device="cpu", resume=True)
     assert resumed["step"] == 6
-    a = torch.load(tr.checkpoint_path(tmp_path / "a.safetensors"), weights_only=True)["model"]
-    b = torch.load(tr.checkpoint_path(tmp_path / "b.safetensors"), weights_only=True)["model"]
+    a = torch.load(checkpoint_path(tmp_path / "a.safetensors"), weights_only=True)["model"]
+    b = torch.load(checkpoint_path(tmp_path / "b.safetensors"), weights_only=True)["model"]
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
 
 
 def test_resume_from_a_missing_or_broken_checkpoint_is_an_input_error(tmp_path, monkeypatch):
-    import deepmir_tasks.model.train as tr
+    import workflows.train as tr
     from helpers.model import identity_prepare, write_synthetic_bids
 
-    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
+    monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [24, 25])
     with pytest.raises(InputError, match="does not exist"):
         tr.train(bids, ann, tmp_path / "m.safetensors", _tiny_config(folds=1), resume=tmp_path / "nope.pt",
@@ -430,11 +431,10 @@ def test_resume_from_a_missing_or_broken_checkpoint_is_an_input_error(tmp_path, 
 
 
 def test_deepmir_train_command(tmp_path, monkeypatch, capsys):
-    import deepmir_tasks.model.train as tr
     from helpers.model import identity_prepare, write_synthetic_bids
     from pipelines.cli import main
 
-    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
+    monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [31, 32])
     out = tmp_path / "m.safetensors"
     base = ["train", str(bids), "--annotations", str(ann), "--out", str(out), "--levels", "3", "--base", "4",
@@ -447,7 +447,7 @@ def test_deepmir_train_command(tmp_path, monkeypatch, capsys):
     rec = json.loads(record_path(out).read_text())
     assert rec["modalities"] == ["t2", "qsm"] and rec["classes"] == ["background", "cmb"]
     assert rec["training"]["command"].startswith("deepmir train") or rec["training"]["command"] == "deepmir train "
-    assert tr.checkpoint_path(out).exists()
+    assert checkpoint_path(out).exists()
     # a CMB-only, T2w+QSM model: SWI may be absent, QSM may not
     pred = Predictor.from_file(out)
     vols, mask, *_ = synthetic_subject(33, shape=(24, 24, 16))

@@ -379,11 +379,11 @@ def _tiny_init_model(path, levels=3, modalities=("t2", "swi", "qsm")):
 def test_train_init_starts_from_the_models_weights(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    import deepmir_tasks.model.train as tr
+    import workflows.train as tr
     from deepmir_tasks.model.train import TrainConfig
     from helpers.model import identity_prepare, write_synthetic_bids
 
-    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
+    monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [41, 42], shape=(24, 24, 16))
     init = _tiny_init_model(tmp_path / "init.safetensors")
     config = TrainConfig(levels=3, base=8, patch=16, batch=1, steps=2, folds=1, validate_every=2, seed=1)
@@ -405,7 +405,7 @@ def test_train_init_with_another_architecture_is_one_clear_error(tmp_path, monke
     from helpers.model import identity_prepare, write_synthetic_bids
     from pipelines.cli import main
 
-    monkeypatch.setattr("deepmir_tasks.model.data.prepare_subject", identity_prepare)
+    monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [43, 44], shape=(24, 24, 16))
     init = _tiny_init_model(tmp_path / "init.safetensors", modalities=("t2", "swi"))
     base = ["train", str(bids), "--annotations", str(ann), "--out", str(tmp_path / "m.safetensors"),

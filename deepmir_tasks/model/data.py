@@ -1,18 +1,17 @@
-"""Training data: finding annotated subjects, preparing them (cached), loading them into memory."""
+"""Training data: finding annotated subjects and loading prepared ones into memory (preparing them
+through the preprocessing graph is :mod:`workflows.train`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from deepmir_tasks.io import InputError, load_image, write_json
-from deepmir_tasks.model.config import DSEG_VALUE, TrainConfig
+from deepmir_tasks.io import InputError, load_image
+from deepmir_tasks.model.config import DSEG_VALUE
 
 log = logging.getLogger(__name__)
 
@@ -85,41 +84,6 @@ def split_folds(keys, folds: int, fold: int, seed: int = 0) -> tuple[list, list]
     train = [k for k in keys if k.split("_")[0] not in val_parts]
     val = [k for k in keys if k.split("_")[0] in val_parts]
     return train, val
-
-
-# ---------------------------------------------------------------------- preparation
-def prepare_subject(sub: SubjectFiles, cache_dir, voxel_size: float = 1.0) -> dict:
-    """Preprocess one subject (cached): working-grid t2/swi/qsm/mask and the annotation dseg.
-
-    Returns a dict of paths with keys ``t2``, ``swi``, ``qsm``, ``mask``, ``dseg``, ``t2_to_mni``.
-    The cache is ``cache_dir/<key>/prepared.json``; it is reused when all its files still exist.
-    """
-    out_dir = Path(cache_dir) / sub.key
-    marker = out_dir / "prepared.json"
-    if marker.exists():
-        try:
-            rec = json.loads(marker.read_text())
-            paths = {k: out_dir / v for k, v in rec["files"].items()}
-            if rec.get("voxel_size") == voxel_size and all(p.exists() for p in paths.values()):
-                return paths
-        except (json.JSONDecodeError, KeyError):
-            pass
-    from deepmir_tasks.preprocess import preprocess_subject, resample_labels
-
-    t0 = time.perf_counter()
-    # annotated training data are taken at whatever resolution they have (the user chose them)
-    res = preprocess_subject(sub.t2, sub.swi, sub.qsm, out_dir, voxel_size=voxel_size, allow_resolution=True)
-    dseg = resample_labels(sub.dseg, res["t2"], out_dir / f"{sub.key}_space-work_desc-annotation_dseg.nii.gz")
-    paths = {k: Path(res[k]) for k in ("t2", "swi", "qsm", "mask") if res.get(k) is not None}
-    paths["dseg"] = Path(dseg)
-    if res.get("t2_to_mni") is not None:
-        paths["t2_to_mni"] = Path(res["t2_to_mni"])
-    write_json({"files": {k: str(p.relative_to(out_dir)) if p.is_relative_to(out_dir) else str(p)
-                          for k, p in paths.items()},
-                "voxel_size": voxel_size, "seconds": round(time.perf_counter() - t0, 1),
-                "source": {"t2": str(sub.t2), "swi": str(sub.swi), "qsm": str(sub.qsm), "dseg": str(sub.dseg)}},
-               marker)
-    return paths
 
 
 @dataclass
@@ -214,30 +178,6 @@ def load_train_subject(key: str, paths: dict, modalities, classes, normalization
 
 
 HARD_EXAMPLES = "hard_examples.json"
-
-def load_subjects(bids_dir, annotations_dir, cache_dir, config: TrainConfig, normalization: dict,
-                  keys=None, with_volumes=False, progress=True) -> list[TrainSubject]:
-    """Find, prepare (cached) and load subjects; ``with_volumes`` keeps raw volumes for validation."""
-    from tqdm import tqdm
-
-    subs = find_subjects(bids_dir, annotations_dir, config.modalities)
-    if keys is not None:
-        subs = [s for s in subs if s.key in set(keys)]
-    out = []
-    for sub in tqdm(subs, desc="prepare", unit="subject", disable=not progress):
-        paths = prepare_subject(sub, cache_dir, config.voxel_size)
-        ts = load_train_subject(sub.key, paths, config.modalities, config.classes, normalization,
-                                config.grow_small_cmb)
-        ts.extra["mimics"] = read_mimics(sub.lesions_tsv)
-        hard = Path(cache_dir) / sub.key / HARD_EXAMPLES
-        if config.hard_fraction > 0 and hard.exists():
-            ts.extra["hard_examples"] = json.loads(hard.read_text())
-        ts.extra["paths"] = {k: str(v) for k, v in paths.items()}
-        if with_volumes:
-            ts.extra["volumes"] = {m: np.asarray(load_image(paths[m]).dataobj, np.float32)
-                                   for m in config.modalities}
-        out.append(ts)
-    return out
 
 def read_mimics(lesions_tsv) -> dict:
     """World-mm centres of non-target lesions (calcifications, veins) from a truth lesions.tsv."""

@@ -2,23 +2,24 @@
 
 The pieces are plain functions so that each can be tested and reused, each in its module (this
 one keeps the loss and the loop and re-exports the rest): ``config`` (:class:`TrainConfig`),
-``data`` (finding, preparing, loading subjects), ``sampler`` (patches), ``scoring`` (lesion-wise
+``data`` (finding and loading subjects), ``sampler`` (patches), ``scoring`` (lesion-wise
 validation, hard-example mining), ``checkpoint``.
 
 * :func:`find_subjects` lists the BIDS subjects (and sessions) that have T2w/SWI/QSM and an
   annotation dseg (``derivatives/.../sub-XX[_ses-YY]_space-T2w_dseg.nii.gz``, 0/1/2 on the T2w grid).
-* :func:`prepare_subject` runs the pipeline's own ``preprocess_subject`` and brings the annotation
-  into the working grid with ``resample_labels``; the result is cached on disk per subject, so a
-  rerun skips it.
 * :class:`PatchSampler` draws training patches with lesions over-represented (a share of patches is
   centred on a lesion, each class equally often, each lesion equally likely whatever its size) and
   augments them (mirroring, small rotations and scalings, intensity and contrast changes, noise).
 * :func:`dice_ce_loss` is cross-entropy with class weights plus a soft Dice over the lesion classes.
 * :func:`lesion_metrics` scores a label map lesion by lesion (a detection counts when its centroid
   lies within 5 mm of a true lesion of the same class, matched one-to-one, greedily by distance).
-* :func:`train` ties them together: k-fold split by subject, seeded, resumable checkpoints
-  (weights + optimiser + step + RNG states, read back with ``torch.load(weights_only=True)``),
-  periodic lesion-wise validation, and export of the best weights as a model file.
+* :func:`start_run` settles what a run starts from (a checkpoint to resume, a model to fine-tune);
+  :func:`fit` runs the loop on loaded subjects: seeded, resumable checkpoints (weights + optimiser
+  + step + RNG states, read back with ``torch.load(weights_only=True)``), periodic lesion-wise
+  validation, and export of the best weights as a model file.
+
+Preparing subjects through the preprocessing graph and training from a BIDS dataset
+(``workflows.train.train``) sit a layer above, in :mod:`workflows.train`.
 """
 
 
@@ -38,8 +39,7 @@ from deepmir_tasks.model.checkpoint import checkpoint_path, load_checkpoint, sav
 from deepmir_tasks.model.config import ALL_CLASSES, DSEG_VALUE, TrainConfig  # noqa: F401
 from deepmir_tasks.model.data import (HARD_EXAMPLES, SMALL_CMB_VOXELS, BRIGHT_QSM_PPM,  # noqa: F401
                                       SubjectFiles, TrainSubject, bright_background, class_labels,
-                                      find_subjects, load_subjects, load_train_subject, prepare_subject,
-                                      read_mimics, split_folds)
+                                      find_subjects, load_train_subject, read_mimics, split_folds)
 from deepmir_tasks.model.sampler import PatchSampler, drop_modalities  # noqa: F401
 from deepmir_tasks.model.scoring import (_score, evaluate_predictor, lesion_components, lesion_metrics,  # noqa: F401
                                          match_counts, match_lesions, mine_hard_examples,
@@ -51,7 +51,6 @@ __all__ = [
     "TrainSubject",
     "find_subjects",
     "split_folds",
-    "prepare_subject",
     "load_train_subject",
     "PatchSampler",
     "dice_ce_loss",
@@ -63,7 +62,9 @@ __all__ = [
     "mine_hard_examples",
     "save_checkpoint",
     "load_checkpoint",
-    "train",
+    "RunStart",
+    "start_run",
+    "fit",
 ]
 
 log = logging.getLogger(__name__)
@@ -142,20 +143,6 @@ def _resume_config(config: TrainConfig, resume, ckpt_file: Path, overrides: dict
         raise InputError(rpath, f"checkpoint is at step {int(ckpt['step'])}, past the {config.steps} steps asked for")
     log.info("resuming from %s at step %d", rpath, ckpt["step"])
     return dataclasses.replace(stored, steps=config.steps, **(overrides or {})), ckpt
-
-
-def _load_data(bids_dir, annotations_dir, cache_dir, config: TrainConfig, normalization, progress):
-    """(train keys, validation keys, train subjects, validation subjects with their volumes)."""
-    keys = [s.key for s in find_subjects(bids_dir, annotations_dir, config.modalities)]
-    try:
-        train_keys, val_keys = split_folds(keys, config.folds, config.fold, config.seed)
-    except ValueError as err:
-        raise InputError(bids_dir, str(err)) from None
-    train_subs = load_subjects(bids_dir, annotations_dir, cache_dir, config, normalization, train_keys,
-                               progress=progress)
-    val_subs = load_subjects(bids_dir, annotations_dir, cache_dir, config, normalization, val_keys,
-                             with_volumes=True, progress=progress) if val_keys else []
-    return train_keys, val_keys, train_subs, val_subs
 
 
 def _init_model(config: TrainConfig, normalization, dev, ckpt):
@@ -237,12 +224,24 @@ def init_record(init, config: TrainConfig) -> tuple[TrainConfig, dict]:
     return config, rec
 
 
-def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *, cache_dir=None,
-          resume=None, threads: int | None = None, device: str = "auto", progress: bool = True,
-          normalization: dict | None = None, training_info: dict | None = None,
-          stop_at: int | None = None, max_seconds: float | None = None, overrides: dict | None = None,
-          init=None) -> dict:
-    """Train a model and write it to ``out`` (``.safetensors`` + ``.json``) with a checkpoint beside.
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    """What a training run starts from: the output file, its checkpoint, the configuration (the
+    stored one on resume), the checkpoint read back (or None), the model file it is fine-tuned from
+    with its record (or None) and the normalisation."""
+
+    out: Path
+    checkpoint: Path
+    config: TrainConfig
+    ckpt: dict | None
+    init: Path | None
+    init_record: dict | None
+    normalization: dict
+
+
+def start_run(out, config: TrainConfig = TrainConfig(), *, resume=None, overrides: dict | None = None,
+              init=None, normalization: dict | None = None) -> RunStart:
+    """Check the output name and the classes, and settle what the run starts from.
 
     ``resume``: a checkpoint path, or ``True`` for the default one beside ``out``
     (``<out>.ckpt.pt``); training then continues from its step with its optimiser and RNG states
@@ -252,14 +251,7 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
     (e.g. ``{"hard_fraction": 0.2}`` to fine-tune with mined hard examples).
     ``init``: a model file whose weights (and normalisation) a new run starts from, to fine-tune it
     (same architecture, modalities and classes: :func:`init_record`); a resumed checkpoint wins.
-    ``stop_at`` / ``max_seconds`` end this run early (after that step / that much time) with a
-    checkpoint, without changing the schedule, so a later ``resume`` continues exactly.
-    Returns a dict with ``model``, ``record``, ``checkpoint``, ``step`` and ``validation``.
     """
-    import torch
-    from tqdm import tqdm
-
-    from deepmir_tasks.model.modelfile import record_path, save_model
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
 
     out = Path(out)
@@ -274,27 +266,54 @@ def train(bids_dir, annotations_dir, out, config: TrainConfig = TrainConfig(), *
     unknown = [c for c in config.classes if c not in DSEG_VALUE]
     if unknown or not config.classes:
         raise InputError("--classes", f"classes must be a non-empty subset of {list(DSEG_VALUE)}, got {list(config.classes)}")
-    normalization = normalization or DEFAULT_NORMALIZATION
+    return RunStart(out, ckpt_file, config, ckpt, Path(init) if init_rec is not None else None, init_rec,
+                    normalization or DEFAULT_NORMALIZATION)
+
+
+def _start_network(run: RunStart, dev, training_info: dict):
+    """(network, optimiser, numpy RNG, loop state, step, training info): from the checkpoint when
+    there is one, else from the model fine-tuned from (recorded in the training info), else new."""
+    net, opt, rng, state, step = _init_model(run.config, run.normalization, dev, run.ckpt)
+    if run.init_record is not None:
+        from deepmir_tasks.model.modelfile import load_model
+
+        net.load_state_dict(load_model(run.init, device=dev)[0].state_dict())
+        net.train()
+        training_info = dict(training_info, init={"file": str(run.init), "sha256": run.init_record["weights_sha256"]})
+    return net, opt, rng, state, step, training_info
+
+
+def _class_weights(config: TrainConfig) -> list:
+    weights = list(config.class_weights)[: len(config.classes) + 1]
+    return weights + [weights[-1]] * (len(config.classes) + 1 - len(weights))
+
+
+def fit(run: RunStart, train_subs: list, val_subs: list, training_info: dict | None = None, *,
+        threads: int | None = None, device: str = "auto", progress: bool = True,
+        stop_at: int | None = None, max_seconds: float | None = None) -> dict:
+    """Train on loaded subjects (:class:`TrainSubject`) and write the model to ``run.out``.
+
+    The best weights by lesion-wise validation on ``val_subs`` are exported (each validation step
+    without them); ``training_info`` goes into the record's ``training``. ``stop_at`` /
+    ``max_seconds`` end this run early (after that step / that much time) with a checkpoint,
+    without changing the schedule, so a later resume continues exactly.
+    Returns a dict with ``model``, ``record``, ``checkpoint``, ``step`` and ``validation``.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from deepmir_tasks.model.modelfile import record_path, save_model
+
+    config, normalization, out, ckpt_file = run.config, run.normalization, run.out, run.checkpoint
     if threads:
         torch.set_num_threads(int(threads))
     dev = _device(device)
-    cache_dir = Path(cache_dir) if cache_dir else out.parent / (out.name.removesuffix(".safetensors") + "_cache")
-    train_keys, val_keys, train_subs, val_subs = _load_data(bids_dir, annotations_dir, cache_dir, config,
-                                                            normalization, progress)
-    net, opt, rng, state, step = _init_model(config, normalization, dev, ckpt)
-    if init_rec is not None:
-        from deepmir_tasks.model.modelfile import load_model
-
-        net.load_state_dict(load_model(init, device=dev)[0].state_dict())
-        net.train()
-        training_info = dict(training_info or {}, init={"file": str(init), "sha256": init_rec["weights_sha256"]})
+    net, opt, rng, state, step, training_info = _start_network(run, dev, dict(training_info or {}))
     sampler = PatchSampler(train_subs, config.patch, config.lesion_fraction, config.augment,
                            config.mimic_fraction, config.hard_fraction, config.bright_fraction,
                            config.modality_dropout)
-    weights = list(config.class_weights)[: len(config.classes) + 1]
-    weights += [weights[-1]] * (len(config.classes) + 1 - len(weights))
-    training = {"config": config.to_json(), "bids_dir": str(bids_dir), "subjects_train": train_keys,
-                "subjects_validation": val_keys, "device": str(dev), **(training_info or {})}
+    weights = _class_weights(config)
+    training = {"config": config.to_json(), "device": str(dev), **training_info}
 
     def export(validation, step_now):
         record = build_record(config, normalization, dict(training, steps_done=step_now), validation)

@@ -51,7 +51,8 @@ def add_arguments(p):
 
 def run(args) -> int:
     from deepmir_tasks.io import InputError
-    from deepmir_tasks.model.train import TrainConfig, train
+    from deepmir_tasks.model.train import TrainConfig
+    from workflows.train import train
 
     if args.patch % 2 ** (args.levels - 1):
         raise InputError("--patch", f"patch {args.patch} must be a multiple of 2**(levels-1) = {2 ** (args.levels - 1)}")
