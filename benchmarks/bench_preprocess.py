@@ -30,7 +30,7 @@ import numpy as np
 
 CHILD = """
 import sys, json
-from deepmir_tasks.preprocess import preprocess_subject
+from workflows.preprocess import preprocess_subject
 out = preprocess_subject(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], keep_intermediate=True,
                          voxel_size=float(sys.argv[5]))
 print(json.dumps({k: str(v) for k, v in out.items()}))

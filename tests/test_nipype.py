@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepmir_tasks.nipype_interfaces import ExtractLesions
+from workflows.nipype_interfaces import ExtractLesions
 
 
 def _save(data, path, affine):
@@ -76,8 +76,8 @@ def test_preprocess_and_segment_run_in_a_nipype_workflow(small_cohort, tmp_path)
 
     from nipype import Node, Workflow
 
-    from deepmir_tasks.nipype_interfaces import Preprocess, Segment
     from deepmir_tasks.preprocess.register import transform_to_ras
+    from workflows.nipype_interfaces import Preprocess, Segment
 
     anat = small_cohort / "sub-01" / "anat"
     truth_dir = small_cohort / "derivatives" / "annotations" / "sub-01" / "anat"

@@ -35,7 +35,7 @@ def t2_n4(sim):
 
 @pytest.fixture(scope="module")
 def preprocessed(sim):
-    from deepmir_tasks.preprocess import preprocess_subject
+    from workflows.preprocess import preprocess_subject
 
     subject, files, d = sim
     return preprocess_subject(files["t2"], files["swi"], files["qsm"], d / "out", allow_resolution=True)

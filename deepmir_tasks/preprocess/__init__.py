@@ -14,19 +14,9 @@ Steps (one module each, every one usable alone):
 
 Pydra tasks around them are in :mod:`.tasks`; the one graph that runs them in order is
 ``workflows.preprocess.PreprocessSubject``, and ``workflows.preprocess.preprocess_subject`` runs
-that graph for one subject in this process. ``preprocess_subject`` is importable from here too, for
-the callers that import it from this package (it is looked up when first used, so that importing
-the steps does not import the workflows).
+that graph for one subject in this process.
 """
 
 from deepmir_tasks.preprocess.resample import resample_labels
 
-__all__ = ["preprocess_subject", "resample_labels"]
-
-
-def __getattr__(name):
-    if name == "preprocess_subject":
-        from workflows.preprocess import preprocess_subject
-
-        return preprocess_subject
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["resample_labels"]

@@ -1,12 +1,12 @@
 """Nipype 1 interfaces for DEEPMIR's main steps, so nipype pipelines can reuse them one by one.
 
 >>> from nipype import Node, Workflow
->>> from deepmir_tasks.nipype_interfaces import Preprocess, Segment, ExtractLesions
+>>> from workflows.nipype_interfaces import Preprocess, Segment, ExtractLesions
 >>> seg = Node(Segment(), name="segment")
 
-Each interface calls the same plain function as the Pydra task of the same step (``Preprocess``
-runs the preprocessing graph itself, :func:`workflows.preprocess.preprocess_subject`) and writes
-into the node's working directory.
+``Segment`` and ``ExtractLesions`` call the same plain function as the Pydra task of the same step;
+``Preprocess`` runs the one preprocessing graph (:func:`workflows.preprocess.preprocess_subject`),
+which is why the interfaces live beside the workflows. Each writes into the node's working directory.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from nipype.interfaces.base import (
     isdefined,
     traits,
 )
+
+from workflows.preprocess import preprocess_subject
 
 
 class _PreprocessInputSpec(BaseInterfaceInputSpec):
@@ -52,8 +54,6 @@ class Preprocess(SimpleInterface):
     output_spec = _PreprocessOutputSpec
 
     def _run_interface(self, runtime):
-        from workflows.preprocess import preprocess_subject
-
         mask = self.inputs.mask_file if self.inputs.mask_file else None
         out = preprocess_subject(self.inputs.t2_file, self.inputs.swi_file, self.inputs.qsm_file,
                                  Path(runtime.cwd), mask_file=mask, voxel_size=self.inputs.voxel_size,
