@@ -22,6 +22,7 @@ __all__ = [
     "ras_to_ants_transform",
     "write_affine_transform",
     "set_threads",
+    "resample_to_voxel",
 ]
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -77,6 +78,23 @@ def to_nibabel(ants_img, dtype=np.float32):
     img.header.set_xyzt_units("mm", "sec")
     img.set_data_dtype(dtype)
     return img
+
+
+def resample_to_voxel(ants_img, voxel_mm: float, *, smooth: bool = True):
+    """``ants_img`` resampled (linearly) to voxels of at least ``voxel_mm`` along each axis.
+
+    With ``smooth`` it is first Gaussian-smoothed, along each axis by the growth of its voxel (as a
+    FWHM, in mm), so that the coarser image is not aliased; an axis already coarser is left alone.
+    The registration (:func:`~deepmir_tasks.preprocess.register.register_rigid`) and its check
+    (:mod:`~deepmir_tasks.preprocess.regqc`) both bring their images down this way.
+    """
+    import ants
+
+    target = tuple(max(float(sp), float(voxel_mm)) for sp in ants_img.spacing)
+    if smooth:
+        sigma = [max(0.0, (t - sp) / 2.355) for t, sp in zip(target, ants_img.spacing)]
+        ants_img = ants.smooth_image(ants_img, sigma, sigma_in_physical_coordinates=True)
+    return ants.resample_image(ants_img, target, use_voxels=False, interp_type=0)
 
 
 def read_affine_transform(path) -> np.ndarray:

@@ -53,20 +53,16 @@ def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, p
     transform lives in world space, so this only saves time). The registration starts from the
     images' centres of mass.
     """
-    from deepmir_tasks.preprocess._ants import seeded, set_threads, to_ants
+    from deepmir_tasks.preprocess._ants import resample_to_voxel, seeded, set_threads, to_ants
 
     set_threads()
     import ants
 
     if preset not in RIGID_PRESETS:
         raise ValueError(f"unknown registration preset {preset!r}; choose from {sorted(RIGID_PRESETS)}")
-    set_threads()
     moving = to_ants(load_image(moving_file, what=what))
     if moving_voxel_mm and min(moving.spacing) < moving_voxel_mm:
-        target = tuple(max(float(sp), moving_voxel_mm) for sp in moving.spacing)
-        sigma = [max(0.0, (t - sp) / 2.355) for t, sp in zip(target, moving.spacing)]
-        moving = ants.resample_image(ants.smooth_image(moving, sigma, sigma_in_physical_coordinates=True),
-                                     target, use_voxels=False, interp_type=0)
+        moving = resample_to_voxel(moving, moving_voxel_mm)
     fixed = to_ants(load_image(fixed_file, what="T2w"))
     mask = None
     if fixed_mask_file is not None:

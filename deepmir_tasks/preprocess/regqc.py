@@ -63,15 +63,11 @@ def _rotation_about(axis: int, degrees: float, centre) -> np.ndarray:
 
 
 def _coarse(img, voxel_mm: float):
-    import ants
+    from deepmir_tasks.preprocess._ants import resample_to_voxel
 
     if min(img.spacing) < 1.0:  # a very fine image (e.g. 0.4 mm SWI): to 1 mm first, cheaply
-        img = ants.resample_image(img, tuple(max(float(sp), 1.0) for sp in img.spacing), use_voxels=False,
-                                  interp_type=0)
-    target = tuple(max(float(sp), voxel_mm) for sp in img.spacing)
-    sigma = [max(0.0, (t - sp) / 2.355) for t, sp in zip(target, img.spacing)]
-    return ants.resample_image(ants.smooth_image(img, sigma, sigma_in_physical_coordinates=True), target,
-                               use_voxels=False, interp_type=0)
+        img = resample_to_voxel(img, 1.0, smooth=False)
+    return resample_to_voxel(img, voxel_mm)
 
 
 def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: str = "SWI") -> dict:
@@ -138,3 +134,58 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
                          f"{best} (mutual information {alternatives[best]:.3f} vs {qc['mutual_information']:.3f} "
                          f"as registered), so {why}; check the registration in the report")
     return qc
+
+
+def swi_qsm_agreement(swi_file, qsm_file, swi_transform, qsm_transform, mask_file, *, voxel_mm: float = 1.0,
+                      highpass_mm: float = 4.0, erode_mm: float = 3.0) -> dict:
+    """How well the SWI's fine dark structures meet the QSM's paramagnetic ones (same head or not).
+
+    Both images are brought onto the SWI's grid (at least ``voxel_mm``; the QSM through its own
+    transform to the T2w and the SWI's back), high-pass filtered (minus a Gaussian of
+    ``highpass_mm``), and correlated (Spearman) inside the T2w brain mask and the QSM's support,
+    eroded by ``erode_mm``. Veins, nuclei and lesions are dark on the SWI and bright on the QSM,
+    so the two images of one acquisition correlate negatively; an SWI of another head does not.
+    Returns ``{"swi_qsm_rho": rho, "voxels": n}``.
+    """
+    import ants
+    from scipy import ndimage, stats
+
+    from deepmir_tasks.preprocess._ants import resample_to_voxel, set_threads, to_ants
+
+    set_threads()
+    swi = resample_to_voxel(to_ants(load_image(swi_file, what="SWI")), voxel_mm)
+    qsm_img = load_image(qsm_file, what="QSM")
+    qdata = np.asarray(qsm_img.dataobj, np.float32)
+    pull = dict(transformlist=[str(qsm_transform), str(swi_transform)], whichtoinvert=[False, True])
+    q = ants.apply_transforms(fixed=swi, moving=to_ants(qdata, qsm_img.affine), interpolator="linear", **pull)
+    support = ants.apply_transforms(fixed=swi, moving=to_ants((qdata != 0).astype(np.float32), qsm_img.affine),
+                                    interpolator="linear", **pull).numpy() > 0.99
+    m = load_image(mask_file, what="brain mask")
+    brain = ants.apply_transforms(fixed=swi, moving=to_ants((np.asarray(m.dataobj) > 0).astype(np.float32),
+                                                            m.affine),
+                                  transformlist=[str(swi_transform)], whichtoinvert=[True],
+                                  interpolator="nearestNeighbor").numpy() > 0.5
+    spacing = np.asarray(swi.spacing, float)
+    inside = ndimage.binary_erosion(support & brain, np.ones((3, 3, 3), bool),
+                                    iterations=max(1, int(round(erode_mm / spacing.min()))))
+    n = int(inside.sum())
+    if n < 1000:
+        return {"swi_qsm_rho": None, "voxels": n}
+    s = swi.numpy().astype(np.float32)
+    s = np.log(np.clip(s, np.percentile(s[inside], 1), None))
+    qv = q.numpy().astype(np.float32)
+    out = {"voxels": n}
+    for hp_mm in (2.0, 4.0):
+        sigma = hp_mm / spacing
+        hp = [x - ndimage.gaussian_filter(np.where(inside, x, 0), sigma)
+              / np.maximum(ndimage.gaussian_filter(inside.astype(np.float32), sigma), 1e-3) for x in (s, qv)]
+        a, b = hp[0][inside], hp[1][inside]
+        out[f"rho_{hp_mm:.0f}mm"] = round(float(stats.spearmanr(a, b).statistic), 4)
+        za = (a - np.median(a)) / (1.4826 * np.median(np.abs(a - np.median(a))))
+        zb = (b - np.median(b)) / (1.4826 * np.median(np.abs(b - np.median(b))))
+        top = b >= np.percentile(b, 99)
+        dark = a <= np.percentile(a, 1)
+        out[f"swi_z_at_qsm_top_{hp_mm:.0f}mm"] = round(float(np.median(za[top])), 3)
+        out[f"qsm_z_at_swi_dark_{hp_mm:.0f}mm"] = round(float(np.median(zb[dark])), 3)
+    out["swi_qsm_rho"] = out["rho_4mm"]
+    return out
