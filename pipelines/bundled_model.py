@@ -288,8 +288,6 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
 
     rec = load_record(out)
     pred = Predictor.from_file(out)
-    pred.record["inference"] = {k: v for k, v in (pred.record.get("inference") or {}).items()
-                                if k not in ("thresholds", "component_min_prob", "lesions")}
     t0 = time.perf_counter()
     rules, calib = dict(LESION_RULE_DEFAULTS), None
     val_dir = cohorts.get("val")
@@ -310,8 +308,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
     argmax_tables = tables if rules["threshold"] == 0.5 else candidate_tables(test, tprobs, 0.5)
     everything = dict(LESION_RULE_DEFAULTS, min_voxels=1)
     argmax = score_tables(test, [t.assign(reason=None) for t in argmax_tables], everything)
-    rec["inference"] = {k: v for k, v in (rec.get("inference") or {}).items() if k != "component_min_prob"}
-    rec["inference"].update(thresholds=None, lesions=rules)
+    rec["inference"] = dict(rec.get("inference") or {}, lesions=rules)
     history = rec.get("validation", {}).get("training_history")
     if history is None:
         history = rec.get("validation")

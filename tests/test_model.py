@@ -194,7 +194,7 @@ def test_tta_and_threads_and_mask(tmp_path):
     assert np.all(empty[0] == 1)
 
 
-def test_thresholds_from_record_change_labels(tmp_path):
+def test_labels_are_the_most_probable_class_inside_the_mask(tmp_path):
     path = tmp_path / "m.safetensors"
     _tiny_model(path)
     pred = Predictor.from_file(path)
@@ -202,27 +202,22 @@ def test_thresholds_from_record_change_labels(tmp_path):
     probs[:, 0, 0, 0] = [0.5, 0.3, 0.2]
     probs[:, 1, 0, 0] = [0.1, 0.6, 0.3]
     probs[:, 0, 1, 0] = [0.2, 0.3, 0.5]
-    probs[:, 1, 1, 0] = [1.0, 0.0, 0.0]
-    assert pred.labels(probs)[:, :, 0].tolist() == [[0, 2], [1, 0]]
-    pred.record["inference"] = {"thresholds": {"cmb": 0.25, "iron": 0.9}}
-    assert pred.labels(probs)[:, :, 0].tolist() == [[1, 1], [1, 0]]
+    probs[:, 1, 1, 0] = [0.0, 0.1, 0.9]
+    assert pred.labels(probs)[:, :, 0].tolist() == [[0, 2], [1, 2]]
+    mask = np.ones((2, 2, 1), bool)
+    mask[1, 1, 0] = False
+    assert pred.labels(probs, mask)[:, :, 0].tolist() == [[0, 2], [1, 0]]
 
 
-def test_weak_lesions_are_dropped_by_peak_probability(tmp_path):
+@pytest.mark.parametrize("key", ["thresholds", "component_min_prob"])
+def test_a_record_with_a_second_set_of_rules_is_refused(tmp_path, key):
     path = tmp_path / "m.safetensors"
     _tiny_model(path)
-    pred = Predictor.from_file(path)
-    probs = np.zeros((3, 12, 12, 12), np.float32)
-    probs[0] = 1.0
-    probs[:, 1:3, 1:3, 1:3] = np.array([0.1, 0.9, 0.0])[:, None, None, None]   # strong CMB
-    probs[:, 6:8, 6:8, 6:8] = np.array([0.4, 0.6, 0.0])[:, None, None, None]   # weak CMB
-    probs[:, 9:11, 1:3, 1:3] = np.array([0.3, 0.0, 0.7])[:, None, None, None]  # iron
-    assert set(np.unique(pred.labels(probs))) == {0, 1, 2}
-    assert (pred.labels(probs) == 1).sum() == 16
-    pred.record["inference"] = {"component_min_prob": {"cmb": 0.8, "iron": 0.5}}
-    lab = pred.labels(probs)
-    assert (lab == 1).sum() == 8 and lab[1, 1, 1] == 1 and lab[6, 6, 6] == 0
-    assert (lab == 2).sum() == 8
+    rec = json.loads(record_path(path).read_text())
+    rec["inference"] = {key: {"cmb": 0.8}}
+    record_path(path).write_text(json.dumps(rec))
+    with pytest.raises(InputError, match=f"inference.{key}, which is no longer read.*inference.lesions"):
+        Predictor.from_file(path)
 
 
 def test_segment_subject_writes_bids_named_outputs(tmp_path):

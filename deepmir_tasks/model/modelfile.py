@@ -10,7 +10,7 @@ is needed to use them correctly and to know where they came from::
       "modalities": ["t2", "swi", "qsm"],          # input channels, in order
       "normalization": {"t2": {...}, ...},          # see deepmir_tasks.model.normalize
       "classes": ["background", "cmb", "iron"],
-      "inference": {"thresholds": null},            # per-class probability thresholds or argmax
+      "inference": {"lesions": {...}},              # calibrated lesion rules (LesionRules)
       "training": {...},                            # data, seeds, steps, command
       "validation": {...},                          # measured lesion-wise figures
       "package_version": "...",
@@ -143,6 +143,10 @@ def load_record(path) -> dict:
     for key in ("architecture", "modalities", "normalization", "classes", "weights_sha256"):
         if key not in rec:
             raise InputError(rpath, f"model record lacks {key!r}")
+    stale = [k for k in ("thresholds", "component_min_prob") if (rec.get("inference") or {}).get(k)]
+    if stale:
+        raise InputError(rpath, f"model record sets inference.{stale[0]}, which is no longer read: the lesion "
+                                "rules are inference.lesions (threshold, min_prob_cmb, min_prob_iron)")
     bad = [m for m in rec["modalities"] if m not in MODALITIES]
     if bad:
         raise InputError(rpath, f"model record names unknown modalities {bad} (known: {list(MODALITIES)})")

@@ -150,45 +150,12 @@ class Predictor:
         return probs
 
     def labels(self, probs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """Label map (indices into ``classes``): argmax, or per-class thresholds from the record.
-
-        With ``record["inference"]["thresholds"] = {"cmb": t1, "iron": t2}`` a voxel takes the most
-        probable foreground class whose probability reaches its threshold, background otherwise.
-        With ``record["inference"]["component_min_prob"] = {"cmb": p1, ...}`` a lesion (26-connected
-        component of one class) is kept only when its peak probability reaches ``p1``.
-        """
-        thr = (self.record.get("inference") or {}).get("thresholds")
-        if not thr:
-            lab = np.argmax(probs, axis=0).astype(np.uint8)
-        else:
-            fg = probs[1:].copy()
-            for i, name in enumerate(self.classes[1:]):
-                fg[i][fg[i] < float(thr.get(name, 0.5))] = -1.0
-            best = np.argmax(fg, axis=0)
-            lab = np.where(np.take_along_axis(fg, best[None], 0)[0] >= 0, best + 1, 0).astype(np.uint8)
+        """Label map (indices into ``classes``): the most probable class of each voxel, background
+        outside ``mask``. The lesion rules (voxel threshold, peak probability, size, shape) are
+        applied by the lesion extraction, from the record's ``inference.lesions``, not here."""
+        lab = np.argmax(probs, axis=0).astype(np.uint8)
         if mask is not None:
             lab[np.asarray(mask) == 0] = 0
-        comp = (self.record.get("inference") or {}).get("component_min_prob")
-        if comp:
-            lab = self._drop_weak_components(lab, probs, comp)
-        return lab
-
-    def _drop_weak_components(self, lab, probs, min_prob: dict) -> np.ndarray:
-        """Remove 26-connected lesions whose peak probability of their class is below ``min_prob``."""
-        import cc3d
-        from scipy import ndimage
-
-        for i, name in enumerate(self.classes[1:], start=1):
-            t = min_prob.get(name)
-            sel = lab == i
-            if t is None or not sel.any():
-                continue
-            cc = cc3d.connected_components(sel.astype(np.uint8), connectivity=26)
-            n = int(cc.max())
-            peak = np.asarray(ndimage.maximum(np.asarray(probs[i], np.float32), cc, index=np.arange(1, n + 1)))
-            weak = np.nonzero(peak < float(t))[0] + 1
-            if len(weak):
-                lab[np.isin(cc, weak)] = 0
         return lab
 
     # ------------------------------------------------------------------ internals

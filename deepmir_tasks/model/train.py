@@ -111,7 +111,7 @@ def build_record(config: TrainConfig, normalization: dict, training: dict, valid
         "modalities": list(config.modalities),
         "normalization": {m: normalization[m] for m in config.modalities},
         "classes": ["background", *config.classes],
-        "inference": {"thresholds": None, "max_voxels": 7_000_000},
+        "inference": {},
         "training": training,
         "validation": validation,
         "package_version": __version__,
