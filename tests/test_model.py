@@ -256,7 +256,7 @@ def test_segment_subject_writes_bids_named_outputs(tmp_path):
     assert not list((tmp_path / "out").glob(".*"))  # no temporary files left behind
 
 
-def test_segment_lesions_pydra_task(tmp_path):
+def test_segment_lesions_pydra_task(tmp_path, monkeypatch):
     from deepmir_tasks.io import save_nifti
     from deepmir_tasks.model.tasks import SegmentLesions
 
@@ -265,9 +265,10 @@ def test_segment_lesions_pydra_task(tmp_path):
     vols, mask, *_ = synthetic_subject(5, shape=(24, 24, 16))
     files = {m: save_nifti(v, np.eye(4), tmp_path / f"sub-01_{m}.nii.gz") for m, v in vols.items()}
     mfile = save_nifti(mask.astype(np.uint8), np.eye(4), tmp_path / "sub-01_mask.nii.gz")
-    task = SegmentLesions(t2=files["t2"], swi=files["swi"], qsm=files["qsm"], mask=mfile, model=path,
-                          threads=1)
+    monkeypatch.setenv("DEEPMIR_THREADS", "1")
+    task = SegmentLesions(t2=files["t2"], swi=files["swi"], qsm=files["qsm"], mask=mfile, model=path)
     res = task(worker="debug", cache_root=tmp_path / "cache")
+    assert not hasattr(task, "threads")  # a thread count is not an input, so it never changes the cache key
     assert str(res.dseg).endswith("sub-01_space-T2w_desc-deepmir_dseg.nii.gz")
     assert str(res.probseg_iron).endswith("label-iron_probseg.nii.gz")
 

@@ -17,6 +17,9 @@ __all__ = ["SegmentLesions"]
 class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
     """Segment CMBs and iron deposits with a DEEPMIR model (U-Net on T2w, SWI and QSM).
 
+    It uses the torch CPU threads :func:`deepmir_tasks.threads.n_threads` gives (``DEEPMIR_THREADS``,
+    which the cohort runner sets): a thread count is not an input, so it never changes the cache key.
+
     Args:
         t2: preprocessed T2w (working grid)
         swi: preprocessed SWI on the same grid (None if the model does not use SWI)
@@ -26,8 +29,6 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
         record: the model's JSON record, so that a changed record (normalisation, classes) is a new
             cache entry; the model is loaded with the record beside the weights either way
         tta: average predictions over mirrored copies (4× the time)
-        threads: torch CPU threads for a direct call; 0 (what the workflows use) = the count
-            :func:`deepmir_tasks.threads.n_threads` gives, which the cohort runner sets
         version: package version, so that a new release is a new cache entry
     """
 
@@ -38,7 +39,6 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
     model: File | None = None
     record: File | None = None
     tta: bool = False
-    threads: int = 0
     version: str = __version__
 
     class Outputs(python.Outputs):
@@ -47,11 +47,11 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
         dseg: NiftiGz
 
     @staticmethod
-    def function(t2, swi, qsm, mask, model, record, tta, threads, version):
+    def function(t2, swi, qsm, mask, model, record, tta, version):
         from deepmir_tasks.io import as_path
         from deepmir_tasks.model.predictor import segment_subject
         from deepmir_tasks.threads import n_threads
 
         out = segment_subject(as_path(t2), as_path(swi), as_path(qsm), as_path(mask), Path.cwd(),
-                              model_file=as_path(model), tta=tta, threads=threads or n_threads())
+                              model_file=as_path(model), tta=tta, threads=n_threads())
         return out["probseg_cmb"], out["probseg_iron"], out["dseg"]
