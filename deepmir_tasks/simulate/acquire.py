@@ -101,17 +101,10 @@ def swi_geometry(rng, anat, swi_vox, params) -> dict:
             "b0_vox": b0_vox, "brain_pts": brain_swi, "vox": np.asarray(swi_vox)}
 
 
-def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, params, clock=None,
-                 acq=None) -> dict:
-    """Complex GRE signal (noisy) and the voxel-averaged local field on the SWI grid.
-
-    ``acq`` (the randomised profile's factors) gives the background-field amplitude, bias, SNR
-    and air-cavity size instead of drawing them here; the background field (ppm) is then
-    returned too, for a QSM with imperfect background removal.
-    """
-    clock = clock or (lambda name: None)
+def _fine_maps(anat, lesions, geo, preset) -> dict:
+    """Susceptibility and GRE magnitude, lesions drawn in, on a fine grid over the brain box that is
+    aligned with the acquisition voxels (``ss`` fine voxels per acquisition voxel along each axis)."""
     swi_to_t2, swi_aff, swi_shape, swi_vox = geo["swi_to_t2"], geo["affine"], geo["shape"], geo["vox"]
-    # fine grid over the brain box, aligned with the acquisition voxels
     box_lo, box_hi, ss = _fine_box(geo["brain_pts"], swi_aff, swi_shape, swi_vox, preset)
     fine_shape = tuple(int((box_hi[i] - box_lo[i]) * ss[i]) for i in range(3))
     to_acq = np.eye(4)
@@ -129,7 +122,24 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
             else:
                 chi_f[sl] = chi_f[sl] * (1 - frac) + frac * np.float32(les.chi_ppm)
             mag_f[sl] *= 1.0 - frac * (1.0 - les.gre_factor)
-    fine_vox = swi_vox / ss
+    return {"chi": chi_f, "mag": mag_f, "shape": fine_shape, "affine": fine_aff, "ss": ss,
+            "box_lo": box_lo, "box_hi": box_hi}
+
+
+def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, params, clock=None,
+                 acq=None) -> dict:
+    """Complex GRE signal (noisy) and the voxel-averaged local field on the SWI grid.
+
+    ``acq`` (the randomised profile's factors) gives the background-field amplitude, bias, SNR
+    and air-cavity size instead of drawing them here; the background field (ppm) is then
+    returned too, for a QSM with imperfect background removal.
+    """
+    clock = clock or (lambda name: None)
+    swi_to_t2, swi_aff, swi_shape, swi_vox = geo["swi_to_t2"], geo["affine"], geo["shape"], geo["vox"]
+    fine = _fine_maps(anat, lesions, geo, preset)
+    chi_f, mag_f = fine.pop("chi"), fine.pop("mag")   # popped, so that the del below frees them
+    fine_shape, fine_aff, ss = fine["shape"], fine["affine"], fine["ss"]
+    box_lo, box_hi, fine_vox = fine["box_lo"], fine["box_hi"], swi_vox / ss
     params.update({"fine_supersampling": ss.tolist(), "fine_shape": list(fine_shape),
                    "fine_voxel_mm": fine_vox.tolist()})
     clock("fine susceptibility")
