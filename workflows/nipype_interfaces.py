@@ -23,7 +23,10 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from deepmir_tasks.settings import RunSettings
 from workflows.preprocess import preprocess_subject
+
+_DEFAULTS = RunSettings()
 
 
 class _PreprocessInputSpec(BaseInterfaceInputSpec):
@@ -31,10 +34,10 @@ class _PreprocessInputSpec(BaseInterfaceInputSpec):
     swi_file = File(exists=True, mandatory=True, desc="SWI (magnitude-based) image")
     qsm_file = File(exists=True, mandatory=True, desc="QSM (susceptibility, ppm) image")
     mask_file = File(exists=True, desc="optional brain mask in the T2w's space")
-    voxel_size = traits.Float(1.0, usedefault=True, desc="working grid voxel size (mm)")
+    voxel_size = traits.Float(_DEFAULTS.voxel_size, usedefault=True, desc="working grid voxel size (mm)")
     qsm_units = traits.Enum("auto", "ppm", "ppb", usedefault=True,
                             desc="auto: a QSM not in ppm fails; ppm: trust the values; ppb: divide by 1000")
-    allow_resolution = traits.Bool(False, usedefault=True,
+    allow_resolution = traits.Bool(_DEFAULTS.allow_resolution, usedefault=True,
                                    desc="run voxel sizes outside the supported range instead of failing")
 
 
