@@ -4,9 +4,12 @@
   (``_T2w``, ``_swi``, ``_Chimap``) and the names messages use (``T2w``, ``SWI``, ``QSM``);
 - participant and session labels: :func:`check_label` (the one check), :func:`subject_key`
   (``sub-01_ses-A``), :func:`bids_prefix` and :func:`entities` (read them back from a file name);
-- the derivative names: :data:`DERIVATIVE_NAMES` (what ``deepmir run`` publishes) and
-  :func:`job_file_name` (what the steps write inside their job folders; the same names except
-  where :data:`JOB_NAMES` says otherwise).
+- the reference space of a subject (:func:`reference_modality`: the T2w if present, else the SWI,
+  else the QSM) and its BIDS ``space-`` label (:func:`space_label`: ``T2w``, ``swi``, ``Chimap``);
+- the derivative names: :func:`derivative_name` (what ``deepmir run`` publishes,
+  :data:`DERIVATIVE_NAMES`) and :func:`job_file_name` (what the steps write inside their job
+  folders; the same names except where :data:`JOB_NAMES` says otherwise), both with the space a
+  parameter.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import re
 from deepmir_tasks.io import InputError
 
 __all__ = ["MODALITIES", "MODALITY_SUFFIX", "MODALITY_NAMES", "MNI_SPACE", "LABEL_RE", "check_label",
-           "strip_prefix", "subject_key", "bids_prefix", "entities", "DERIVATIVE_NAMES", "JOB_NAMES",
-           "job_file_name"]
+           "strip_prefix", "subject_key", "bids_prefix", "entities", "reference_modality", "space_label",
+           "space_of", "DERIVATIVE_NAMES", "JOB_NAMES", "derivative_name", "job_file_name"]
 
 #: the modalities DEEPMIR reads, in the model's channel order
 MODALITIES = ("t2", "swi", "qsm")
@@ -25,6 +28,10 @@ MODALITIES = ("t2", "swi", "qsm")
 MODALITY_SUFFIX = {"t2": "T2w", "swi": "swi", "qsm": "Chimap"}
 #: how messages and reports name each modality
 MODALITY_NAMES = {"t2": "T2w", "swi": "SWI", "qsm": "QSM"}
+
+#: the order in which a subject's images are taken as its reference space (the first one present):
+#: the T2w (anatomy, the finest brain outline), else the SWI (a magnitude image), else the QSM
+REFERENCE_ORDER = MODALITIES
 
 #: the template space of the T2w -> MNI affine: nilearn ships the asymmetric ICBM152 2009a maps
 MNI_SPACE = "MNI152NLin2009aAsym"
@@ -81,21 +88,44 @@ def entities(file_name) -> tuple[str, str | None] | None:
     return (m.group("sub"), m.group("ses")) if m else None
 
 
-#: published output name -> BIDS-derivatives file name template ({key} = sub-XX[_ses-YY])
+def reference_modality(present) -> str:
+    """The modality whose space a subject is processed in: the first of :data:`REFERENCE_ORDER`
+    among ``present`` (modality keys, e.g. ``{"swi", "qsm"}``). Raises ``ValueError`` when none is."""
+    for m in REFERENCE_ORDER:
+        if m in present:
+            return m
+    raise ValueError("no T2w, SWI or QSM image: nothing to process")
+
+
+def space_label(modality: str) -> str:
+    """The BIDS ``space-<label>`` of a subject processed in ``modality``'s space (its suffix:
+    ``T2w``, ``swi``, ``Chimap``)."""
+    return MODALITY_SUFFIX[modality]
+
+
+def space_of(file_name, default: str = "T2w") -> str:
+    """The ``space-<label>`` of a derivative file name (``default`` when it has none)."""
+    m = re.search(r"_space-([A-Za-z0-9]+)_", str(file_name).rsplit("/", 1)[-1])
+    return m.group(1) if m else default
+
+
+#: published output name -> BIDS-derivatives file name template ({key} = sub-XX[_ses-YY], {space} =
+#: the reference space's label, see :func:`space_label`)
 DERIVATIVE_NAMES = {
-    "t2": "{key}_space-T2w_desc-preproc_T2w.nii.gz",
-    "swi": "{key}_space-T2w_desc-preproc_swi.nii.gz",
-    "qsm": "{key}_space-T2w_desc-preproc_Chimap.nii.gz",
-    "mask": "{key}_space-T2w_desc-brain_mask.nii.gz",
-    "dseg": "{key}_space-T2w_desc-deepmir_dseg.nii.gz",
-    "probseg_cmb": "{key}_space-T2w_label-CMB_probseg.nii.gz",
-    "probseg_iron": "{key}_space-T2w_label-iron_probseg.nii.gz",
-    "lesions": "{key}_space-T2w_desc-deepmir_lesions.tsv",
-    "lesions_json": "{key}_space-T2w_desc-deepmir_lesions.json",
-    "dropped": "{key}_space-T2w_desc-dropped_lesions.tsv",
+    "t2": "{key}_space-{space}_desc-preproc_T2w.nii.gz",
+    "swi": "{key}_space-{space}_desc-preproc_swi.nii.gz",
+    "qsm": "{key}_space-{space}_desc-preproc_Chimap.nii.gz",
+    "mask": "{key}_space-{space}_desc-brain_mask.nii.gz",
+    "dseg": "{key}_space-{space}_desc-deepmir_dseg.nii.gz",
+    "probseg_cmb": "{key}_space-{space}_label-CMB_probseg.nii.gz",
+    "probseg_iron": "{key}_space-{space}_label-iron_probseg.nii.gz",
+    "lesions": "{key}_space-{space}_desc-deepmir_lesions.tsv",
+    "lesions_json": "{key}_space-{space}_desc-deepmir_lesions.json",
+    "dropped": "{key}_space-{space}_desc-dropped_lesions.tsv",
     "summary": "{key}_desc-deepmir_summary.tsv",
-    "swi_to_t2": "{key}_from-swi_to-T2w_mode-image_xfm.mat",
-    "t2_to_mni": "{key}_from-T2w_to-" + MNI_SPACE + "_mode-image_xfm.txt",
+    "swi_to_t2": "{key}_from-swi_to-{space}_mode-image_xfm.mat",
+    "qsm_to_t2": "{key}_from-Chimap_to-{space}_mode-image_xfm.mat",
+    "t2_to_mni": "{key}_from-{space}_to-" + MNI_SPACE + "_mode-image_xfm.txt",
     "preproc_report": "{key}_desc-preproc_qc.json",
     "gre_qsm": "{key}_desc-deepmir_Chimap.nii.gz",
     "gre_swi": "{key}_desc-deepmir_swi.nii.gz",
@@ -104,14 +134,20 @@ DERIVATIVE_NAMES = {
 #: file names the steps write that are not published under the name above
 JOB_NAMES = {
     **DERIVATIVE_NAMES,
-    "summary": "{key}_space-T2w_desc-deepmir_summary.tsv",
-    "summary_json": "{key}_space-T2w_desc-deepmir_summary.json",
-    "dseg_json": "{key}_space-T2w_desc-deepmir_dseg.json",
-    "qsm_to_t2": "{key}_from-Chimap_to-T2w_mode-image_xfm.mat",
+    "summary": "{key}_space-{space}_desc-deepmir_summary.tsv",
+    "summary_json": "{key}_space-{space}_desc-deepmir_summary.json",
+    "dseg_json": "{key}_space-{space}_desc-deepmir_dseg.json",
     "preproc_report": "{key}_desc-preproc_report.json",
 }
 
 
-def job_file_name(name: str, key: str) -> str:
+def derivative_name(name: str, key: str, space: str = "T2w", *, job: bool = False) -> str:
+    """The file name of output ``name`` for the subject prefix ``key`` in the reference space
+    ``space`` (a :func:`space_label`): published (:data:`DERIVATIVE_NAMES`), or, with ``job``, as a
+    step writes it in its job folder (:data:`JOB_NAMES`). The one place names are made."""
+    return (JOB_NAMES if job else DERIVATIVE_NAMES)[name].format(key=key, space=space)
+
+
+def job_file_name(name: str, key: str, space: str = "T2w") -> str:
     """The file name a step writes output ``name`` under, for the subject prefix ``key``."""
-    return JOB_NAMES[name].format(key=key)
+    return derivative_name(name, key, space, job=True)

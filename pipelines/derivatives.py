@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepmir_tasks.bids_names import DERIVATIVE_NAMES
+from deepmir_tasks.bids_names import DERIVATIVE_NAMES, derivative_name
 from deepmir_tasks.codehash import code_version
 from deepmir_tasks.io import atomic_path, write_json, write_tsv
 from deepmir_tasks.labels import CLASS_DESCRIPTIONS, DSEG_LABELS
 
 __all__ = ["DERIVATIVE_NAMES", "DSEG_LOOKUP", "copy_atomic", "write_dataset_description", "write_subject",
-           "write_group_tables"]
+           "subject_space", "write_group_tables"]
 
 #: the lookup table of the published dseg (``desc-deepmir_dseg.tsv``)
 DSEG_LOOKUP = pd.DataFrame(
@@ -65,19 +65,32 @@ def write_subject(outputs: dict, output_dir, subject) -> dict[str, Path]:
     """Copy one subject's workflow outputs under their BIDS-derivatives names.
 
     ``outputs`` maps workflow output names to files (missing/None entries are skipped);
-    ``subject`` is a :class:`deepmir_tasks.bids_files.SubjectInputs`. Returns the written paths by name.
+    ``subject`` is a :class:`deepmir_tasks.bids_files.SubjectInputs`. The names carry the
+    subject's reference space (``space-T2w``, ``space-swi``, ``space-Chimap``), which its
+    preprocessing report records. Returns the written paths by name.
     """
     output_dir = Path(output_dir)
     anat = output_dir / subject.anat_dir_rel
+    space = subject_space(outputs.get("preproc_report"))
     written = {}
-    for name, template in DERIVATIVE_NAMES.items():
+    for name in DERIVATIVE_NAMES:
         src = outputs.get(name)
         if src is None:
             continue
-        written[name] = copy_atomic(src, anat / template.format(key=subject.key))
+        written[name] = copy_atomic(src, anat / derivative_name(name, subject.key, space))
     if outputs.get("report") is not None:
         written["report"] = copy_atomic(outputs["report"], output_dir / f"{subject.key}.html")
     return written
+
+
+def subject_space(preproc_report) -> str:
+    """The ``space-`` label a subject's derivatives carry: the preprocessing report's ``space``
+    (``T2w`` for a report without one, or without a report)."""
+    import json
+
+    if preproc_report is None:
+        return "T2w"
+    return json.loads(Path(preproc_report).read_text()).get("space", "T2w")
 
 
 def write_group_tables(output_dir, subjects_written: list[dict]) -> dict[str, Path]:

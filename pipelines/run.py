@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepmir_tasks.bids_files import find_subjects
+from deepmir_tasks.bids_names import MODALITY_SUFFIX
 from deepmir_tasks.io import InputError
 from deepmir_tasks.model.modelfile import sha256_file
 from deepmir_tasks.settings import RunSettings
@@ -80,8 +81,9 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     ``settings`` (:class:`~deepmir_tasks.settings.RunSettings`) says how each subject is processed;
     ``setting_changes`` (``threshold=``, ``voxel_size=``, ``tta=``, ``report=``) change some of them.
     ``progress`` is an optional callable ``progress(key, status, reason)`` called once per subject as
-    its result becomes known. Subjects lacking an input file are reported as failed with the missing
-    modality named, and never submitted. With ``group`` (default) the cohort tables and report are
+    its result becomes known. A subject may lack one or two of T2w, SWI and QSM when the model serves
+    subsets (trained with modality dropout); otherwise, or lacking all three, it is reported as
+    failed with the missing modality named, and never submitted. With ``group`` (default) the cohort tables and report are
     rebuilt from every subject in ``output_dir`` afterwards.
     """
     settings = (settings or RunSettings()).replace(**setting_changes)
@@ -145,21 +147,27 @@ def check_output_dir(output_dir) -> None:
 
 
 def _optional_suffixes(model_path) -> set:
-    """Inputs a subject may lack with this model: the QSM, for a model trained with modality dropout
-    (:func:`~deepmir_tasks.model.predictor.serves_subsets`; it runs on T2w + SWI, flagged
-    ``no_qsm``). The T2w (the reference space) and the SWI (what the QSM is registered by) are
-    needed."""
+    """Inputs a subject may lack with this model: any of them, short of all, for a model trained
+    with modality dropout (:func:`~deepmir_tasks.model.predictor.serves_subsets`; such a subject runs
+    in the space of its T2w, else SWI, else QSM, flagged ``no_t2w``/``no_swi``/``no_qsm``); none for
+    a model that needs all of its modalities."""
     from deepmir_tasks.model.modelfile import load_record
     from deepmir_tasks.model.predictor import serves_subsets
 
-    return {"Chimap"} if serves_subsets(load_record(model_path)) else set()
+    return set(MODALITY_SUFFIX.values()) if serves_subsets(load_record(model_path)) else set()
 
 
 def _missing_reason(subj, optional=frozenset()) -> str:
-    missing = [m for m in subj.missing if m not in optional]
-    why = (" (the model was trained on all three; a model trained with modality dropout runs without QSM)"
-           if missing == ["Chimap"] else "")
-    return "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing) + why
+    """Why a subject cannot run for lack of images (one line naming each missing modality's file,
+    whose path names the subject), or ``""``."""
+    missing = subj.missing
+    if not missing or (optional.issuperset(missing) and len(missing) < len(MODALITY_SUFFIX)):
+        return ""
+    files = "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing)
+    if len(missing) == len(MODALITY_SUFFIX):
+        return files
+    return (f"{files}: the model needs T2w + SWI + QSM (it was not trained with modality dropout, "
+            "which serves any subset)")
 
 
 def _unreadable_reason(subj) -> str | None:
@@ -206,7 +214,7 @@ class _Collector:
             status = SubjectStatus(subj, STATUS_CACHED if cached else STATUS_DONE, files=files, seconds=seconds)
         elif final:
             reason = _error_reason(self.cache_dir / task._checksum, cache_dir=self.cache_dir,
-                                   marker=str(subj.files["t2"]), since=self.t0_wall)
+                                   marker=str(_first_file(subj)), since=self.t0_wall)
             status = SubjectStatus(subj, STATUS_FAILED, reason)
         else:
             return False
@@ -235,6 +243,13 @@ def _watch(pending, collector: _Collector, stop, interval: float = 2.0):
     remaining = list(pending)
     while remaining and not stop.wait(interval):
         remaining = [s for s in remaining if not collector.collect(s, final=False)]
+
+
+def _first_file(subj):
+    """The subject's first input file (its T2w, else SWI, else QSM, else GRE): what names its job in
+    pydra's error records."""
+    present = [f for f in subj.files.values() if f is not None] + [p for files in subj.megre for p in files]
+    return present[0] if present else subj.key
 
 
 def _subject_inputs(subj) -> dict:

@@ -38,10 +38,10 @@ def test_unknown_participant_is_named(small_cohort, tmp_path, capsys):
     assert "sub-99" in capsys.readouterr().err
 
 
-def test_subject_without_swi_fails_by_name_and_exit_status_is_nonzero(copy_cohort, tmp_path):
-    """The SWI is needed (the bundled model serves T2w + SWI without QSM, not T2w alone or T2w + QSM
-    through the pipeline)."""
-    (copy_cohort / "sub-01" / "anat" / "sub-01_swi.nii.gz").unlink()
+def test_subject_without_images_fails_by_name_and_exit_status_is_nonzero(copy_cohort, tmp_path):
+    """A subject needs at least one of T2w, SWI and QSM (the bundled model serves any subset)."""
+    for suffix in ("T2w", "swi", "Chimap"):
+        (copy_cohort / "sub-01" / "anat" / f"sub-01_{suffix}.nii.gz").unlink()
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "run", str(copy_cohort), str(tmp_path / "out"), "participant",
          "--participant-label", "01", "--worker", "debug"],

@@ -1,20 +1,31 @@
-"""A subject with T2w + SWI and no QSM (issue 13): run with a model that serves the subset, refused
-with one line by a model that needs all three; the results say what evidence they had."""
+"""Subjects with a subset of T2w, SWI and QSM (issue 13): each runs end to end with a model that
+serves subsets, in the space of its T2w, else SWI, else QSM, with derivative names that say so; a
+model that needs all three refuses them in one line; the results say what evidence they had."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
 import torch
 
+from deepmir_tasks.bids_names import derivative_name, reference_modality, space_of
 from deepmir_tasks.model.modelfile import save_model
 from deepmir_tasks.model.unet import UNet
 from helpers.model import TINY_RECORD
 from pipelines.run import run_cohort
 
-pytestmark = pytest.mark.slow
+#: subject label -> the images it keeps, and the space its derivatives are in
+SUBSETS = {
+    "t2swi": (("T2w", "swi"), "T2w"),
+    "t2qsm": (("T2w", "Chimap"), "T2w"),
+    "t2": (("T2w",), "T2w"),
+    "swiqsm": (("swi", "Chimap"), "swi"),
+    "swi": (("swi",), "swi"),
+    "qsm": (("Chimap",), "Chimap"),
+}
 
 
 def _small_model(path, dropout: float):
@@ -28,25 +39,85 @@ def _small_model(path, dropout: float):
     return path
 
 
-def test_t2w_and_swi_subject_runs_flagged_with_a_subset_model_and_is_refused_otherwise(copy_cohort, tmp_path):
-    qsm = copy_cohort / "sub-01" / "anat" / "sub-01_Chimap.nii.gz"
-    qsm.unlink()
-    refused = run_cohort(copy_cohort, tmp_path / "refused", participant_labels=["01"], worker="debug",
+def _subset_cohort(cohort, labels):
+    """Copies of ``sub-01`` under the labels of :data:`SUBSETS`, each keeping only its images."""
+    for label in labels:
+        keep, _ = SUBSETS[label]
+        anat = cohort / f"sub-{label}" / "anat"
+        anat.mkdir(parents=True)
+        for suffix in keep:
+            shutil.copyfile(cohort / "sub-01" / "anat" / f"sub-01_{suffix}.nii.gz", anat / f"sub-{label}_{suffix}.nii.gz")
+    return cohort
+
+
+def test_reference_and_names_follow_the_modalities():
+    assert [reference_modality(m) for m in ({"t2", "qsm"}, {"swi", "qsm"}, {"qsm"})] == ["t2", "swi", "qsm"]
+    assert derivative_name("dseg", "sub-01", "swi") == "sub-01_space-swi_desc-deepmir_dseg.nii.gz"
+    assert derivative_name("t2_to_mni", "sub-01", "Chimap").startswith("sub-01_from-Chimap_to-MNI152")
+    assert derivative_name("qsm_to_t2", "sub-01", "swi") == "sub-01_from-Chimap_to-swi_mode-image_xfm.mat"
+    assert space_of("sub-01_ses-A_space-swi_desc-deepmir_lesions.tsv") == "swi"
+
+
+@pytest.mark.slow
+def test_a_model_that_needs_all_three_refuses_each_subset_in_one_line(copy_cohort, tmp_path):
+    _subset_cohort(copy_cohort, ["swiqsm", "t2swi"])
+    refused = run_cohort(copy_cohort, tmp_path / "refused", participant_labels=["swiqsm", "t2swi"], worker="debug",
                          cache_dir=tmp_path / "cache", allow_resolution=True, group=False,
                          model=_small_model(tmp_path / "all_three.safetensors", 0.0))
-    reason = refused.failed["sub-01"]
-    assert reason.startswith("no Chimap image") and "modality dropout" in reason and "\n" not in reason
+    assert sorted(refused.failed) == ["sub-swiqsm", "sub-t2swi"]
+    for key, missing in (("sub-swiqsm", "T2w"), ("sub-t2swi", "Chimap")):
+        reason = refused.failed[key]
+        assert f"no {missing} image ({key}/anat/{key}_{missing}.nii.gz)" in reason, reason
+        assert "modality dropout" in reason and "\n" not in reason
+    line = next(line for line in refused.summary_lines() if "sub-swiqsm" in line)
+    assert "failed" in line and "no T2w image" in line
 
+
+@pytest.mark.slow
+def test_every_subset_runs_end_to_end_in_its_reference_space(copy_cohort, tmp_path):
+    _subset_cohort(copy_cohort, SUBSETS)
     model = _small_model(tmp_path / "subset.safetensors", 0.3)
     out = tmp_path / "out"
-    result = run_cohort(copy_cohort, out, participant_labels=["01"], worker="debug", cache_dir=tmp_path / "cache",
-                        allow_resolution=True, model=model)
+    result = run_cohort(copy_cohort, out, participant_labels=list(SUBSETS), worker="cf", n_procs=2,
+                        cache_dir=tmp_path / "cache", allow_resolution=True, model=model)
     assert result.ok, result.failed
-    files = result.subjects[0].files
-    assert "qsm" not in files and files["swi"].exists()          # no preprocessed Chimap is published
-    summary = pd.read_csv(files["summary"], sep="\t")
-    assert summary["flags"].tolist() == ["no_qsm;outside_supported_resolution"]
-    html = files["report"].read_text()
-    assert "No QSM: this subject ran on T2w + SWI" in html
-    report = json.loads(files["preproc_report"].read_text())
-    assert report["qsm_transform"] == "no QSM" and "qsm" not in report["coverage"]
+    by_label = {s.subject.participant_id: s.files for s in result.subjects}
+    for label, (keep, space) in SUBSETS.items():
+        files, key = by_label[label], f"sub-{label}"
+        # the names say the space; an image the subject lacks is not published
+        for name in ("mask", "dseg", "probseg_cmb", "lesions", "dropped", "t2_to_mni"):
+            assert files[name].name == derivative_name(name, key, space), (label, files[name].name)
+        for name, suffix in (("t2", "T2w"), ("swi", "swi"), ("qsm", "Chimap")):
+            assert (name in files) == (suffix in keep), (label, name)
+            if name in files:
+                assert files[name].name == f"{key}_space-{space}_desc-preproc_{suffix}.nii.gz"
+        # a transform to the reference for each other image; none for the reference itself
+        assert ("swi_to_t2" in files) == ("swi" in keep and space == "T2w"), label
+        assert ("qsm_to_t2" in files) == ("Chimap" in keep and space != "Chimap"), label
+        report = json.loads(files["preproc_report"].read_text())
+        assert report["space"] == space and len(report["modalities"]) == len(keep), (label, report["modalities"])
+        flags = pd.read_csv(files["summary"], sep="\t")["flags"].iloc[0].split(";")
+        missing = {"no_t2w": "T2w", "no_swi": "swi", "no_qsm": "Chimap"}
+        assert [f for f in flags if f.startswith("no_")] == [f for f, s in missing.items() if s not in keep], label
+        html = files["report"].read_text()
+        assert ("No SWI:" in html) == ("swi" not in keep) and ("No T2w:" in html) == ("T2w" not in keep), label
+    t2qsm = json.loads(by_label["t2qsm"]["preproc_report"].read_text())
+    assert t2qsm["qsm_transform"].startswith("aligned by its header")
+    assert t2qsm["registration_qc"]["qsm"]["aligned_by"] == "header"
+    swiqsm = json.loads(by_label["swiqsm"]["preproc_report"].read_text())
+    assert swiqsm["reference"] == "SWI" and swiqsm["qsm_transform"].startswith("reused the SWI transform")
+    group = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype={"participant_id": str})
+    assert len(group) == len(SUBSETS)
+
+    # the command line, on the same cache: served from it, under the same names
+    from pipelines.cli import main
+
+    cli_out = tmp_path / "cli_out"
+    code = main(["run", str(copy_cohort), str(cli_out), "participant", "--participant-label", "swiqsm",
+                 "--worker", "debug", "--cache-dir", str(tmp_path / "cache"), "--allow-resolution",
+                 "--model", str(model)])
+    assert code == 0
+    anat = cli_out / "sub-swiqsm" / "anat"
+    assert (anat / "sub-swiqsm_space-swi_desc-deepmir_lesions.tsv").exists()
+    assert (anat / "sub-swiqsm_from-Chimap_to-swi_mode-image_xfm.mat").exists()
+    assert not list(anat.glob("*space-T2w*"))

@@ -16,76 +16,102 @@ from fileformats.medimage import NiftiGz
 from pydra.compose import workflow
 from pydra.workers.debug import DebugWorker
 
-from deepmir_tasks.preprocess.tasks import (CheckInputs, ExtractBrain, MakeGrid, N4BiasCorrect,
+from deepmir_tasks.bids_names import MODALITY_NAMES, reference_modality, space_label
+from deepmir_tasks.preprocess.tasks import (AlignByHeader, CheckInputs, ExtractBrain, MakeGrid, N4BiasCorrect,
                                             NormaliseIntensity, RegisterToT2, RegisterToTemplate,
                                             ResampleToGrid, WritePreprocReport)
 
 __all__ = ["PreprocessSubject", "preprocess_subject"]
 
 
-@workflow.define(outputs=["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "report"])
-def PreprocessSubject(t2: NiftiGz, swi: NiftiGz, qsm: NiftiGz | None = None, mask: NiftiGz | None = None,
-                      voxel_size: float = 1.0, interpolation: str = "bspline",
+@workflow.define(outputs=["t2", "swi", "qsm", "mask", "swi_to_t2", "qsm_to_t2", "t2_to_mni", "report"])
+def PreprocessSubject(t2: NiftiGz | None = None, swi: NiftiGz | None = None, qsm: NiftiGz | None = None,
+                      mask: NiftiGz | None = None, voxel_size: float = 1.0, interpolation: str = "bspline",
                       registration: str = "fast", margin_mm: float = 8.0, qsm_units: str = "auto",
                       allow_resolution: bool = False):
-    """Preprocess one subject for DEEPMIR.
+    """Preprocess one subject for DEEPMIR: any non-empty subset of T2w, SWI and QSM.
 
     The inputs are checked first (:mod:`deepmir_tasks.preprocess.checks`): a QSM that is not in ppm
     fails unless ``qsm_units`` says how to take it ("ppm": as it is, "ppb": divided by 1000), and a
     resolution outside the supported range fails unless ``allow_resolution``.
 
-    The T2w is N4 bias-corrected (ANTs; fit inside an Otsu head mask) and affinely registered to the
-    MNI152 2009a template (Mattes MI, 2 mm); the brain is the template's brain probability carried
-    through that affine and refined by T2w intensity (or the user's mask). SWI magnitude is
-    registered rigidly to the T2w (Mattes MI, three-level pyramid) and the result checked (a
-    header flipped or rotated against the T2w's fails the subject, the SWI named); QSM reuses that
-    transform when it lies in the SWI's scanner space (its grid, or its own grid over the same
-    place). All images are resampled into the T2w space at ``voxel_size`` mm isotropic, cropped to the brain plus ``margin_mm`` (B-spline for images, linear-thresholded for
-    the mask); the SWI is N4-corrected in that grid; T2w and SWI become robust z-scores inside the
-    brain (median, IQR/1.349) and QSM stays in ppm, clipped to [-1, 2], 0 outside the brain.
-    Without a QSM (``qsm=None``: a T2w + SWI subject) the QSM steps are left out and the ``qsm``
-    output is None.
+    The subject is processed in its **reference** space: the T2w's, else the SWI's, else the QSM's
+    (:func:`~deepmir_tasks.bids_names.reference_modality`; the report's ``space``). The reference is
+    N4 bias-corrected (ANTs; fit inside an Otsu head mask; never a QSM) and affinely registered to
+    the MNI152 2009a template (Mattes MI, 2 mm; a QSM by its brain support); the brain is the
+    template's brain probability carried through that affine and refined by the reference's
+    intensity (a T2w: skull-dark voxels trimmed; an SWI: not, as microbleeds are dark on it; a QSM:
+    the map's support), or the user's mask. SWI magnitude is registered rigidly to a T2w (Mattes MI,
+    three-level pyramid) and the result checked (a header flipped or rotated against the T2w's
+    fails the subject, the SWI named); QSM reuses the SWI's transform when it lies in the SWI's
+    scanner space (its grid, or its own grid over the same place). Without an SWI, a QSM is aligned
+    to the T2w by its header (:func:`~deepmir_tasks.preprocess.reference.align_by_header`: a QSM is
+    not registered by its signed values). All images are resampled into the reference space at
+    ``voxel_size`` mm isotropic, cropped to the brain plus ``margin_mm`` (B-spline for images,
+    linear-thresholded for the mask); an SWI that is not the reference is N4-corrected in that grid;
+    T2w and SWI become robust z-scores inside the brain (median, IQR/1.349) and QSM stays in ppm,
+    clipped to [-1, 2], 0 outside the brain. A missing modality's steps are left out and its
+    outputs (image, transform) are None; so is the reference's own transform.
     """
-    has_qsm = qsm is not None  # a T2w + SWI subject has no QSM branch (its qsm output is None)
+    given = {"t2": t2, "swi": swi, "qsm": qsm}
+    ref = reference_modality([m for m, f in given.items() if f is not None])
+    ref_name = MODALITY_NAMES[ref]
     chk = workflow.add(CheckInputs(t2_file=t2, swi_file=swi, qsm_file=qsm, mask_file=mask, qsm_units=qsm_units,
                                    allow_resolution=allow_resolution), name="check_inputs")
-    t2, swi, qsm, mask = chk.t2_file, chk.swi_file, chk.qsm_file, chk.mask_file  # wait for the checks
-    n4_t2 = workflow.add(N4BiasCorrect(in_file=t2), name="n4_t2")
-    mni = workflow.add(RegisterToTemplate(t2_file=n4_t2.out_file), name="register_to_template")
-    brain = workflow.add(ExtractBrain(t2_file=n4_t2.out_file, t2_to_mni=mni.t2_to_mni, mask_file=mask),
+    # wait for the checks: every later step takes the images from them
+    checked = {"t2": chk.t2_file if t2 is not None else None, "swi": chk.swi_file if swi is not None else None,
+               "qsm": chk.qsm_file if qsm is not None else None}
+    mask = chk.mask_file
+    if ref == "qsm":  # never bias-corrected: a QSM is not a magnitude image
+        ref_img = checked["qsm"]
+    else:
+        ref_img = workflow.add(N4BiasCorrect(in_file=checked[ref]), name=f"n4_{ref}").out_file
+    mni = workflow.add(RegisterToTemplate(t2_file=ref_img, contrast=ref_name), name="register_to_template")
+    brain = workflow.add(ExtractBrain(t2_file=ref_img, t2_to_mni=mni.t2_to_mni, mask_file=mask, contrast=ref_name),
                          name="extract_brain")
-    reg_swi = workflow.add(RegisterToT2(moving_file=swi, t2_file=n4_t2.out_file, mask_file=brain.mask,
-                                        preset=registration), name="register_swi")
-    reg_qsm = qsm_qc = None
-    if has_qsm:
-        reg_qsm = workflow.add(RegisterToT2(moving_file=qsm, t2_file=n4_t2.out_file, mask_file=brain.mask,
-                                            same_session_file=swi, same_session_transform=reg_swi.transform,
-                                            preset=registration, what="QSM"), name="register_qsm")
-        qsm_qc = reg_qsm.qc
-    grid = workflow.add(MakeGrid(t2_file=n4_t2.out_file, mask_file=brain.mask, voxel_size=voxel_size,
+    # each image's transform to the reference; an SWI that is the reference has the identity, which
+    # a QSM in its scanner space shares
+    xfm, qc = {}, {}
+    if ref == "swi" and qsm is not None:
+        xfm["swi"] = workflow.add(AlignByHeader(moving_file=checked["swi"], reference_file=checked["swi"],
+                                                what="SWI", reference="SWI"), name="reference_identity").transform
+    if swi is not None and ref == "t2":
+        reg_swi = workflow.add(RegisterToT2(moving_file=checked["swi"], t2_file=ref_img, mask_file=brain.mask,
+                                            preset=registration), name="register_swi")
+        xfm["swi"], qc["swi"] = reg_swi.transform, reg_swi.qc
+    if qsm is not None and ref != "qsm":
+        if swi is not None:  # by the SWI: its transform when the QSM lies in its scanner space
+            reg_qsm = workflow.add(RegisterToT2(moving_file=checked["qsm"], t2_file=ref_img, mask_file=brain.mask,
+                                                same_session_file=checked["swi"],
+                                                same_session_transform=xfm["swi"], preset=registration,
+                                                what="QSM"), name="register_qsm")
+        else:  # no SWI to register it by: its header (a QSM is not registered by its signed values)
+            reg_qsm = workflow.add(AlignByHeader(moving_file=checked["qsm"], reference_file=checked[ref],
+                                                 what="QSM", reference=ref_name), name="register_qsm")
+        xfm["qsm"], qc["qsm"] = reg_qsm.transform, reg_qsm.qc
+    grid = workflow.add(MakeGrid(t2_file=ref_img, mask_file=brain.mask, voxel_size=voxel_size,
                                  margin_mm=margin_mm), name="grid")
     mask_g = workflow.add(ResampleToGrid(in_file=brain.mask, reference_file=grid.grid,
                                          interpolation="mask"), name="mask_grid")
-    t2_g = workflow.add(ResampleToGrid(in_file=n4_t2.out_file, reference_file=grid.grid,
-                                       interpolation=interpolation), name="t2_grid")
-    swi_g = workflow.add(ResampleToGrid(in_file=swi, reference_file=grid.grid, transform_file=reg_swi.transform,
-                                        interpolation=interpolation, mask_file=mask_g.out_file), name="swi_grid")
-    n4_swi = workflow.add(N4BiasCorrect(in_file=swi_g.out_file, mask_file=mask_g.out_file), name="n4_swi")
-    t2_n = workflow.add(NormaliseIntensity(in_file=t2_g.out_file, mask_file=mask_g.out_file), name="t2_norm")
-    swi_n = workflow.add(NormaliseIntensity(in_file=n4_swi.out_file, mask_file=mask_g.out_file), name="swi_norm")
-    qsm_out = qsm_to_t2 = None
-    if has_qsm:
-        qsm_g = workflow.add(ResampleToGrid(in_file=qsm, reference_file=grid.grid, transform_file=reg_qsm.transform,
-                                            interpolation=interpolation, mask_file=mask_g.out_file), name="qsm_grid")
-        qsm_out = workflow.add(NormaliseIntensity(in_file=qsm_g.out_file, mask_file=mask_g.out_file, kind="qsm"),
-                               name="qsm_norm").out_file
-        qsm_to_t2 = reg_qsm.transform
+    out = {"t2": None, "swi": None, "qsm": None}
+    for m in ("t2", "swi", "qsm"):
+        if given[m] is None:
+            continue
+        src = ref_img if m == ref else checked[m]
+        img = workflow.add(ResampleToGrid(in_file=src, reference_file=grid.grid,
+                                          transform_file=None if m == ref else xfm[m], interpolation=interpolation,
+                                          mask_file=None if m == ref else mask_g.out_file), name=f"{m}_grid").out_file
+        if m == "swi" and ref != "swi":  # the reference was corrected in its own grid
+            img = workflow.add(N4BiasCorrect(in_file=img, mask_file=mask_g.out_file), name="n4_swi").out_file
+        out[m] = workflow.add(NormaliseIntensity(in_file=img, mask_file=mask_g.out_file,
+                                                 kind="qsm" if m == "qsm" else "zscore"), name=f"{m}_norm").out_file
     rep = workflow.add(WritePreprocReport(
-        checks=chk.report, mask_file=mask_g.out_file, swi_file=swi, qsm_file=qsm if has_qsm else None,
-        swi_to_t2=reg_swi.transform, qsm_to_t2=qsm_to_t2, t2_to_mni=mni.t2_to_mni, user_mask=mask,
-        swi_qc=reg_swi.qc, qsm_qc=qsm_qc, interpolation=interpolation,
+        checks=chk.report, mask_file=mask_g.out_file, swi_file=checked["swi"], qsm_file=checked["qsm"],
+        swi_to_t2=xfm.get("swi"), qsm_to_t2=xfm.get("qsm"), t2_to_mni=mni.t2_to_mni, reference=ref,
+        user_mask=mask, swi_qc=qc.get("swi"), qsm_qc=qc.get("qsm"), interpolation=interpolation,
         registration=registration, voxel_size=voxel_size, margin_mm=margin_mm), name="report")
-    return (t2_n.out_file, swi_n.out_file, qsm_out, mask_g.out_file, reg_swi.transform,
+    published = {m: None if m == ref else xfm.get(m) for m in ("swi", "qsm")}  # no transform to itself
+    return (out["t2"], out["swi"], out["qsm"], mask_g.out_file, published["swi"], published["qsm"],
             mni.t2_to_mni, rep.report)
 
 
@@ -127,12 +153,15 @@ def preprocess_subject(t2_file, swi_file, qsm_file, out_dir, *, mask_file=None, 
                        allow_resolution: bool = False) -> dict[str, Path]:
     """Run :func:`PreprocessSubject` on one subject in this process; copy its outputs into ``out_dir``.
 
-    Returns paths keyed ``t2``, ``swi``, ``qsm``, ``mask`` (uint8) in the working grid,
-    ``swi_to_t2`` (ANTs/ITK ``.mat``: use with ``ants.apply_transforms``; ``transform_to_ras`` gives
-    the RAS SWI-world → T2w-world 4×4), ``t2_to_mni`` (text 4×4, RAS T2w world mm → MNI world mm)
-    and ``report`` (JSON: checks, warnings, grid, coverage, transforms, settings, timings). Output
-    names are BIDS-derivative names prefixed by the T2w's entities
-    (``sub-01_space-T2w_desc-preproc_T2w.nii.gz``). With ``keep_intermediate`` the bias-corrected
+    Any one or two of ``t2_file``, ``swi_file``, ``qsm_file`` may be ``None``: the subject is then
+    processed in the space of its T2w, else SWI, else QSM (the reference). Returns paths keyed
+    ``t2``, ``swi``, ``qsm``, ``mask`` (uint8) in the working grid, ``swi_to_t2`` and ``qsm_to_t2``
+    (to the reference; ANTs/ITK ``.mat``: use with ``ants.apply_transforms``; ``transform_to_ras``
+    gives the RAS moving-world → reference-world 4×4), ``t2_to_mni`` (text 4×4, RAS reference world
+    mm → MNI world mm) and ``report`` (JSON: reference and space, checks, warnings, grid, coverage,
+    transforms, settings, timings); a key is absent for what the subject lacks. Output names are
+    BIDS-derivative names in the reference space, prefixed by the reference's entities
+    (``sub-01_space-T2w_desc-preproc_T2w.nii.gz``, ``sub-01_space-swi_desc-preproc_swi.nii.gz``). With ``keep_intermediate`` the bias-corrected
     T2w, native-grid brain mask, grid and bias-corrected SWI stay in ``out_dir/.preproc_*``. Bad
     input raises :class:`~deepmir_tasks.io.InputError` naming the file.
     """
@@ -149,20 +178,24 @@ def preprocess_subject(t2_file, swi_file, qsm_file, out_dir, *, mask_file=None, 
                                     interpolation=interpolation, registration=registration,
                                     margin_mm=margin_mm, qsm_units=qsm_units,
                                     allow_resolution=allow_resolution)(worker=worker, cache_root=work / "cache")
-        names = output_names(t2_file)
+        ref = reference_modality([m for m, f in (("t2", t2_file), ("swi", swi_file), ("qsm", qsm_file))
+                                  if f is not None])
+        names = output_names({"t2": t2_file, "swi": swi_file, "qsm": qsm_file}[ref], space_label(ref))
         out = {k: shutil.copyfile(as_path(getattr(outputs, k)), out_dir / names[k])
-               for k in ("t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "report")
+               for k in ("t2", "swi", "qsm", "mask", "swi_to_t2", "qsm_to_t2", "t2_to_mni", "report")
                if getattr(outputs, k) is not None}
         report = _with_timings(out["report"], worker.seconds, time.perf_counter() - t0)
         write_json(report, out["report"])
         if keep_intermediate:
             for (node, field), name in _INTERMEDIATE.items():
+                if node not in worker.results:  # a step the subject's modalities left out
+                    continue
                 shutil.copyfile(as_path(getattr(worker.results[node].outputs, field)), work / name)
     finally:
         shutil.rmtree(work / "cache", ignore_errors=True)
         if not keep_intermediate:
             shutil.rmtree(work, ignore_errors=True)
-    return {k: Path(v) for k, v in out.items()}  # no "qsm" for a T2w + SWI subject
+    return {k: Path(v) for k, v in out.items()}  # no key for what the subject lacks
 
 
 def _with_timings(report_file, seconds: dict, total: float) -> dict:

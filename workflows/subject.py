@@ -15,31 +15,36 @@ from deepmir_tasks.model.modelfile import record_path
 from deepmir_tasks.model.tasks import SegmentLesions
 from deepmir_tasks.report.tasks import RenderSubjectReport
 from deepmir_tasks.settings import RunSettings
+from deepmir_tasks.subsets import SegmentWithoutT2
 from workflows.gre import QsmSwiFromGre
 from workflows.preprocess import PreprocessSubject
 
 __all__ = ["SubjectPipeline", "OUTPUTS"]
 
-OUTPUTS = ["t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "preproc_report", "probseg_cmb",
+OUTPUTS = ["t2", "swi", "qsm", "mask", "swi_to_t2", "qsm_to_t2", "t2_to_mni", "preproc_report", "probseg_cmb",
            "probseg_iron", "dseg", "lesions", "lesions_json", "dropped", "summary", "report", "gre_qsm",
            "gre_swi"]
 
 
 @workflow.define(outputs=OUTPUTS)
-def SubjectPipeline(t2: NiftiGz, model: File, participant_id: str, swi: NiftiGz | None = None,
+def SubjectPipeline(model: File, participant_id: str, t2: NiftiGz | None = None, swi: NiftiGz | None = None,
                     qsm: NiftiGz | None = None, megre_mag: list[NiftiGz] | None = None,
                     megre_phase: list[NiftiGz] | None = None, session_id: str = "",
                     settings: RunSettings = RunSettings(), mask: NiftiGz | None = None,
                     record: File | None = None, version: str = __version__):
-    """Find cerebral microbleeds and iron deposits in one subject.
+    """Find cerebral microbleeds and iron deposits in one subject, from any non-empty subset of
+    T2w, SWI and QSM (the model must serve it: one trained with modality dropout serves any).
 
     Without a QSM or an SWI, but with the raw multi-echo GRE (``megre_mag``, ``megre_phase``: one
     file per echo, or one 4-D file each), both are computed from it first
     (:func:`workflows.gre.QsmSwiFromGre`; ``settings.recompute_qsm`` recomputes given ones too), and
     published on the GRE grid as ``gre_qsm`` / ``gre_swi``.
 
-    The T2w, SWI and QSM are checked, bias-corrected (N4; not the QSM), brain-extracted, registered
-    rigidly (SWI/QSM to T2w, mutual information) and resampled into the T2w's space at
+    The images are processed in the space of the T2w, else the SWI, else the QSM (the reference;
+    outputs ``swi_to_t2``, ``qsm_to_t2`` and ``t2_to_mni`` are to and from the reference, and the
+    preprocessing report's ``space`` is its label). They are checked, bias-corrected (N4; not the
+    QSM), brain-extracted, registered rigidly (SWI to a T2w by mutual information, QSM with the
+    SWI's transform, or by its header without an SWI) and resampled into the reference space at
     ``settings.voxel_size`` mm isotropic; T2w and SWI become robust z-scores inside the brain and QSM
     stays in ppm. A deep 3-D U-Net (``model``) gives CMB and iron-deposit probability maps; connected
     components above the voxel threshold become lesions, tabulated with size, world position,
@@ -71,8 +76,12 @@ def SubjectPipeline(t2: NiftiGz, model: File, participant_id: str, swi: NiftiGz 
             swi = gre_swi = gre.swi
     pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=settings.voxel_size,
                                          qsm_units=settings.qsm_units, allow_resolution=settings.allow_resolution))
-    seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
-                                      record=record, tta=settings.tta, version=version))
+    if t2 is not None:
+        seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
+                                          record=record, tta=settings.tta, version=version))
+    else:  # SegmentLesions needs a T2w to name its files (deepmir_tasks.subsets says why)
+        seg = workflow.add(SegmentWithoutT2(swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model, record=record,
+                                            tta=settings.tta, version=version))
     provenance = {"deepmir": __version__, "model": str(getattr(model, "name", model)),
                   **LesionRules().record_values(), "voxel_size_mm": settings.voxel_size, "tta": settings.tta}
     rules = workflow.add(ReadLesionRules(record=record, threshold=settings.threshold, provenance=provenance,
@@ -90,7 +99,7 @@ def SubjectPipeline(t2: NiftiGz, model: File, participant_id: str, swi: NiftiGz 
             inputs=given, provenance=rules.provenance,
             preproc_report=pre.report, version=version))
         html = rep.report
-    return (pre.t2, pre.swi, pre.qsm, pre.mask, pre.swi_to_t2, pre.t2_to_mni, pre.report,
+    return (pre.t2, pre.swi, pre.qsm, pre.mask, pre.swi_to_t2, pre.qsm_to_t2, pre.t2_to_mni, pre.report,
             seg.probseg_cmb, seg.probseg_iron, tab.dseg, tab.lesions, tab.lesions_json, tab.dropped,
             tab.summary, html, gre_qsm, gre_swi)
 

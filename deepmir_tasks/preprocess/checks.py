@@ -112,13 +112,15 @@ def guess_qsm_units(data: np.ndarray) -> str | None:
 
 def input_flags(checks: dict) -> str:
     """The flags a subject's results carry from its input checks (``;``-separated, ``""`` if none):
-    ``no_qsm`` (a T2w + SWI subject: a calcification cannot be told from a CMB by its sign),
+    ``no_t2w``, ``no_swi`` and ``no_qsm`` (the image was missing; without QSM a calcification cannot
+    be told from a CMB by its sign, without SWI the SWI contrast of each call is not known),
     ``outside_supported_resolution`` (run with ``allow_resolution``) and ``qsm_units_unverified``
     (a QSM that did not look like ppm, trusted with ``qsm_units="ppm"``); from the preprocessing
     report, ``registration_suspect`` (the SWI/QSM fitted the T2w better in another pose)."""
     flags = []
-    if "qsm_file" in checks and checks["qsm_file"] is None:
-        flags.append("no_qsm")
+    for key, flag in (("t2_file", "no_t2w"), ("swi_file", "no_swi"), ("qsm_file", "no_qsm")):
+        if key in checks and checks[key] is None:
+            flags.append(flag)
     if checks.get("outside_supported_resolution"):
         flags.append("outside_supported_resolution")
     if any(qc and qc.get("suspect") for qc in (checks.get("registration_qc") or {}).values()):
@@ -144,8 +146,9 @@ def check_resolution(path, what: str, voxel_size_mm, allow: bool = False) -> str
 
 def check_inputs(t2_file, swi_file, qsm_file, mask_file=None, *, qsm_units: str = "auto",
                  allow_resolution: bool = False, qsm_out=None) -> dict:
-    """Check the three inputs (and an optional T2w-grid brain mask); return a report dict.
-    ``qsm_file`` may be ``None`` (a T2w + SWI subject).
+    """Check the inputs (and an optional brain mask on the reference grid: the T2w's, else the SWI's,
+    else the QSM's); return a report dict. Any of ``t2_file``, ``swi_file``, ``qsm_file`` may be
+    ``None`` (a subject with a subset of the three), not all of them.
 
     Raises :class:`InputError` on the first hard failure, naming the file. A QSM whose values do not
     look like ppm fails unless ``qsm_units`` is ``"ppm"`` (trusted, with a warning) or ``"ppb"``
@@ -155,26 +158,37 @@ def check_inputs(t2_file, swi_file, qsm_file, mask_file=None, *, qsm_units: str 
     """
     if qsm_units not in QSM_UNITS:
         raise InputError("--qsm-units", f"must be one of {', '.join(QSM_UNITS)}, got {qsm_units!r}")
+    if t2_file is None and swi_file is None and qsm_file is None:
+        raise InputError("inputs", "no T2w, SWI or QSM image: nothing to process")
     report = {"warnings": [], "qsm_units": qsm_units}
-    t2, report["t2"] = check_image(t2_file, "T2w")
-    swi, report["swi"] = check_image(swi_file, "SWI")
-    sd = np.asarray(swi.dataobj)
-    if np.count_nonzero(sd < 0) > 0.2 * max(np.count_nonzero(sd), 1):
-        raise InputError(swi_file, "SWI magnitude is negative in over 20% of voxels; is this a phase or QSM image?")
-    report["qsm_file"] = None  # a T2w + SWI subject has no QSM (the model must serve that subset)
-    images = [(t2_file, "T2w", "t2"), (swi_file, "SWI", "swi")]
+    # a missing image is None here and in the report (its flag: input_flags); any non-empty subset runs
+    report["t2_file"] = report["swi_file"] = report["qsm_file"] = None
+    images, ref = [], None
+    if t2_file is not None:
+        ref, report["t2"] = check_image(t2_file, "T2w")
+        report["t2_file"] = str(t2_file)
+        images.append((t2_file, "T2w", "t2"))
+    if swi_file is not None:
+        swi, report["swi"] = check_image(swi_file, "SWI")
+        sd = np.asarray(swi.dataobj)
+        if np.count_nonzero(sd < 0) > 0.2 * max(np.count_nonzero(sd), 1):
+            raise InputError(swi_file, "SWI magnitude is negative in over 20% of voxels; is this a phase or QSM image?")
+        report["swi_file"] = str(swi_file)
+        images.append((swi_file, "SWI", "swi"))
+        ref = swi if ref is None else ref
     if qsm_file is not None:
         report["qsm_file"] = _check_qsm(qsm_file, qsm_units, qsm_out, report)
         images.append((report["qsm"]["file"], "QSM", "qsm"))
+        ref = load_image(qsm_file, what="QSM") if ref is None else ref
     outside = [w for w in (check_resolution(f, what, report[key]["voxel_size_mm"], allow_resolution)
                            for f, what, key in images) if w]
     report["outside_supported_resolution"] = bool(outside)
     report["warnings"] += outside
-    if mask_file is not None:
+    if mask_file is not None:  # on the reference's grid: the T2w, else the SWI, else the QSM
         mask, report["mask"] = check_image(mask_file, "brain mask")
-        if mask.shape[:3] != t2.shape[:3] or not np.allclose(mask.affine, t2.affine, atol=1e-3):
-            raise InputError(mask_file, f"brain mask grid {mask.shape[:3]} does not match the T2w grid "
-                                        f"{t2.shape[:3]} (same shape and affine needed)")
+        if mask.shape[:3] != ref.shape[:3] or not np.allclose(mask.affine, ref.affine, atol=1e-3):
+            raise InputError(mask_file, f"brain mask grid {mask.shape[:3]} does not match the {images[0][1]} grid "
+                                        f"{ref.shape[:3]} (same shape and affine needed)")
         vals = np.unique(np.asarray(mask.dataobj))
         if vals.size > 2:
             raise InputError(mask_file, f"brain mask is not binary ({vals.size} distinct values)")

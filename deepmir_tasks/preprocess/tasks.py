@@ -14,26 +14,27 @@ from pydra.compose import python
 
 from deepmir_tasks import __version__
 
-__all__ = ["CheckInputs", "N4BiasCorrect", "RegisterToTemplate", "ExtractBrain", "RegisterToT2",
+__all__ = ["CheckInputs", "N4BiasCorrect", "RegisterToTemplate", "ExtractBrain", "RegisterToT2", "AlignByHeader",
            "MakeGrid", "ResampleToGrid", "NormaliseIntensity", "WritePreprocReport"]
 
 
 @python.define
 class CheckInputs(python.Task["CheckInputs.Outputs"]):
-    """Check the T2w, SWI and QSM (and an optional T2w-grid brain mask); pass them through.
+    """Check the T2w, SWI and QSM present (and an optional brain mask); pass them through.
 
     Args:
-        t2_file: T2-weighted image
-        swi_file: SWI magnitude
-        qsm_file: QSM map in ppm (None: a T2w + SWI subject)
-        mask_file: the user's brain mask on the T2w grid (optional)
+        t2_file: T2-weighted image (None: a subject without a T2w)
+        swi_file: SWI magnitude (None: a subject without an SWI)
+        qsm_file: QSM map in ppm (None: a subject without a QSM); not all three None
+        mask_file: the user's brain mask on the reference grid (the T2w's, else the SWI's, else the
+            QSM's; optional)
         qsm_units: "auto" (the QSM must look like ppm), "ppm" (trusted), "ppb" (divided by 1000; the
             converted map is the qsm_file output)
         allow_resolution: run a resolution outside the supported range (flagged in the report)
         version: package version (part of the cache hash)
     """
-    t2_file: NiftiGz
-    swi_file: NiftiGz
+    t2_file: NiftiGz | None = None
+    swi_file: NiftiGz | None = None
     qsm_file: NiftiGz | None = None
     mask_file: NiftiGz | None = None
     qsm_units: str = "auto"
@@ -42,8 +43,8 @@ class CheckInputs(python.Task["CheckInputs.Outputs"]):
 
     class Outputs(python.Outputs):
         report: File
-        t2_file: NiftiGz
-        swi_file: NiftiGz
+        t2_file: NiftiGz | None
+        swi_file: NiftiGz | None
         qsm_file: NiftiGz | None
         mask_file: NiftiGz | None
 
@@ -90,50 +91,56 @@ class N4BiasCorrect(python.Task["N4BiasCorrect.Outputs"]):
 
 @python.define
 class RegisterToTemplate(python.Task["RegisterToTemplate.Outputs"]):
-    """Affine registration of the bias-corrected T2w to the MNI152 2009a template (2 mm, Mattes MI).
+    """Affine registration of the reference image to the MNI152 2009a template (2 mm, Mattes MI).
 
     Args:
-        t2_file: bias-corrected T2w
+        t2_file: the reference image: the bias-corrected T2w, else SWI, else the QSM
+        contrast: the reference's modality, "T2w", "SWI" or "QSM" (whose brain support is registered)
         version: package version (part of the cache hash)
     """
     t2_file: NiftiGz
+    contrast: str = "T2w"
     version: str = __version__
 
     class Outputs(python.Outputs):
         t2_to_mni: File
 
     @staticmethod
-    def function(t2_file, version):
+    def function(t2_file, contrast, version):
         from deepmir_tasks.preprocess.template import register_to_template
 
-        return register_to_template(t2_file, Path.cwd() / "t2_to_mni.txt")
+        return register_to_template(t2_file, Path.cwd() / "t2_to_mni.txt", contrast=contrast)
 
 
 @python.define
 class ExtractBrain(python.Task["ExtractBrain.Outputs"]):
-    """Brain mask of the T2w (MNI prior + intensity refinement), or the user's mask passed through.
+    """Brain mask of the reference image (MNI prior + intensity refinement; a QSM's support), or the
+    user's mask passed through.
 
     Args:
-        t2_file: bias-corrected T2w
-        t2_to_mni: RAS T2w → MNI affine (text 4×4) from RegisterToTemplate
-        mask_file: the user's own brain mask on the T2w grid; when given it is used as is
+        t2_file: the reference image: the bias-corrected T2w, else SWI, else the QSM
+        t2_to_mni: RAS reference → MNI affine (text 4×4) from RegisterToTemplate
+        mask_file: the user's own brain mask on the reference grid; when given it is used as is
+        contrast: the reference's modality, "T2w", "SWI" or "QSM"
         version: package version (part of the cache hash)
     """
     t2_file: NiftiGz
     t2_to_mni: File
     mask_file: NiftiGz | None = None
+    contrast: str = "T2w"
     version: str = __version__
 
     class Outputs(python.Outputs):
         mask: NiftiGz
 
     @staticmethod
-    def function(t2_file, t2_to_mni, mask_file, version):
+    def function(t2_file, t2_to_mni, mask_file, contrast, version):
         from deepmir_tasks.preprocess.brain import extract_brain
 
         if mask_file is not None:
             return mask_file
-        return extract_brain(t2_file, Path.cwd() / "brain_mask.nii.gz", t2_to_mni_file=t2_to_mni)
+        return extract_brain(t2_file, Path.cwd() / "brain_mask.nii.gz", t2_to_mni_file=t2_to_mni,
+                             contrast=contrast)
 
 
 @python.define
@@ -179,12 +186,45 @@ class RegisterToT2(python.Task["RegisterToT2.Outputs"]):
 
 
 @python.define
-class MakeGrid(python.Task["MakeGrid.Outputs"]):
-    """The working grid: the T2w's space at voxel_size mm, cropped to the brain + margin_mm.
+class AlignByHeader(python.Task["AlignByHeader.Outputs"]):
+    """The identity transform of an image onto the reference, by its header (one scanner space):
+    a QSM without an SWI to register it by, or the reference itself.
 
     Args:
-        t2_file: the T2w (defines axes and world coordinates)
-        mask_file: brain mask on the T2w grid (defines the crop)
+        moving_file: the image (a QSM, or the reference image itself)
+        reference_file: the reference image
+        what: the moving image's role in messages ("QSM", "SWI")
+        reference: the reference's role in messages ("T2w", "SWI", "QSM")
+        version: package version (part of the cache hash)
+
+    Outputs ``transform`` and ``qc`` (``{"aligned_by": "header", "overlap": ...}``); fails naming
+    the moving file when the two do not cover one place in scanner space.
+    """
+    moving_file: NiftiGz
+    reference_file: NiftiGz
+    what: str = "QSM"
+    reference: str = "T2w"
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        transform: File
+        qc: dict
+
+    @staticmethod
+    def function(moving_file, reference_file, what, reference, version):
+        from deepmir_tasks.preprocess.reference import align_by_header
+
+        return align_by_header(moving_file, reference_file, Path.cwd() / "to_reference.mat", what=what,
+                               reference=reference)
+
+
+@python.define
+class MakeGrid(python.Task["MakeGrid.Outputs"]):
+    """The working grid: the reference's space at voxel_size mm, cropped to the brain + margin_mm.
+
+    Args:
+        t2_file: the reference image, the T2w, else SWI, else QSM (defines axes and world coordinates)
+        mask_file: brain mask on the reference grid (defines the crop)
         voxel_size: isotropic voxel size in mm
         margin_mm: margin around the brain's bounding box
         version: package version (part of the cache hash)
@@ -272,10 +312,11 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
     Args:
         checks: JSON from CheckInputs
         mask_file: brain mask in the working grid
-        swi_file: the SWI input (for its field of view)
+        swi_file: the SWI input (for its field of view; None without an SWI)
         qsm_file: the QSM input
-        swi_to_t2: SWI transform
-        qsm_to_t2: QSM transform
+        swi_to_t2: SWI transform to the reference (None without an SWI)
+        qsm_to_t2: QSM transform to the reference
+        reference: the reference's modality key ("t2", "swi", "qsm"): the report's ``space``
         swi_qc, qsm_qc: the registrations' alignment checks (RegisterToT2's qc)
         t2_to_mni: T2w → MNI affine (text)
         user_mask: the user's own brain mask, if one was given
@@ -284,11 +325,12 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
     """
     checks: File
     mask_file: NiftiGz
-    swi_file: NiftiGz
+    swi_file: NiftiGz | None = None
     qsm_file: NiftiGz | None = None
-    swi_to_t2: File
+    swi_to_t2: File | None = None
     qsm_to_t2: File | None = None
     t2_to_mni: File
+    reference: str = "t2"
     user_mask: NiftiGz | None = None
     swi_qc: dict | None = None
     qsm_qc: dict | None = None
@@ -302,7 +344,7 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
         report: File
 
     @staticmethod
-    def function(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni, user_mask,
+    def function(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni, reference, user_mask,
                  swi_qc, qsm_qc, interpolation, registration, voxel_size, margin_mm, version):
         from deepmir_tasks.preprocess.pipeline import summarise
 
@@ -310,4 +352,4 @@ class WritePreprocReport(python.Task["WritePreprocReport.Outputs"]):
                     "voxel_size_mm": float(voxel_size), "margin_mm": float(margin_mm)}
         return summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to_mni,
                          Path.cwd() / "report.json", user_mask=user_mask, settings=settings,
-                         registration_qc={"swi": swi_qc, "qsm": qsm_qc})
+                         registration_qc={"swi": swi_qc, "qsm": qsm_qc}, reference=reference)

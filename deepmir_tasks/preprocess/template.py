@@ -16,7 +16,7 @@ import numpy as np
 from deepmir_tasks.bids_names import MNI_SPACE
 from deepmir_tasks.io import atomic_path, load_image
 
-__all__ = ["mni_t2_template", "register_to_template", "read_matrix", "write_matrix", "MNI_SPACE"]
+__all__ = ["mni_t2_template", "register_to_template", "read_matrix", "write_matrix", "qsm_support", "MNI_SPACE"]
 
 
 
@@ -86,10 +86,28 @@ def read_matrix(path) -> np.ndarray:
     return m
 
 
+def qsm_support(data: np.ndarray) -> np.ndarray:
+    """The brain a QSM map covers: its non-zero voxels (QSM toolboxes zero everything outside
+    their brain mask), closed, hole-filled, largest part."""
+    from scipy import ndimage
+
+    support = ndimage.binary_closing(np.asarray(data) != 0, iterations=2)
+    labels, n = ndimage.label(ndimage.binary_fill_holes(support))
+    if n > 1:
+        labels = labels == 1 + int(np.argmax(ndimage.sum(np.ones(labels.shape), labels, range(1, n + 1))))
+    return ndimage.binary_fill_holes(labels > 0)
+
+
 def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margin_mm: float = 4.0,
                          iterations=((100, 50), (100, 50, 20)),
-                         start_scales=(0.85, 1.0, 1.15)) -> Path:
-    """Affine-register the (bias-corrected) T2w to MNI; write the RAS T2w-world → MNI-world 4×4 as text.
+                         start_scales=(0.85, 1.0, 1.15), contrast: str = "T2w") -> Path:
+    """Affine-register the (bias-corrected) reference image to MNI; write the RAS reference-world →
+    MNI-world 4×4 as text.
+
+    ``contrast`` is the reference image's: ``T2w`` or ``SWI`` (a magnitude image with a dark skull;
+    mutual information copes with SWI's contrast against the T2-like template) or ``QSM`` (signed
+    values that fit no head template: its brain support, :func:`qsm_support`, is registered to the
+    template's brain probability instead).
 
     Both images are at ``resolution_mm``. The metric is restricted on both sides to the brain: the
     template's brain + ``margin_mm`` and the T2w's rough intracranial mask (dark-skull cut,
@@ -112,18 +130,22 @@ def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margi
     set_threads()
     import ants
 
-    img = load_image(t2_file, what="T2w")
+    img = load_image(t2_file, what=contrast)
     data = np.asarray(img.dataobj, dtype=np.float32)
-    data = np.where(head_mask(data), data, 0).astype(np.float32)
+    if contrast == "QSM":
+        data = ndimage.gaussian_filter(qsm_support(data).astype(np.float32), 1.0)
+        ic = ndimage.binary_dilation(data > 0.05, iterations=2)
+    else:
+        data = np.where(head_mask(data), data, 0).astype(np.float32)
+        ic = ndimage.binary_dilation(rough_intracranial_mask(data), iterations=2)
     step = (resolution_mm,) * 3
     moving = ants.resample_image(to_ants(data, img.affine), step, use_voxels=False, interp_type=0)
-    ic = ndimage.binary_dilation(rough_intracranial_mask(data), iterations=2)
     moving_mask = ants.resample_image_to_target(to_ants(ic.astype(np.float32), img.affine), moving,
                                                 interp_type="nearestNeighbor")
     tmpl, prob = mni_t2_template(resolution_mm)
     region = ndimage.distance_transform_edt(np.asarray(prob.dataobj) < 0.5,
                                             sampling=np.linalg.norm(prob.affine[:3, :3], axis=0)) <= margin_mm
-    fixed = to_ants(tmpl)
+    fixed = to_ants(prob if contrast == "QSM" else tmpl)
     masks = dict(mask=to_ants(region.astype(np.float32), prob.affine), moving_mask=moving_mask,
                  mask_all_stages=True)
     region_img = to_ants(region.astype(np.float32), prob.affine)
@@ -151,7 +173,7 @@ def register_to_template(t2_file, out_file, *, resolution_mm: float = 2.0, margi
                                 aff_smoothing_sigmas=(2, 1, 0), aff_random_sampling_rate=0.3,
                                 outprefix=str(Path(tmp) / "affine_"), **masks)
         m = ants_transform_to_ras(reg["fwdtransforms"][0])
-    return write_matrix(m, out_file, comment=f"RAS world mm of the T2w -> {MNI_SPACE} world mm "
+    return write_matrix(m, out_file, comment=f"RAS world mm of the {contrast} -> {MNI_SPACE} world mm "
                                              "(x_mni = M @ [x, y, z, 1])")
 
 

@@ -64,18 +64,18 @@ def load_grid(t2, swi, qsm, mask, dseg) -> Grid:
     files = {"T2w": t2, "SWI": swi, "QSM": qsm, "brain mask": mask, "dseg": dseg}
     imgs = {}
     for what, path in files.items():
-        if path is None and what == "QSM":  # a T2w + SWI subject: shown as an empty map
+        if path is None and what in ("T2w", "SWI", "QSM"):  # a subject without it: shown as an empty map
             continue
         # an empty mask or dseg is something the rater must see, not a reason to fail
         allow_empty = what in ("dseg", "QSM", "brain mask")
         imgs[what] = load_image(path, what=what, allow_empty=allow_empty)
-    ref = imgs["T2w"]
+    ref = imgs["brain mask"]  # the working grid (of the subject's reference: T2w, else SWI, else QSM)
     for what, img in imgs.items():
         if img.shape != ref.shape:
-            raise InputError(files[what], f"{what} has shape {img.shape} but the T2w has {ref.shape}; "
+            raise InputError(files[what], f"{what} has shape {img.shape} but the brain mask has {ref.shape}; "
                                           "the report needs all images in one working grid")
         if not np.allclose(img.affine, ref.affine, atol=1e-3):
-            raise InputError(files[what], f"{what} affine differs from the T2w's; "
+            raise InputError(files[what], f"{what} affine differs from the brain mask's; "
                                           "the report needs all images in one working grid")
     ornt = nio.io_orientation(ref.affine)
     axcodes = nib.aff2axcodes(ref.affine)
@@ -87,10 +87,9 @@ def load_grid(t2, swi, qsm, mask, dseg) -> Grid:
     zooms = np.empty(3)
     for axis, (new_axis, _) in enumerate(ornt):
         zooms[int(new_axis)] = zooms_in[axis]
-    if "QSM" not in imgs:
-        import nibabel as nib_
-
-        imgs["QSM"] = nib_.Nifti1Image(np.zeros(ref.shape, np.float32), ref.affine)
+    for what in ("T2w", "SWI", "QSM"):
+        if what not in imgs:
+            imgs[what] = nib.Nifti1Image(np.zeros(ref.shape, np.float32), ref.affine)
     data = {k: reorient(v) for k, v in imgs.items()}
     brain = data["brain mask"] > 0
     dseg_arr = np.rint(data["dseg"]).astype(np.int16)

@@ -85,7 +85,7 @@ def render_subject_report(out_html, *, participant_id, t2, swi, qsm, mask, dseg,
     title_id = f"sub-{label}" + (f" ses-{session}" if session else "")
     sections = [
         _header(title_id, grid, inputs, provenance),
-        _checks(grid, lesions, input_warnings, no_qsm=qsm is None),
+        _checks(grid, lesions, input_warnings, no_qsm=qsm is None, no_t2w=t2 is None, no_swi=swi is None),
         _summary(lesions, dropped),
         _registration(grid),
         _brain_mask(grid),
@@ -184,7 +184,8 @@ def _input_cell(key, value) -> str:
     return H.fmt_value(value)
 
 
-def _checks(grid: Grid, lesions: pd.DataFrame, input_warnings=None, no_qsm: bool = False) -> str:
+def _checks(grid: Grid, lesions: pd.DataFrame, input_warnings=None, no_qsm: bool = False,
+            no_t2w: bool = False, no_swi: bool = False) -> str:
     warnings = [f"Input check: {w}" for w in input_warnings or []]
     if not grid.mask.any():
         warnings.append("The brain mask is empty: preprocessing failed; nothing below can be trusted.")
@@ -203,10 +204,20 @@ def _checks(grid: Grid, lesions: pd.DataFrame, input_warnings=None, no_qsm: bool
                             f"(lesion {', '.join(outside[:8])}{'…' if len(outside) > 8 else ''}).")
     if not np.any(grid.qsm) and not no_qsm:
         warnings.append("The QSM map is zero everywhere.")
+    used = " + ".join(n for n, missing in (("T2w", no_t2w), ("SWI", no_swi), ("QSM", no_qsm)) if not missing)
     if no_qsm:
-        warnings.append("No QSM: this subject ran on T2w + SWI. A calcification cannot be told from a "
+        warnings.append(f"No QSM: this subject ran on {used}. A calcification cannot be told from a "
                         "microbleed without the sign of its susceptibility, and veins are told apart by "
                         "shape alone; check each CMB below.")
+    if no_swi:
+        warnings.append(f"No SWI: this subject ran on {used}. No call had SWI evidence (no SWI contrast "
+                        "in its row, no blooming to see)" + (
+                            "; the QSM was aligned to the T2w by its header, not through a registered SWI: "
+                            "check the registration below." if not (no_qsm or no_t2w) else "."))
+    if no_t2w:
+        warnings.append(f"No T2w: this subject ran on {used}, in the {'SWI' if not no_swi else 'QSM'}'s "
+                        "space: the brain mask and the MNI affine (regions) come from that image, and no "
+                        "T2w anatomy stands behind each call.")
     return "".join(f'<div class="warn">{H.esc(w)}</div>' for w in warnings)
 
 

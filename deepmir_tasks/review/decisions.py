@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepmir_tasks.bids_names import DERIVATIVE_NAMES, check_label, entities, subject_key
+from deepmir_tasks.bids_names import check_label, derivative_name, entities, space_of, subject_key
 from deepmir_tasks.io import InputError, write_json, write_tsv
 from deepmir_tasks.labels import LESION_CLASSES
 
@@ -94,8 +94,9 @@ def find_review_subjects(output_dir, participant_labels=None) -> list[ReviewSubj
         sub, ses = ent
         key = subject_key(sub, ses)
         files = {}
+        space = space_of(table.name)  # the subject's reference space (T2w, else SWI, else QSM)
         for name in ("t2", "swi", "qsm", "mask", "dseg", "probseg_cmb", "probseg_iron", "lesions", "dropped"):
-            path = table.parent / DERIVATIVE_NAMES[name].format(key=key)
+            path = table.parent / derivative_name(name, key, space)
             files[name] = path if path.exists() else None
         subjects[key] = ReviewSubject(sub, ses, table.parent, files)
     if not subjects:
@@ -110,7 +111,7 @@ def find_review_subjects(output_dir, participant_labels=None) -> list[ReviewSubj
     for s in subjects.values():
         for name in ("t2", "swi", "mask", "dseg"):
             if s.files[name] is None:
-                raise InputError(s.anat / DERIVATIVE_NAMES[name].format(key=s.key),
+                raise InputError(s.anat / derivative_name(name, s.key, space_of(s.files["lesions"].name)),
                                  f"{s.key}'s {name} output is missing; review needs the working-grid images")
     return [subjects[k] for k in sorted(subjects)]
 
