@@ -238,8 +238,8 @@ class Predictor:
 
 
 # ---------------------------------------------------------------------- file level
-def _prefix_from(t2_file) -> str:
-    ents = entities(Path(t2_file).name)
+def _prefix_from(image_file) -> str:
+    ents = entities(Path(image_file).name)
     return subject_key(*ents) if ents else "deepmir"
 
 
@@ -257,11 +257,11 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
     """Segment one preprocessed subject; write probability maps and a label map.
 
     All inputs are on one grid (the working grid of ``preprocess_subject``). A modality the model
-    does not use may be ``None``; one it needs may not. Writes, in ``out_dir``,
+    does not use may be ``None``, and so may one it needs when it serves subsets. Writes, in ``out_dir``,
     ``{prefix}_space-T2w_label-CMB_probseg.nii.gz``, ``..._label-iron_probseg.nii.gz`` (all zeros
     for a class the model does not have) and ``{prefix}_space-T2w_desc-deepmir_dseg.nii.gz``
     (uint8: 0 background, 1 CMB, 2 iron) with a JSON sidecar naming the model.
-    ``prefix`` defaults to the ``sub-``/``ses-`` entities of the T2w file name.
+    ``prefix`` defaults to the ``sub-``/``ses-`` entities of the first image given (T2w, else SWI, else QSM).
 
     Returns ``{"probseg_cmb": Path, "probseg_iron": Path, "dseg": Path}``.
     """
@@ -291,7 +291,7 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
             dseg[lab == i] = DSEG_LABELS[name]
 
     out_dir = Path(out_dir)
-    prefix = prefix or _prefix_from(t2_file)
+    prefix = prefix or _prefix_from(next(f for f in (t2_file, swi_file, qsm_file) if f is not None))
     affine = ref.affine
     out = {}
     for name in ("cmb", "iron"):

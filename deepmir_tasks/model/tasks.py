@@ -21,9 +21,10 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
     which the cohort runner sets): a thread count is not an input, so it never changes the cache key.
 
     Args:
-        t2: preprocessed T2w (working grid)
-        swi: preprocessed SWI on the same grid (None if the model does not use SWI)
-        qsm: preprocessed QSM in ppm on the same grid (None if the model does not use QSM)
+        t2: preprocessed T2w (working grid), or None
+        swi: preprocessed SWI on the same grid, or None
+        qsm: preprocessed QSM in ppm on the same grid, or None (at least one image; the model must
+            serve the subset given, see :func:`deepmir_tasks.model.predictor.serves_subsets`)
         mask: brain mask on the same grid
         model: model weights (.safetensors with its .json record beside it); None = bundled default
         record: the model's JSON record, so that a changed record (normalisation, classes) is a new
@@ -32,7 +33,7 @@ class SegmentLesions(python.Task["SegmentLesions.Outputs"]):
         version: package version, so that a new release is a new cache entry
     """
 
-    t2: NiftiGz
+    t2: NiftiGz | None = None
     swi: NiftiGz | None = None
     qsm: NiftiGz | None = None
     mask: NiftiGz | None = None
