@@ -72,14 +72,17 @@ def record_status(output_dir, status: SubjectStatus, progress=None) -> None:
 def read_statuses(output_dir, names=("lesions", "summary", "dropped")) -> list[tuple[str, dict, dict]]:
     """``(key, status record, {name: derivative path})`` of every subject recorded in ``output_dir``;
     only the derivatives in ``names`` that exist are listed."""
-    from deepmir_tasks.bids_names import DERIVATIVE_NAMES
+    from deepmir_tasks.bids_names import derivative_name, space_of
 
     out = []
     for status_file in sorted((Path(output_dir) / "logs").glob("*_status.json")):
         st = json.loads(status_file.read_text())
         key = status_file.name.removesuffix("_status.json")
         anat = Path(output_dir) / SubjectInputs(st["participant_id"], st.get("session_id")).anat_dir_rel
-        files = {name: anat / DERIVATIVE_NAMES[name].format(key=key) for name in names}
+        # the subject's reference space (T2w, else SWI, else QSM), as its lesion table is named
+        tables = sorted(anat.glob(f"{key}_space-*_desc-deepmir_lesions.tsv"))
+        space = space_of(tables[0].name) if tables else "T2w"
+        files = {name: anat / derivative_name(name, key, space) for name in names}
         out.append((key, st, {name: path for name, path in files.items() if path.exists()}))
     return out
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepmir_tasks.bids_names import DERIVATIVE_NAMES
+from deepmir_tasks.bids_names import derivative_name
 from pipelines.run import run_cohort
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ def test_full_size_subject_lesions_found_with_their_class(tmp_path):
     result = run_cohort(bids, tmp_path / "out", worker="debug", cache_dir=tmp_path / "cache", group=False)
     assert result.ok, result.failed
     truth = pd.read_csv(bids / "derivatives" / "annotations" / "sub-01" / "anat" / "sub-01_lesions.tsv", sep="\t")
-    table = pd.read_csv(tmp_path / "out" / "sub-01" / "anat" / DERIVATIVE_NAMES["lesions"].format(key="sub-01"),
+    table = pd.read_csv(tmp_path / "out" / "sub-01" / "anat" / derivative_name("lesions", "sub-01"),
                         sep="\t", na_values="n/a")
     found = table[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
     hits = false = 0

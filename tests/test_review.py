@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepmir_tasks.bids_names import DERIVATIVE_NAMES
+from deepmir_tasks.bids_names import DERIVATIVE_NAMES, derivative_name
 from deepmir_tasks.io import InputError, save_nifti, write_json, write_tsv
 from deepmir_tasks.review import find_review_subjects, read_decisions, save_decision
 from deepmir_tasks.review.decisions import rater_decisions
@@ -74,7 +74,7 @@ def make_output_dir(root: Path, seed: int = 0, vein: bool = False) -> Path:
         tube = (np.abs(g[0] - 30) <= 1) & (np.abs(g[1] - 20) <= 1) & mask
         swi[tube] -= 0.6
         qsm[tube] += 0.3
-    name = {k: anat / v.format(key="sub-01") for k, v in DERIVATIVE_NAMES.items()}
+    name = {k: anat / derivative_name(k, "sub-01") for k in DERIVATIVE_NAMES}
     save_nifti(t2 * mask, WORK_AFFINE, name["t2"], dtype=np.float32)
     save_nifti(swi * mask, WORK_AFFINE, name["swi"], dtype=np.float32)
     save_nifti(qsm * mask, WORK_AFFINE, name["qsm"], dtype=np.float32)

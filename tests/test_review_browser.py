@@ -239,7 +239,7 @@ def make_twenty(root: Path) -> Path:
     import pandas as pd
     from test_review import make_output_dir, world
 
-    from deepmir_tasks.bids_names import DERIVATIVE_NAMES
+    from deepmir_tasks.bids_names import derivative_name
     from deepmir_tasks.io import write_tsv
 
     out = make_output_dir(root)
@@ -252,8 +252,8 @@ def make_twenty(root: Path) -> Path:
                             "j": ijk[1], "k": ijk[2], "prob_max": 0.9, "qsm_mean_ppm": 0.3, "region": "deep",
                             **({"reason": "min_prob"} if table == "dropped" else {})})
     anat = out / "sub-01" / "anat"
-    write_tsv(pd.DataFrame(rows["kept"]), anat / DERIVATIVE_NAMES["lesions"].format(key="sub-01"))
-    write_tsv(pd.DataFrame(rows["dropped"]), anat / DERIVATIVE_NAMES["dropped"].format(key="sub-01"))
+    write_tsv(pd.DataFrame(rows["kept"]), anat / derivative_name("lesions", "sub-01"))
+    write_tsv(pd.DataFrame(rows["dropped"]), anat / derivative_name("dropped", "sub-01"))
     return out
 
 

@@ -121,3 +121,19 @@ def test_every_subset_runs_end_to_end_in_its_reference_space(copy_cohort, tmp_pa
     assert (anat / "sub-swiqsm_space-swi_desc-deepmir_lesions.tsv").exists()
     assert (anat / "sub-swiqsm_from-Chimap_to-swi_mode-image_xfm.mat").exists()
     assert not list(anat.glob("*space-T2w*"))
+
+
+@pytest.mark.slow
+def test_preprocess_subject_from_python_without_a_t2w(small_cohort, tmp_path):
+    """The Python API for one subject: SWI + QSM preprocessed in the SWI's space, named so."""
+    from workflows.preprocess import preprocess_subject
+
+    anat = small_cohort / "sub-01" / "anat"
+    out = preprocess_subject(None, anat / "sub-01_swi.nii.gz", anat / "sub-01_Chimap.nii.gz", tmp_path / "pre",
+                             allow_resolution=True)
+    assert sorted(out) == ["mask", "qsm", "qsm_to_t2", "report", "swi", "t2_to_mni"]
+    assert out["swi"].name == "sub-01_space-swi_desc-preproc_swi.nii.gz"
+    assert out["qsm_to_t2"].name == "sub-01_from-Chimap_to-swi_mode-image_xfm.mat"
+    report = json.loads(out["report"].read_text())
+    assert report["reference"] == "SWI" and report["flags"].startswith("no_t2w")
+    assert report["mask_source"].startswith("extract_brain (MNI prior + SWI")

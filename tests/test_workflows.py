@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.derivatives import DERIVATIVE_NAMES
+from deepmir_tasks.bids_names import derivative_name
 from pipelines.run import run_cohort
 
 pytestmark = pytest.mark.slow
@@ -23,13 +23,13 @@ EXPECTED = ["t2", "swi", "qsm", "mask", "dseg", "probseg_cmb", "probseg_iron", "
 def _check_subject_derivatives(out_dir: Path, key: str):
     anat = out_dir / key.split("_")[0] / "anat"
     for name in EXPECTED:
-        assert (anat / DERIVATIVE_NAMES[name].format(key=key)).exists(), name
-    dseg = nib.load(str(anat / DERIVATIVE_NAMES["dseg"].format(key=key)))
-    t2 = nib.load(str(anat / DERIVATIVE_NAMES["t2"].format(key=key)))
+        assert (anat / derivative_name(name, key)).exists(), name
+    dseg = nib.load(str(anat / derivative_name("dseg", key)))
+    t2 = nib.load(str(anat / derivative_name("t2", key)))
     assert dseg.shape == t2.shape
     np.testing.assert_allclose(dseg.affine, t2.affine, atol=1e-4)
     assert set(np.unique(np.asarray(dseg.dataobj))) <= {0, 1, 2}
-    table = pd.read_csv(anat / DERIVATIVE_NAMES["lesions"].format(key=key), sep="\t", na_values="n/a")
+    table = pd.read_csv(anat / derivative_name("lesions", key), sep="\t", na_values="n/a")
     for col in ("participant_id", "lesion_id", "label", "volume_mm3", "x_mm", "prob_max", "region"):
         assert col in table.columns
     assert (out_dir / f"{key}.html").exists()
@@ -55,7 +55,7 @@ def _detections_against_truth(bids_dir: Path, out_dir: Path, keys) -> dict:
     for key in keys:
         sub = key.split("_")[0]
         truth = pd.read_csv(bids_dir / "derivatives" / "annotations" / sub / "anat" / f"{sub}_lesions.tsv", sep="\t")
-        table = pd.read_csv(out_dir / sub / "anat" / DERIVATIVE_NAMES["lesions"].format(key=key), sep="\t",
+        table = pd.read_csv(out_dir / sub / "anat" / derivative_name("lesions", key), sep="\t",
                             na_values="n/a")
         found = table[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
         true = truth.loc[truth["kind"].isin(["cmb", "iron"]), ["x_mm", "y_mm", "z_mm"]].to_numpy(float)
