@@ -15,7 +15,6 @@ from deepmir_tasks.model.modelfile import record_path
 from deepmir_tasks.model.tasks import SegmentLesions
 from deepmir_tasks.report.tasks import RenderSubjectReport
 from deepmir_tasks.settings import RunSettings
-from deepmir_tasks.subsets import SegmentWithoutT2
 from workflows.gre import QsmSwiFromGre
 from workflows.preprocess import PreprocessSubject
 
@@ -76,12 +75,8 @@ def SubjectPipeline(model: File, participant_id: str, t2: NiftiGz | None = None,
             swi = gre_swi = gre.swi
     pre = workflow.add(PreprocessSubject(t2=t2, swi=swi, qsm=qsm, mask=mask, voxel_size=settings.voxel_size,
                                          qsm_units=settings.qsm_units, allow_resolution=settings.allow_resolution))
-    if t2 is not None:
-        seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
-                                          record=record, tta=settings.tta, version=version))
-    else:  # SegmentLesions needs a T2w to name its files (deepmir_tasks.subsets says why)
-        seg = workflow.add(SegmentWithoutT2(swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model, record=record,
-                                            tta=settings.tta, version=version))
+    seg = workflow.add(SegmentLesions(t2=pre.t2, swi=pre.swi, qsm=pre.qsm, mask=pre.mask, model=model,
+                                      record=record, tta=settings.tta, version=version))
     provenance = {"deepmir": __version__, "model": str(getattr(model, "name", model)),
                   **LesionRules().record_values(), "voxel_size_mm": settings.voxel_size, "tta": settings.tta}
     rules = workflow.add(ReadLesionRules(record=record, threshold=settings.threshold, provenance=provenance,
