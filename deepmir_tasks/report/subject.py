@@ -55,8 +55,9 @@ def render_subject_report(out_html, *, participant_id, t2, swi, qsm, mask, dseg,
     Args:
         out_html: where to write the page (conventionally ``sub-<label>[_ses-<label>].html``).
         participant_id: subject label, with or without ``sub-``.
-        t2, swi, qsm, mask, dseg: NIfTI files in the working grid (one grid for all five); ``qsm``
-            may be None (a T2w + SWI subject: said on the page).
+        t2, swi, qsm, mask, dseg: NIfTI files in the working grid (one grid for all five); one or
+            two of ``t2``, ``swi``, ``qsm`` may be None (a subject with a subset: said on the page,
+            the missing image shown empty).
         lesions_tsv: the per-lesion table (lesion-table contract; ``i, j, k`` index the working grid).
         dropped_tsv: the table of candidates dropped as mimics (same columns plus ``reason``).
         inputs: description of the raw inputs, e.g. ``{"T2w": {"file": ..., "shape": ...,

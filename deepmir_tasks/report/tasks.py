@@ -20,9 +20,9 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
 
     Args:
         participant_id: subject label, with or without ``sub-``
-        t2: preprocessed T2w (working grid)
-        swi: SWI on the same grid
-        qsm: QSM in ppm on the same grid (None: a T2w + SWI subject)
+        t2: preprocessed T2w (working grid; None: a subject without a T2w)
+        swi: SWI on the same grid (None: a subject without an SWI)
+        qsm: QSM in ppm on the same grid (None: a subject without a QSM)
         mask: brain mask on the same grid
         dseg: detections (1 CMB, 2 iron) on the same grid
         lesions_tsv: per-lesion table (``i, j, k`` index the working grid)
@@ -35,9 +35,9 @@ class RenderSubjectReport(python.Task["RenderSubjectReport.Outputs"]):
     """
 
     participant_id: str
-    t2: NiftiGz
-    swi: NiftiGz
-    qsm: NiftiGz | None
+    t2: NiftiGz | None = None
+    swi: NiftiGz | None = None
+    qsm: NiftiGz | None = None
     mask: NiftiGz
     dseg: NiftiGz
     lesions_tsv: Tsv
