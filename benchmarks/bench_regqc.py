@@ -102,8 +102,11 @@ def measure(bids_dirs, work: Path, flip: bool = False) -> list:
             for case, swi in cases.items():
                 t0 = time.perf_counter()
                 swi_tx, qsm_tx = _register(swi, files["qsm"], prep, sub_work, case.split()[0])
-                row = {"folder": str(bids), "subject": label, "case": case,
-                       **swi_qsm_agreement(swi, files["qsm"], swi_tx, qsm_tx, prep["mask"])}
+                shared = qsm_tx == swi_tx
+                row = {"folder": str(bids), "subject": label, "case": case, "qsm": "shared" if shared else "own",
+                       **swi_qsm_agreement(swi, files["qsm"], prep["mask"], swi_tx, None if shared else qsm_tx)}
+                if not shared:  # by the headers too
+                    row["by_header"] = swi_qsm_agreement(swi, files["qsm"])["swi_contrast_at_qsm_peaks"]
                 if flip and case == "valid":
                     row.update(_alignment(check_alignment, swi, prep["t2"], swi_tx, prep["mask"]))
                 row["seconds"] = round(time.perf_counter() - t0, 1)

@@ -92,21 +92,31 @@ def register_to_t2(moving_file, t2_file, out_file, *, mask_file=None, same_sessi
     :func:`same_space`: same grid, or a grid of its own over the same place, as when a toolbox crops
     or pads), that transform is copied. A registration made here is checked by
     :func:`~deepmir_tasks.preprocess.regqc.check_alignment` (with ``check`` and a brain mask), which
-    raises :class:`InputError` naming ``moving_file`` when the result cannot be right. Returns the
-    transform file and the check's measurements (``{"shared_with": ...}`` for a shared transform).
+    raises :class:`InputError` naming ``moving_file`` when the result cannot be right. A QSM is then
+    checked against that image (the SWI) by :func:`~deepmir_tasks.preprocess.regqc.check_same_head`,
+    which raises naming the SWI when the two are not of one head. Returns the transform file and the
+    checks' measurements (with ``"shared_with"`` for a shared transform).
     """
+    qc: dict = {}
+    shared = False
     if same_session_file is not None and same_session_transform is not None:
-        if same_space(load_image(moving_file, what=what, allow_empty=True),
-                      load_image(same_session_file, allow_empty=True)):
-            with atomic_path(out_file) as dst:
-                shutil.copyfile(same_session_transform, dst)
-            return Path(out_file), {"shared_with": Path(str(same_session_file)).name}
-    out = register_rigid(moving_file, t2_file, out_file, fixed_mask_file=mask_file, preset=preset, what=what)
-    qc = {}
-    if check and mask_file is not None:
+        shared = same_space(load_image(moving_file, what=what, allow_empty=True),
+                            load_image(same_session_file, allow_empty=True))
+    if shared:
+        with atomic_path(out_file) as dst:
+            shutil.copyfile(same_session_transform, dst)
+        out, qc = Path(out_file), {"shared_with": Path(str(same_session_file)).name}
+    else:
+        out = register_rigid(moving_file, t2_file, out_file, fixed_mask_file=mask_file, preset=preset, what=what)
+    if check and what == "QSM" and same_session_file is not None and same_session_transform is not None:
+        from deepmir_tasks.preprocess.regqc import check_same_head
+
+        qc.update(check_same_head(same_session_file, moving_file, mask_file, same_session_transform,
+                                  None if shared else out))
+    if check and not shared and mask_file is not None:
         from deepmir_tasks.preprocess.regqc import check_alignment
 
-        qc = check_alignment(moving_file, t2_file, out, mask_file, what=what)
+        qc.update(check_alignment(moving_file, t2_file, out, mask_file, what=what))
     return out, qc
 
 

@@ -18,6 +18,12 @@ start (lower is better): aligned: found -0.948, mirrored -0.888, rotated -0.04 t
 flipped left-right: found -0.887, mirrored -0.949; T2w header rotated 30° about left-right: found
 -0.368 (the registration stopped at 10°), the +30° start -0.948. A rotation about the vertical axis
 is recovered by the registration itself (34° found) and caught by the rotation limit.
+
+3. whether the SWI is of the QSM's head (:func:`check_same_head`, run when the QSM is registered
+   by the SWI): an SWI of another head registers well to the T2w (heads look alike at the scale of
+   mutual information), but it is not dark where this head's QSM is paramagnetic (veins, nuclei,
+   lesions). Measured with :func:`swi_qsm_agreement` on valid and swapped pairs
+   (``benchmarks/bench_regqc.py``; figures in :func:`check_same_head`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ import numpy as np
 
 from deepmir_tasks.io import InputError, load_image
 
-__all__ = ["MAX_ROTATION_DEG", "MARGIN", "QC_VOXEL_MM", "check_alignment", "rotation_deg"]
+__all__ = ["MAX_ROTATION_DEG", "MARGIN", "QC_VOXEL_MM", "MIN_SWI_DARKENING", "check_alignment",
+           "check_same_head", "rotation_deg", "swi_qsm_agreement"]
 
 #: rotation (degrees) beyond which two images of one session are taken to have disagreeing headers
 MAX_ROTATION_DEG = 20.0
@@ -37,6 +44,11 @@ MAX_ROTATION_DEG = 20.0
 MARGIN = 0.03
 #: voxel size (mm) of the coarse registrations
 QC_VOXEL_MM = 3.0
+#: scale (mm) of the high-pass filter of :func:`swi_qsm_agreement`
+HIGHPASS_MM = 4.0
+#: an SWI whose contrast at its QSM's peaks (:func:`swi_qsm_agreement`, robust z) is above this is
+#: not of the QSM's head (see :func:`check_same_head` for the measurements)
+MIN_SWI_DARKENING = -0.5
 #: alternative starts: name -> (mirror left-right, rotation axis (0 = left-right, 1 = front-back), degrees)
 ALTERNATIVES = {"mirrored left-right": (True, None, 0.0),
                 "rotated +30° about the left-right axis": (False, 0, 30.0),
@@ -136,19 +148,23 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
     return qc
 
 
-def swi_qsm_agreement(swi_file, qsm_file, swi_transform, qsm_transform, mask_file, *, voxel_mm: float = 1.0,
-                      highpass_mm: float = 4.0, erode_mm: float = 3.0) -> dict:
-    """How well the SWI's fine dark structures meet the QSM's paramagnetic ones (same head or not).
+def swi_qsm_agreement(swi_file, qsm_file, mask_file=None, swi_transform=None, qsm_transform=None, *,
+                      voxel_mm: float = 1.0, highpass_mm: float = HIGHPASS_MM, erode_mm: float = 3.0) -> dict:
+    """Is the SWI dark where its QSM is paramagnetic? (Are the two of one head?)
 
-    Both images are brought onto the SWI's grid (at least ``voxel_mm``; the QSM through its own
-    transform to the T2w and the SWI's back), high-pass filtered (minus a Gaussian of
-    ``highpass_mm``), and correlated (Spearman) inside the T2w brain mask and the QSM's support,
-    eroded by ``erode_mm``. Veins, nuclei and lesions are dark on the SWI and bright on the QSM,
-    so the two images of one acquisition correlate negatively; an SWI of another head does not.
-    Returns ``{"swi_qsm_rho": rho, "voxels": n}``.
+    The QSM is brought onto the SWI's grid (at least ``voxel_mm``): by the two headers when no
+    transforms are given (an SWI and a QSM of one acquisition share one scanner space), else through
+    its own transform to the T2w and the SWI's back. Both are high-pass filtered (the image minus
+    its local mean over a Gaussian of ``highpass_mm``; the SWI's logarithm) inside the QSM's support
+    (non-zero voxels) eroded by ``erode_mm``, and within the brain mask ``mask_file`` (T2w grid,
+    carried by ``swi_transform``) when it leaves at least a fifth of that support. The measure is the
+    median robust z-score of the SWI at the QSM's brightest 1 % of voxels: veins, nuclei and lesions
+    are dark on the SWI and bright on the QSM, so it is clearly negative for one head and near 0 for
+    an SWI of another head. Returns ``{"swi_contrast_at_qsm_peaks": z or None, "voxels": n}``
+    (``None`` when fewer than 1000 voxels are shared).
     """
     import ants
-    from scipy import ndimage, stats
+    from scipy import ndimage
 
     from deepmir_tasks.preprocess._ants import resample_to_voxel, set_threads, to_ants
 
@@ -156,36 +172,62 @@ def swi_qsm_agreement(swi_file, qsm_file, swi_transform, qsm_transform, mask_fil
     swi = resample_to_voxel(to_ants(load_image(swi_file, what="SWI")), voxel_mm)
     qsm_img = load_image(qsm_file, what="QSM")
     qdata = np.asarray(qsm_img.dataobj, np.float32)
-    pull = dict(transformlist=[str(qsm_transform), str(swi_transform)], whichtoinvert=[False, True])
-    q = ants.apply_transforms(fixed=swi, moving=to_ants(qdata, qsm_img.affine), interpolator="linear", **pull)
-    support = ants.apply_transforms(fixed=swi, moving=to_ants((qdata != 0).astype(np.float32), qsm_img.affine),
-                                    interpolator="linear", **pull).numpy() > 0.99
-    m = load_image(mask_file, what="brain mask")
-    brain = ants.apply_transforms(fixed=swi, moving=to_ants((np.asarray(m.dataobj) > 0).astype(np.float32),
-                                                            m.affine),
-                                  transformlist=[str(swi_transform)], whichtoinvert=[True],
-                                  interpolator="nearestNeighbor").numpy() > 0.5
+
+    def pull(data, affine, interp="linear", transforms=None, invert=None):
+        moving = to_ants(data, affine)
+        if transforms is None:
+            return ants.resample_image_to_target(moving, swi, interp_type=interp).numpy()
+        return ants.apply_transforms(fixed=swi, moving=moving, transformlist=[str(t) for t in transforms],
+                                     whichtoinvert=invert, interpolator=interp).numpy()
+
+    by = None if qsm_transform is None else dict(transforms=[qsm_transform, swi_transform], invert=[False, True])
+    q = pull(qdata, qsm_img.affine, **(by or {}))
+    support = pull((qdata != 0).astype(np.float32), qsm_img.affine, **(by or {})) > 0.99
+    inside_fov = pull(np.ones(qdata.shape, np.float32), qsm_img.affine, **(by or {})) > 0.99
     spacing = np.asarray(swi.spacing, float)
-    inside = ndimage.binary_erosion(support & brain, np.ones((3, 3, 3), bool),
-                                    iterations=max(1, int(round(erode_mm / spacing.min()))))
+    erode = max(1, int(round(erode_mm / spacing.min())))
+    inside = ndimage.binary_erosion(support & inside_fov, np.ones((3, 3, 3), bool), iterations=erode)
+    if mask_file is not None and swi_transform is not None:
+        m = load_image(mask_file, what="brain mask")
+        brain = pull((np.asarray(m.dataobj) > 0).astype(np.float32), m.affine, "nearestNeighbor",
+                     [swi_transform], [True]) > 0.5
+        if (inside & brain).sum() >= 0.2 * inside.sum():
+            inside &= brain
     n = int(inside.sum())
     if n < 1000:
-        return {"swi_qsm_rho": None, "voxels": n}
+        return {"swi_contrast_at_qsm_peaks": None, "voxels": n}
     s = swi.numpy().astype(np.float32)
-    s = np.log(np.clip(s, np.percentile(s[inside], 1), None))
-    qv = q.numpy().astype(np.float32)
-    out = {"voxels": n}
-    for hp_mm in (2.0, 4.0):
-        sigma = hp_mm / spacing
-        hp = [x - ndimage.gaussian_filter(np.where(inside, x, 0), sigma)
-              / np.maximum(ndimage.gaussian_filter(inside.astype(np.float32), sigma), 1e-3) for x in (s, qv)]
-        a, b = hp[0][inside], hp[1][inside]
-        out[f"rho_{hp_mm:.0f}mm"] = round(float(stats.spearmanr(a, b).statistic), 4)
-        za = (a - np.median(a)) / (1.4826 * np.median(np.abs(a - np.median(a))))
-        zb = (b - np.median(b)) / (1.4826 * np.median(np.abs(b - np.median(b))))
-        top = b >= np.percentile(b, 99)
-        dark = a <= np.percentile(a, 1)
-        out[f"swi_z_at_qsm_top_{hp_mm:.0f}mm"] = round(float(np.median(za[top])), 3)
-        out[f"qsm_z_at_swi_dark_{hp_mm:.0f}mm"] = round(float(np.median(zb[dark])), 3)
-    out["swi_qsm_rho"] = out["rho_4mm"]
-    return out
+    s = np.log(np.clip(s, max(float(np.percentile(s[inside], 1)), 1e-6), None))
+    sigma = highpass_mm / spacing
+    weight = np.maximum(ndimage.gaussian_filter(inside.astype(np.float32), sigma), 1e-3)
+    a, b = (x[inside] - (ndimage.gaussian_filter(np.where(inside, x, 0), sigma) / weight)[inside] for x in (s, q))
+    mad = 1.4826 * float(np.median(np.abs(a - np.median(a))))
+    z = (a - np.median(a)) / max(mad, 1e-12)
+    top = b >= np.percentile(b, 99)
+    return {"swi_contrast_at_qsm_peaks": round(float(np.median(z[top])), 3), "voxels": n}
+
+
+def check_same_head(swi_file, qsm_file, mask_file=None, swi_transform=None, qsm_transform=None) -> dict:
+    """Fail when the SWI is not dark where its QSM is paramagnetic: an SWI of another head.
+
+    Measured by :func:`swi_qsm_agreement`: with the QSM placed by the headers when it shares the
+    SWI's transform (``qsm_transform=None``); else through both transforms and, when that does not
+    agree or share too few voxels, by the headers too (a QSM registered on its own by its signed values may be misplaced).
+    Above :data:`MIN_SWI_DARKENING` in every measurable placement raises :class:`InputError`
+    naming ``swi_file`` (and the QSM). Returns the measurement (``{"swi_contrast_at_qsm_peaks":
+    ..., "voxels": ...}``; ``None`` when the two share too few voxels to measure, which is left to
+    the coverage check).
+    """
+    qc = swi_qsm_agreement(swi_file, qsm_file, mask_file, swi_transform, qsm_transform)
+    ok = lambda m: m["swi_contrast_at_qsm_peaks"] is None or m["swi_contrast_at_qsm_peaks"] <= MIN_SWI_DARKENING  # noqa: E731
+    if qsm_transform is not None and (qc["swi_contrast_at_qsm_peaks"] is None or not ok(qc)):
+        by_header = swi_qsm_agreement(swi_file, qsm_file, mask_file, swi_transform)
+        if by_header["swi_contrast_at_qsm_peaks"] is not None:
+            qc = {**by_header, "placed_by": "headers"}
+    z = qc["swi_contrast_at_qsm_peaks"]
+    if not ok(qc):
+        raise InputError(swi_file, f"SWI is not darker where the QSM {Path(str(qsm_file)).name} is paramagnetic "
+                                   f"(SWI contrast at the QSM's peaks {z:+.2f} robust SD; an SWI and a QSM of one "
+                                   f"head measure below {MIN_SWI_DARKENING:+.1f}): the SWI (or the QSM) is of "
+                                   "another head; put the subject's own files in its folder")
+    return qc
