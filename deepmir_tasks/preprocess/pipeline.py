@@ -85,10 +85,10 @@ def summarise(checks, mask_file, swi_file, qsm_file, swi_to_t2, qsm_to_t2, t2_to
 
 def _qsm_transform(qsm_to_t2, swi_to_t2, qc, reference: str) -> str:
     """How the QSM was brought into the reference space, in words for the report."""
-    if qsm_to_t2 is None:
-        return "no QSM"
     if reference == "qsm":
         return "the reference"
+    if qsm_to_t2 is None:
+        return "no QSM"
     if (qc or {}).get("aligned_by") == "header":
         return ("aligned by its header (no SWI to register it by: a QSM is not registered by its signed "
                 "values; the T2w and QSM are taken to share one scanner space)")
