@@ -49,6 +49,15 @@ class SubjectInputs:
                 if f is None and m not in self.ambiguous and m not in computable]
 
     @property
+    def invalid_label(self) -> str | None:
+        """``"participant"`` or ``"session"`` when that label is not a valid BIDS label (letters and
+        digits only: it would end up in file names and command lines), else ``None``."""
+        for what, value in (("participant", self.participant_id), ("session", self.session_id)):
+            if value is not None and not LABEL_RE.match(value):
+                return what
+        return None
+
+    @property
     def anat_dir_rel(self) -> Path:
         """Folder of this subject's files relative to a dataset root."""
         rel = Path(f"sub-{self.participant_id}")
@@ -96,8 +105,11 @@ def find_subjects(
                 continue
         for ses in sessions or [None]:
             anat = sub_dir / (f"ses-{ses}" if ses else "") / "anat"
-            bad = _invalid_folder(sub_dir, label, ses)
-            if bad:  # named and refused; the others run
+            what = SubjectInputs(label, ses).invalid_label
+            if what:  # named and refused; the others run
+                folder = sub_dir if what == "participant" else sub_dir / f"ses-{ses}"
+                bad = (f"{folder}: folder name {folder.name!r} is not a valid BIDS {what} label "
+                       "(letters and digits only); rename it")
                 subjects.append(SubjectInputs(label, ses, {m: None for m in modalities}, (bad,)))
                 continue
             files, problems, ambiguous = {}, [], []
@@ -113,16 +125,6 @@ def find_subjects(
     if not subjects:
         raise InputError(bids_dir, "no subject has the requested session(s)")
     return subjects
-
-
-def _invalid_folder(sub_dir: Path, label: str, ses: str | None) -> str | None:
-    """Why a subject (or session) folder's name is not a valid BIDS label (it would end up in file
-    names and command lines), or ``None``."""
-    for what, value, folder in (("participant", label, sub_dir), ("session", ses, sub_dir / f"ses-{ses}")):
-        if value is not None and not LABEL_RE.match(value):
-            return (f"{folder}: folder name {folder.name!r} is not a valid BIDS {what} label "
-                    "(letters and digits only); rename it")
-    return None
 
 
 def _find_megre(anat: Path, key: str, problems: list) -> tuple:

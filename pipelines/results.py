@@ -59,9 +59,7 @@ def record_status(output_dir, status: SubjectStatus, progress=None) -> None:
     """Write ``logs/<key>_status.json`` (read by the group level) and tell ``progress``, if given.
 
     A subject whose folder name is not a valid BIDS label is only told (no file is named after it)."""
-    from deepmir_tasks.bids_names import LABEL_RE
-
-    if all(LABEL_RE.match(x) for x in (status.subject.participant_id, status.subject.session_id or "x")):
+    if status.subject.invalid_label is None:
         write_json({"participant_id": status.subject.participant_id, "session_id": status.subject.session_id,
                     "status": status.status, "reason": status.reason, "seconds": round(status.seconds, 1),
                     "version": code_version()}, _status_file(output_dir, status.subject.key))
