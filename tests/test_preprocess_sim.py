@@ -201,8 +201,9 @@ def test_preprocess_workflow_runs_end_to_end(sim, preprocessed, tmp_path):
 @pytest.mark.parametrize("change", ["flip", "rotate_x", "rotate_z"])
 def test_a_t2w_header_flipped_or_rotated_against_the_swi_is_caught(sim, t2_n4, change):
     """A T2w whose header alone is mirrored, or rotated 30°, does not line up with the SWI: a
-    rotation beyond 20° fails naming the SWI; a better fit in another pose is a warning the report
-    shows and the tables flag (it also fires, rarely, on valid data)."""
+    rotation beyond 20° fails naming the SWI; a mirrored header (voxel axes of the other
+    handedness) that fits better mirrored fails naming the T2w; any other better fit in another
+    pose is a warning the report shows and the tables flag (it also fires, rarely, on valid data)."""
     from deepmir_tasks.io import InputError
     from deepmir_tasks.preprocess.checks import input_flags
     from deepmir_tasks.preprocess.register import register_to_t2
@@ -224,9 +225,27 @@ def test_a_t2w_header_flipped_or_rotated_against_the_swi_is_caught(sim, t2_n4, c
     try:
         _, qc = register_to_t2(files["swi"], t2_file, d / f"swi_{change}.mat", mask_file=mask_file)
     except InputError as err:
-        assert change != "flip" and "rotation to meet the T2w" in str(err) and err.path == str(files["swi"])
+        if change == "flip":  # mirrored handedness and a better mirrored fit: the T2w is named
+            assert "T2w header is mirrored against the SWI" in str(err) and err.path == str(t2_file)
+        else:
+            assert "rotation to meet the T2w" in str(err) and err.path == str(files["swi"])
         assert "\n" not in str(err)
         return
-    assert change != "rotate_z", qc                       # recovered by registration: the rotation limit
+    assert change not in ("rotate_z", "flip"), qc         # recovered by registration: the rotation limit
     assert qc["suspect"] and ("mirrored left-right" if change == "flip" else "rotated") in qc["suspect"], qc
     assert input_flags({"registration_qc": {"swi": qc}}) == "registration_suspect"
+
+
+def test_an_swi_stored_in_the_other_voxel_order_is_not_a_flip(sim, t2_n4):
+    """Voxel axes of the other handedness with the header saying so (the same world): valid data,
+    registered as usual, neither failed nor flagged."""
+    from deepmir_tasks.preprocess.register import register_to_t2
+
+    _, files, d = sim
+    swi = nib.load(files["swi"])
+    n = swi.shape[0]
+    reorder = np.array([[-1.0, 0, 0, n - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    swi_file = d / "swi_reordered.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(swi.dataobj)[::-1].copy(), swi.affine @ reorder), str(swi_file))
+    _, qc = register_to_t2(swi_file, t2_n4, d / "swi_reordered.mat", mask_file=files["brain_mask"])
+    assert qc["handedness_differs"] and qc["suspect"] is None, qc

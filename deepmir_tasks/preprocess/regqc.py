@@ -88,6 +88,11 @@ def _coarse(img, voxel_mm: float):
     return resample_to_voxel(img, voxel_mm)
 
 
+def _handedness(affine) -> int:
+    """+1 or -1: the sign of the determinant of an image's voxel-to-world matrix."""
+    return 1 if np.linalg.det(np.asarray(affine)[:3, :3]) > 0 else -1
+
+
 def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: str = "SWI") -> dict:
     """Check the rigid transform ``transform_file`` (moving → T2w, from
     :func:`~deepmir_tasks.preprocess.register.register_rigid`); return the measurements.
@@ -103,7 +108,11 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
     flipped +0.13 to +0.20 (3); the independent generator at 7 T, valid -0.03 to -0.36 (5), flipped
     -0.22 to +0.005 (4: its nearly symmetric heads fit as well either way); and valid subjects of
     its stress runs reached +0.25 (1.5 T, 3 mm slices) and +0.35 (noisy). No margin on the mirrored
-    fit fails the flips without failing valid subjects, so it stays a flag.
+    fit fails the flips without failing valid subjects, so it alone stays a flag. A header flipped
+    left-right also reverses the handedness of its voxel axes, which images of one session share
+    (all 140 valid subjects of both generators here): when the two handednesses differ **and** the
+    mirrored pose fits better, the subject fails, naming the T2w (:class:`InputError`). A flip on a
+    nearly symmetric head, where the mirrored pose fits no better, stays unseen.
     """
     import ants
 
@@ -119,8 +128,9 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
         raise InputError(moving_file, f"{what} needs a {qc['rotation_deg']:.0f}° rotation to meet the T2w "
                                       f"{t2_name}; images of one session agree within a few degrees, so one of "
                                       "the two headers is rotated: fix it and run again")
-    fixed = _coarse(to_ants(load_image(t2_file, what="T2w")), QC_VOXEL_MM)
-    moving = _coarse(to_ants(load_image(moving_file, what=what)), QC_VOXEL_MM)
+    t2_img, moving_img = load_image(t2_file, what="T2w"), load_image(moving_file, what=what)
+    fixed = _coarse(to_ants(t2_img), QC_VOXEL_MM)
+    moving = _coarse(to_ants(moving_img), QC_VOXEL_MM)
     m = load_image(mask_file, what="brain mask")
     inside = np.argwhere(np.asarray(m.dataobj) > 0)
     centre = m.affine[:3, :3] @ inside.mean(axis=0) + m.affine[:3, 3]
@@ -151,7 +161,14 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
     qc["alternatives"] = alternatives
     best = min(alternatives, key=alternatives.get)
     qc["suspect"] = None
+    qc["handedness_differs"] = bool(_handedness(t2_img.affine) != _handedness(moving_img.affine))
     if alternatives[best] < qc["mutual_information"] - MARGIN * abs(qc["mutual_information"]):
+        if best.startswith("mirrored") and qc["handedness_differs"]:
+            raise InputError(t2_file, f"T2w header is mirrored against the {what} {Path(str(moving_file)).name}: "
+                                      "their voxel axes have opposite handedness and the images fit better "
+                                      f"mirrored left-right (mutual information {alternatives[best]:.3f} vs "
+                                      f"{qc['mutual_information']:.3f} as registered), so one of the two headers "
+                                      "is flipped left-right: fix it and run again")
         why = ("one of the two headers may be flipped left-right" if best.startswith("mirrored")
                else "a header may be rotated beyond what registration recovers, or the images may not be of one head")
         qc["suspect"] = (f"{Path(str(moving_file)).name} may not line up with the T2w {t2_name}: it fits better "
