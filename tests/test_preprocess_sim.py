@@ -149,7 +149,7 @@ def test_preprocess_subject_outputs_share_one_normalised_grid(sim, preprocessed)
     from deepmir_tasks.preprocess.resample import resample_labels
 
     subject, files, d = sim
-    assert set(preprocessed) == {"t2", "swi", "qsm", "mask", "swi_to_t2", "t2_to_mni", "report"}
+    assert set(preprocessed) == {"t2", "swi", "qsm", "mask", "swi_to_t2", "qsm_to_t2", "t2_to_mni", "report"}
     assert preprocessed["t2"].name == "sub-11_space-T2w_desc-preproc_T2w.nii.gz"
     imgs = {k: nib.load(preprocessed[k]) for k in ("t2", "swi", "qsm", "mask")}
     ref = imgs["mask"]

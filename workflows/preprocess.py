@@ -24,6 +24,32 @@ from deepmir_tasks.preprocess.tasks import (AlignByHeader, CheckInputs, ExtractB
 __all__ = ["PreprocessSubject", "preprocess_subject"]
 
 
+def _transforms_to_reference(ref: str, checked: dict, ref_img, brain_mask, registration: str):
+    """``({modality: transform to the reference}, {modality: registration QC})`` for the images
+    other than the reference, added to the workflow under construction. An SWI that is the
+    reference has the identity, which a QSM in its scanner space shares."""
+    ref_name = MODALITY_NAMES[ref]
+    swi, qsm = checked["swi"], checked["qsm"]
+    xfm, qc = {}, {}
+    if ref == "swi" and qsm is not None:
+        xfm["swi"] = workflow.add(AlignByHeader(moving_file=swi, reference_file=swi,
+                                                what="SWI", reference="SWI"), name="reference_identity").transform
+    if swi is not None and ref == "t2":
+        reg_swi = workflow.add(RegisterToT2(moving_file=swi, t2_file=ref_img, mask_file=brain_mask,
+                                            preset=registration), name="register_swi")
+        xfm["swi"], qc["swi"] = reg_swi.transform, reg_swi.qc
+    if qsm is not None and ref != "qsm":
+        if swi is not None:  # by the SWI: its transform when the QSM lies in its scanner space
+            reg_qsm = workflow.add(RegisterToT2(moving_file=qsm, t2_file=ref_img, mask_file=brain_mask,
+                                                same_session_file=swi, same_session_transform=xfm["swi"],
+                                                preset=registration, what="QSM"), name="register_qsm")
+        else:  # no SWI to register it by: its header (a QSM is not registered by its signed values)
+            reg_qsm = workflow.add(AlignByHeader(moving_file=qsm, reference_file=checked[ref],
+                                                 what="QSM", reference=ref_name), name="register_qsm")
+        xfm["qsm"], qc["qsm"] = reg_qsm.transform, reg_qsm.qc
+    return xfm, qc
+
+
 @workflow.define(outputs=["t2", "swi", "qsm", "mask", "swi_to_t2", "qsm_to_t2", "t2_to_mni", "report"])
 def PreprocessSubject(t2: NiftiGz | None = None, swi: NiftiGz | None = None, qsm: NiftiGz | None = None,
                       mask: NiftiGz | None = None, voxel_size: float = 1.0, interpolation: str = "bspline",
@@ -69,26 +95,7 @@ def PreprocessSubject(t2: NiftiGz | None = None, swi: NiftiGz | None = None, qsm
     mni = workflow.add(RegisterToTemplate(t2_file=ref_img, contrast=ref_name), name="register_to_template")
     brain = workflow.add(ExtractBrain(t2_file=ref_img, t2_to_mni=mni.t2_to_mni, mask_file=mask, contrast=ref_name),
                          name="extract_brain")
-    # each image's transform to the reference; an SWI that is the reference has the identity, which
-    # a QSM in its scanner space shares
-    xfm, qc = {}, {}
-    if ref == "swi" and qsm is not None:
-        xfm["swi"] = workflow.add(AlignByHeader(moving_file=checked["swi"], reference_file=checked["swi"],
-                                                what="SWI", reference="SWI"), name="reference_identity").transform
-    if swi is not None and ref == "t2":
-        reg_swi = workflow.add(RegisterToT2(moving_file=checked["swi"], t2_file=ref_img, mask_file=brain.mask,
-                                            preset=registration), name="register_swi")
-        xfm["swi"], qc["swi"] = reg_swi.transform, reg_swi.qc
-    if qsm is not None and ref != "qsm":
-        if swi is not None:  # by the SWI: its transform when the QSM lies in its scanner space
-            reg_qsm = workflow.add(RegisterToT2(moving_file=checked["qsm"], t2_file=ref_img, mask_file=brain.mask,
-                                                same_session_file=checked["swi"],
-                                                same_session_transform=xfm["swi"], preset=registration,
-                                                what="QSM"), name="register_qsm")
-        else:  # no SWI to register it by: its header (a QSM is not registered by its signed values)
-            reg_qsm = workflow.add(AlignByHeader(moving_file=checked["qsm"], reference_file=checked[ref],
-                                                 what="QSM", reference=ref_name), name="register_qsm")
-        xfm["qsm"], qc["qsm"] = reg_qsm.transform, reg_qsm.qc
+    xfm, qc = _transforms_to_reference(ref, checked, ref_img, brain.mask, registration)
     grid = workflow.add(MakeGrid(t2_file=ref_img, mask_file=brain.mask, voxel_size=voxel_size,
                                  margin_mm=margin_mm), name="grid")
     mask_g = workflow.add(ResampleToGrid(in_file=brain.mask, reference_file=grid.grid,
