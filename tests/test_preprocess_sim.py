@@ -249,3 +249,22 @@ def test_an_swi_stored_in_the_other_voxel_order_is_not_a_flip(sim, t2_n4):
     nib.save(nib.Nifti1Image(np.asarray(swi.dataobj)[::-1].copy(), swi.affine @ reorder), str(swi_file))
     _, qc = register_to_t2(swi_file, t2_n4, d / "swi_reordered.mat", mask_file=files["brain_mask"])
     assert qc["handedness_differs"] and qc["suspect"] is None, qc
+
+
+def test_the_graph_names_the_users_t2w_when_its_header_is_mirrored(sim):
+    """Through the preprocessing graph, where the check sees the bias-corrected copy of the T2w,
+    the failure still names the user's file."""
+    from deepmir_tasks.io import InputError
+    from workflows.preprocess import preprocess_subject
+
+    subject, files, d = sim
+    t2 = nib.load(files["t2"])
+    centre = _brain_points(subject.brain_mask, step=1).mean(axis=1)
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    mirror[0, 3] = 2 * centre[0]
+    (d / "flip").mkdir(exist_ok=True)
+    t2_file = d / "flip" / "sub-11_T2w.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(t2.dataobj), mirror @ t2.affine), str(t2_file))
+    with pytest.raises(InputError) as err:
+        preprocess_subject(t2_file, files["swi"], files["qsm"], d / "out_flip", allow_resolution=True)
+    assert err.value.path == str(t2_file) and "T2w header is mirrored against the SWI" in str(err.value)

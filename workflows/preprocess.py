@@ -36,13 +36,14 @@ def _transforms_to_reference(ref: str, checked: dict, ref_img, brain_mask, regis
                                                 what="SWI", reference="SWI"), name="reference_identity").transform
     if swi is not None and ref == "t2":
         reg_swi = workflow.add(RegisterToT2(moving_file=swi, t2_file=ref_img, mask_file=brain_mask,
-                                            preset=registration), name="register_swi")
+                                            preset=registration, t2_source=checked["t2"]), name="register_swi")
         xfm["swi"], qc["swi"] = reg_swi.transform, reg_swi.qc
     if qsm is not None and ref != "qsm":
         if swi is not None:  # by the SWI: its transform when the QSM lies in its scanner space
             reg_qsm = workflow.add(RegisterToT2(moving_file=qsm, t2_file=ref_img, mask_file=brain_mask,
                                                 same_session_file=swi, same_session_transform=xfm["swi"],
-                                                preset=registration, what="QSM"), name="register_qsm")
+                                                preset=registration, what="QSM", t2_source=checked[ref]),
+                                   name="register_qsm")
         else:  # no SWI to register it by: its header (a QSM is not registered by its signed values)
             reg_qsm = workflow.add(AlignByHeader(moving_file=qsm, reference_file=checked[ref],
                                                  what="QSM", reference=ref_name), name="register_qsm")

@@ -84,7 +84,7 @@ def register_rigid(moving_file, fixed_file, out_file, *, fixed_mask_file=None, p
 
 def register_to_t2(moving_file, t2_file, out_file, *, mask_file=None, same_session_file=None,
                    same_session_transform=None, preset: str = "fast", what: str = "SWI",
-                   check: bool = True) -> tuple[Path, dict]:
+                   check: bool = True, t2_source=None) -> tuple[Path, dict]:
     """Register one image to the T2w, or reuse a transform of an image of the same scanner space.
 
     QSM usually comes from the same gradient echo as the SWI: if ``moving_file`` lies in the same
@@ -95,7 +95,8 @@ def register_to_t2(moving_file, t2_file, out_file, *, mask_file=None, same_sessi
     raises :class:`InputError` naming ``moving_file`` when the result cannot be right. A QSM is then
     checked against that image (the SWI) by :func:`~deepmir_tasks.preprocess.regqc.check_same_head`,
     which raises naming the SWI when the two are not of one head. Returns the transform file and the
-    checks' measurements (with ``"shared_with"`` for a shared transform).
+    checks' measurements (with ``"shared_with"`` for a shared transform). ``t2_source`` is the
+    user's T2w that ``t2_file`` (e.g. its bias-corrected copy) was made from, named in messages.
     """
     qc: dict = {}
     shared = False
@@ -116,7 +117,7 @@ def register_to_t2(moving_file, t2_file, out_file, *, mask_file=None, same_sessi
     if check and not shared and mask_file is not None:
         from deepmir_tasks.preprocess.regqc import check_alignment
 
-        qc.update(check_alignment(moving_file, t2_file, out, mask_file, what=what))
+        qc.update(check_alignment(moving_file, t2_file, out, mask_file, what=what, t2_source=t2_source))
     return out, qc
 
 

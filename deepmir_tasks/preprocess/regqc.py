@@ -93,7 +93,8 @@ def _handedness(affine) -> int:
     return 1 if np.linalg.det(np.asarray(affine)[:3, :3]) > 0 else -1
 
 
-def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: str = "SWI") -> dict:
+def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: str = "SWI",
+                    t2_source=None) -> dict:
     """Check the rigid transform ``transform_file`` (moving → T2w, from
     :func:`~deepmir_tasks.preprocess.register.register_rigid`); return the measurements.
 
@@ -123,7 +124,8 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
     found = ants_transform_to_ras(transform_file)
     qc = {"rotation_deg": round(rotation_deg(found), 1),
           "translation_mm": round(float(np.linalg.norm(found[:3, 3])), 1)}
-    t2_name = Path(str(t2_file)).name
+    t2_source = t2_source if t2_source is not None else t2_file   # the user's file, for messages
+    t2_name = Path(str(t2_source)).name
     if qc["rotation_deg"] > MAX_ROTATION_DEG:
         raise InputError(moving_file, f"{what} needs a {qc['rotation_deg']:.0f}° rotation to meet the T2w "
                                       f"{t2_name}; images of one session agree within a few degrees, so one of "
@@ -164,7 +166,7 @@ def check_alignment(moving_file, t2_file, transform_file, mask_file, *, what: st
     qc["handedness_differs"] = bool(_handedness(t2_img.affine) != _handedness(moving_img.affine))
     if alternatives[best] < qc["mutual_information"] - MARGIN * abs(qc["mutual_information"]):
         if best.startswith("mirrored") and qc["handedness_differs"]:
-            raise InputError(t2_file, f"T2w header is mirrored against the {what} {Path(str(moving_file)).name}: "
+            raise InputError(t2_source, f"T2w header is mirrored against the {what} {Path(str(moving_file)).name}: "
                                       "their voxel axes have opposite handedness and the images fit better "
                                       f"mirrored left-right (mutual information {alternatives[best]:.3f} vs "
                                       f"{qc['mutual_information']:.3f} as registered), so one of the two headers "

@@ -157,10 +157,12 @@ class RegisterToT2(python.Task["RegisterToT2.Outputs"]):
         same_session_transform: that image's transform
         preset: registration settings ("fast", "quick", "accurate")
         what: the moving image's role in messages ("SWI", "QSM")
+        t2_source: the user's T2w that t2_file was made from, named in messages (default t2_file)
+        version: package version (part of the cache hash)
 
     Outputs ``transform`` and ``qc``, the alignment check's measurements (a registration that cannot
-    be right, e.g. a header flipped left-right, fails with the moving file named).
-        version: package version (part of the cache hash)
+    be right fails with one line naming the file at fault: a rotated header the moving image, a
+    mirrored one the T2w).
     """
     moving_file: NiftiGz
     t2_file: NiftiGz
@@ -169,6 +171,7 @@ class RegisterToT2(python.Task["RegisterToT2.Outputs"]):
     same_session_transform: File | None = None
     preset: str = "fast"
     what: str = "SWI"
+    t2_source: NiftiGz | None = None
     version: str = __version__
 
     class Outputs(python.Outputs):
@@ -177,12 +180,14 @@ class RegisterToT2(python.Task["RegisterToT2.Outputs"]):
 
     @staticmethod
     def function(moving_file, t2_file, mask_file, same_session_file, same_session_transform, preset, what,
-                 version):
+                 t2_source, version):
+        from deepmir_tasks.io import as_path
         from deepmir_tasks.preprocess.register import register_to_t2
 
         return register_to_t2(moving_file, t2_file, Path.cwd() / "to_t2.mat", mask_file=mask_file,
                               same_session_file=same_session_file,
-                              same_session_transform=same_session_transform, preset=preset, what=what)
+                              same_session_transform=same_session_transform, preset=preset, what=what,
+                              t2_source=as_path(t2_source))
 
 
 @python.define
