@@ -101,9 +101,10 @@ def swi_geometry(rng, anat, swi_vox, params) -> dict:
             "b0_vox": b0_vox, "brain_pts": brain_swi, "vox": np.asarray(swi_vox)}
 
 
-def _fine_maps(anat, lesions, geo, preset) -> dict:
+def _fine_maps(anat, lesions, geo, preset, te_swi: float | None = None) -> dict:
     """Susceptibility and GRE magnitude, lesions drawn in, on a fine grid over the brain box that is
-    aligned with the acquisition voxels (``ss`` fine voxels per acquisition voxel along each axis)."""
+    aligned with the acquisition voxels (``ss`` fine voxels per acquisition voxel along each axis);
+    with ``te_swi``, also R2* (``r2s``), a lesion's extra decay being ``-ln(gre_factor) / te_swi``."""
     swi_to_t2, swi_aff, swi_shape, swi_vox = geo["swi_to_t2"], geo["affine"], geo["shape"], geo["vox"]
     box_lo, box_hi, ss = _fine_box(geo["brain_pts"], swi_aff, swi_shape, swi_vox, preset)
     fine_shape = tuple(int((box_hi[i] - box_lo[i]) * ss[i]) for i in range(3))
@@ -114,6 +115,7 @@ def _fine_maps(anat, lesions, geo, preset) -> dict:
     fine_to_anat = np.linalg.inv(anat["affine"]) @ swi_to_t2 @ fine_aff
     chi_f = _resample(anat["chi"], fine_to_anat, fine_shape)
     mag_f = _resample(anat["gre"], fine_to_anat, fine_shape)
+    r2s_f = None if te_swi is None else _resample(anat["r2s"], fine_to_anat, fine_shape)
     fine_t2world = swi_to_t2 @ fine_aff
     for les in lesions:
         for sl, frac in render_fraction(les.shape, fine_shape, fine_t2world, (2, 2, 2)):
@@ -122,21 +124,28 @@ def _fine_maps(anat, lesions, geo, preset) -> dict:
             else:
                 chi_f[sl] = chi_f[sl] * (1 - frac) + frac * np.float32(les.chi_ppm)
             mag_f[sl] *= 1.0 - frac * (1.0 - les.gre_factor)
-    return {"chi": chi_f, "mag": mag_f, "shape": fine_shape, "affine": fine_aff, "ss": ss,
-            "box_lo": box_lo, "box_hi": box_hi}
+            if r2s_f is not None:
+                r2s_f[sl] += frac * np.float32(-np.log(max(les.gre_factor, 1e-3)) / te_swi)
+    out = {"chi": chi_f, "mag": mag_f, "shape": fine_shape, "affine": fine_aff, "ss": ss,
+           "box_lo": box_lo, "box_hi": box_hi}
+    if r2s_f is not None:
+        out["r2s"] = r2s_f
+    return out
 
 
 def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, params, clock=None,
-                 acq=None) -> dict:
+                 acq=None, echoes=None) -> dict:
     """Complex GRE signal (noisy) and the voxel-averaged local field on the SWI grid.
 
     ``acq`` (the randomised profile's factors) gives the background-field amplitude, bias, SNR
     and air-cavity size instead of drawing them here; the background field (ppm) is then
-    returned too, for a QSM with imperfect background removal.
+    returned too, for a QSM with imperfect background removal. ``echoes`` (``(rng, echo times)``)
+    adds ``echoes``, the raw multi-echo GRE of the same head
+    (:func:`~deepmir_tasks.simulate.multiecho.echo_signals`), drawn from that ``rng`` only.
     """
     clock = clock or (lambda name: None)
     swi_to_t2, swi_aff, swi_shape, swi_vox = geo["swi_to_t2"], geo["affine"], geo["shape"], geo["vox"]
-    fine = _fine_maps(anat, lesions, geo, preset)
+    fine = _fine_maps(anat, lesions, geo, preset, te_swi=None if echoes is None else te_swi)
     chi_f, mag_f = fine.pop("chi"), fine.pop("mag")   # popped, so that the del below frees them
     fine_shape, fine_aff, ss = fine["shape"], fine["affine"], fine["ss"]
     box_lo, box_hi, fine_vox = fine["box_lo"], fine["box_hi"], swi_vox / ss
@@ -157,6 +166,8 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
     mag_f[in_air] = 0.0  # no signal from air
     phase_f = (field_f + np.float32(bg_amp) * bg(fine_shape, fine_aff) + air_field) * np.float32(k_ph)
     del air_field, in_air
+    if echoes is not None:  # kept for the echoes: total field, magnitude, R2*
+        fine.update(field=phase_f / np.float32(k_ph), mag=mag_f)
     sig_f = np.empty(fine_shape, np.complex64)
     sig_f.real = mag_f * np.cos(phase_f)
     sig_f.imag = mag_f * np.sin(phase_f)
@@ -171,11 +182,14 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
     signal, bg_field = _outer_signal(anat, acq_to_anat, swi_aff, swi_shape, air_list,
                                      lambda: np.float32(bg_amp) * bg(swi_shape, swi_aff), k_ph)
     box = tuple(slice(int(box_lo[i]), int(box_hi[i])) for i in range(3))
+    outer = None if echoes is None else {"mag": np.abs(signal), "field": bg_field,
+                                         "r2s": _resample(anat["r2s"], acq_to_anat, swi_shape)}
     signal[box] = sig_box
     local_field = np.zeros(swi_shape, np.float32)
     local_field[box] = field_box
     bias_strength = float(rng.uniform(0.1, 0.4)) if acq is None else float(acq["swi_bias_strength"])
-    signal *= np.exp(bias_strength * SmoothField(rng, anat["head_centre"], 6, (180.0, 450.0))(swi_shape, swi_aff))
+    bias = np.exp(bias_strength * SmoothField(rng, anat["head_centre"], 6, (180.0, 450.0))(swi_shape, swi_aff))
+    signal *= bias
     snr = float(rng.uniform(15, 45)) if acq is None else float(acq["swi_snr_wm"])
     if acq is not None and acq["swi_motion_line_fraction"] > 0:
         signal = motion_ringing(rng, signal, acq["swi_motion_line_fraction"], acq["swi_motion_shift_mm"],
@@ -193,6 +207,12 @@ def simulate_gre(rng, anat, lesions, geo, head, b0, te_swi, contrast, preset, pa
            "acq_to_anat": acq_to_anat}
     if acq is not None:
         out["background_field"] = bg_field
+    if echoes is not None:
+        from .multiecho import echo_signals
+
+        out["echoes"] = echo_signals(echoes[0], echoes[1], te_swi, b0, dict(fine, box=box), outer, bias, sigma,
+                                     anat["head_centre"], swi_aff)
+        clock("multi-echo GRE")
     return out
 
 

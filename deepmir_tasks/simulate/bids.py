@@ -82,6 +82,12 @@ def write_subject(subject, root, label: str) -> dict:
         save_nifti(np.asarray(img.dataobj, np.float32), img.affine, path, header=img.header)
         write_json(side[key], anat / f"{sub}_{suffix}.json")
         out[key] = path
+    if subject.megre is not None:  # raw multi-echo GRE of the same head, on the SWI grid
+        from .megre import write_echoes
+
+        m = subject.megre
+        out["megre"] = write_echoes(anat, sub, m["magnitude"], m["phase"], subject.swi.affine, m["echo_times_s"],
+                                    m["b0_tesla"])
     out["dseg"] = save_nifti(np.asarray(subject.dseg.dataobj, np.uint8), subject.dseg.affine,
                              ann / f"{sub}_space-T2w_dseg.nii.gz", header=subject.dseg.header)
     out["mask"] = save_nifti(np.asarray(subject.brain_mask.dataobj, np.uint8), subject.brain_mask.affine,

@@ -234,6 +234,9 @@ def _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi, heterogeneit
     anat["chi"] = chi.astype(np.float32)
     anat["t2"] = t2.astype(np.float32)
     anat["gre"] = mag.astype(np.float32)
+    # the magnitude's effective R2* (1/s; for multi-echo GRE): fraction-weighted, nuclear iron included
+    r2s = csf * cr["csf"] + gm * cr["gm"] + wm * cr["wm"] + f_bone * cr["bone"] + f_scalp * cr["scalp"]
+    anat["r2s"] = (r2s + w * cr["iron_per_ppm"] * np.maximum(chi_nuc, 0)).astype(np.float32)
     A = anat["affine"]
     step = 3
     pts = np.argwhere(head[::step, ::step, ::step] > 0.5) * step

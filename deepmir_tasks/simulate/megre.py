@@ -27,7 +27,7 @@ from .head import air_cavities, build_anatomy, draw_head, draw_tissue
 from .physics import SmoothField, dipole_field, phase_rad_per_ppm, spheres_field_on_grid
 from .shapes import EllipsoidUnion, euler_matrix, render_fraction
 
-__all__ = ["MegreSim", "simulate_megre", "write_megre_bids"]
+__all__ = ["MegreSim", "simulate_megre", "write_echoes", "write_megre_bids"]
 
 
 @dataclass
@@ -124,6 +124,28 @@ def _add_lesions(rng, anat, chi, mag0, n_cmb, n_calc, voxel_mm):
     return out
 
 
+def write_echoes(anat_dir, prefix: str, magnitude, phase, affine, echo_times_s, b0_tesla: float,
+                 phase_units: str = "scanner") -> dict:
+    """Write ``<prefix>_echo-N_part-mag|phase_MEGRE.nii.gz`` (echoes on the last axis of ``magnitude``
+    and ``phase``) with their sidecars (``EchoTime``, ``MagneticFieldStrength``) into ``anat_dir``;
+    phase in ``"scanner"`` codes (-4096..4095) or ``"rad"``. Returns the paths by part."""
+    import nibabel as nib
+
+    anat_dir = Path(anat_dir)
+    anat_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"mag": [], "phase": []}
+    for n, te in enumerate(echo_times_s, start=1):
+        for part, data in (("mag", magnitude[..., n - 1]), ("phase", phase[..., n - 1])):
+            if part == "phase" and phase_units == "scanner":
+                data = np.clip(np.round(data / np.pi * 4096), -4096, 4095).astype(np.int16)
+            path = anat_dir / f"{prefix}_echo-{n}_part-{part}_MEGRE.nii.gz"
+            nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
+            meta = {"EchoTime": float(te), "MagneticFieldStrength": float(b0_tesla)}
+            path.with_name(path.name[:-7] + ".json").write_text(json.dumps(meta))
+            paths[part].append(path)
+    return paths
+
+
 def write_megre_bids(sim: MegreSim, out_dir, subject: str = "01", phase_units: str = "scanner") -> dict:
     """Write the echoes as BIDS (``anat/``), phase in ``"scanner"`` codes (-4096..4095) or ``"rad"``;
     truth (chi, brain mask) under ``derivatives/truth``. Returns the written paths by role."""
@@ -134,16 +156,8 @@ def write_megre_bids(sim: MegreSim, out_dir, subject: str = "01", phase_units: s
     truth_dir = out_dir / "derivatives" / "truth" / f"sub-{subject}" / "anat"
     anat_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"mag": [], "phase": []}
-    for n, te in enumerate(sim.echo_times_s, start=1):
-        for part, data in (("mag", sim.magnitude[..., n - 1]), ("phase", sim.phase[..., n - 1])):
-            if part == "phase" and phase_units == "scanner":
-                data = np.clip(np.round(data / np.pi * 4096), -4096, 4095).astype(np.int16)
-            path = anat_dir / f"sub-{subject}_echo-{n}_part-{part}_MEGRE.nii.gz"
-            nib.save(nib.Nifti1Image(data, sim.affine), str(path))
-            meta = {"EchoTime": te, "MagneticFieldStrength": sim.b0_tesla}
-            path.with_name(path.name[:-7] + ".json").write_text(json.dumps(meta))
-            paths[part].append(path)
+    paths = write_echoes(anat_dir, f"sub-{subject}", sim.magnitude, sim.phase, sim.affine, sim.echo_times_s,
+                         sim.b0_tesla, phase_units)
     paths["chi"] = truth_dir / f"sub-{subject}_desc-truth_Chimap.nii.gz"
     nib.save(nib.Nifti1Image(sim.chi_ppm.astype(np.float32), sim.affine), str(paths["chi"]))
     paths["mask"] = truth_dir / f"sub-{subject}_desc-brain_mask.nii.gz"

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .acquire import reconstruct_swi_qsm, simulate_gre, simulate_t2w, swi_geometry, t2w_grid
+from .multiecho import echo_times
 from . import variability
 from .anatomy import NUCLEI_LABELS, mni_anatomy
 from .head import build_anatomy, draw_head, draw_tissue
@@ -60,6 +61,7 @@ class SimulatedSubject:
     lesions: object          # pandas DataFrame
     swi_to_t2: np.ndarray    # 4x4, SWI-session world mm -> T2w-session world mm
     params: dict = field(default_factory=dict)
+    megre: dict | None = None  # megre=True: raw multi-echo GRE on the SWI grid (multiecho.echo_signals)
 
 
 PROFILES = ("default", "randomised")
@@ -67,7 +69,7 @@ PROFILES = ("default", "randomised")
 
 def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | None = None,
                      lesion_ranges: dict | None = None, profile: str = "default",
-                     factors: dict | None = None) -> SimulatedSubject:
+                     factors: dict | None = None, megre: bool = False) -> SimulatedSubject:
     """Simulate one subject.
 
     Args:
@@ -83,6 +85,9 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
             FLAIR-like T2w, residual background fields...), each stage on its own random stream.
         factors: randomised profile only: pin factors, e.g. ``{"age_years": 85, "b0_tesla": 7.0}``
             (keys of the ``params["factors"]`` it records); the other draws stay the same.
+        megre: also simulate the raw multi-echo GRE (magnitude and wrapped phase per echo,
+            :mod:`~.multiecho`) of the same head, on the SWI grid, as ``megre``; its draws have their
+            own random stream, so every other image is the same with or without it.
     """
     _check_args(size, lesion_counts, lesion_ranges, profile, factors)
     t_start = time.perf_counter()
@@ -131,8 +136,11 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     t2w = simulate_t2w(st["t2w"], anat, lesions, t2_aff, t2_shape, t2_vox, tissue["contrast"], p, acq=f)
     clock("T2w")
     geo = swi_geometry(st["gre"], anat, swi_vox, p)
-    gre = simulate_gre(st["gre"], anat, lesions, geo, head, b0, te_swi, tissue["contrast"], pre, p, clock, acq=f)
+    echoes = (np.random.default_rng([int(seed), 14]), echo_times(te_swi)) if megre else None
+    gre = simulate_gre(st["gre"], anat, lesions, geo, head, b0, te_swi, tissue["contrast"], pre, p, clock, acq=f,
+                       echoes=echoes)
     recon = reconstruct_swi_qsm(st["recon"], anat, geo, gre, p, clock, acq=f)
+    raw = gre.get("echoes")
     del gre
 
     table = _lesion_table(lesions, t2w["n_voxels"])
@@ -144,7 +152,7 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
         qsm=_nifti(recon["qsm"], swi_aff, np.float32), dseg=_nifti(t2w["dseg"], t2_aff, np.uint8),
         brain_mask=_nifti(t2w["brain_mask"], t2_aff, np.uint8),
         t2_clean=_nifti(t2w["t2_clean"], t2_aff, np.float32), bias_t2=_nifti(t2w["bias"], t2_aff, np.float32),
-        lesions=table, swi_to_t2=geo["swi_to_t2"], params=p)
+        lesions=table, swi_to_t2=geo["swi_to_t2"], params=p, megre=raw)
 
 
 def _check_args(size, lesion_counts, lesion_ranges, profile, factors):
