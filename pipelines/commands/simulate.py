@@ -1,4 +1,4 @@
-"""``deepmir simulate OUT --subjects N --seed S [--size full|small] [--start K] [--profile P]``."""
+"""``deepmir simulate OUT --subjects N --seed S [--size full|small] [--start K] [--profile P] [--megre]``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: the original simulator (seeds reproduce); randomised: age, lesion "
                              "sites and acquisition (1.5/3/7 T, voxels, minIP, FLAIR-like, QSM method) "
                              "over their real-world ranges")
+    parser.add_argument("--megre", action="store_true",
+                        help="also write the raw multi-echo GRE of each head (4 echoes, magnitude and phase: "
+                             "sub-X_echo-N_part-mag|phase_MEGRE.nii.gz), for QSM and SWI computed by deepmir run")
     parser.add_argument("--start", type=int, default=1, metavar="K",
                         help="number of the first subject (sub-K); seeds follow the subject number")
     parser.add_argument("--cmb", type=_range, default=None, metavar="LO[-HI]",
@@ -55,6 +58,8 @@ def run(args) -> int:
     extra = {"lesion_counts": counts} if counts else {}
     if args.profile != "default":
         extra["profile"] = args.profile
+    if args.megre:
+        extra["megre"] = True
     labels = write_bids_cohort(args.out_dir, args.subjects, args.seed, size=args.size, start=args.start, **extra)
     import pandas as pd
 
@@ -63,5 +68,5 @@ def run(args) -> int:
         tsv = args.out_dir / "derivatives" / "annotations" / f"sub-{label}" / "anat" / f"sub-{label}_lesions.tsv"
         kinds = pd.read_csv(tsv, sep="\t")["kind"].value_counts()
         summary = ", ".join(f"{kinds.get(k, 0)} {k}" for k in ("cmb", "iron", "calcification", "vein"))
-        print(f"  sub-{label}: T2w, SWI, Chimap + truth ({summary})")
+        print(f"  sub-{label}: T2w, SWI, Chimap{', MEGRE' if args.megre else ''} + truth ({summary})")
     return 0
