@@ -59,6 +59,10 @@ def main(argv=None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        from pipelines.errors import quiet_pydra_failures
+
+        quiet_pydra_failures()
     try:
         return int(module.run(args) or 0)
     except InputError as err:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
-__all__ = ["error_reason", "one_line"]
+__all__ = ["error_reason", "one_line", "quiet_pydra_failures"]
 
 _ERR_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
 
@@ -52,3 +53,17 @@ def one_line(err) -> str:
     """The last non-empty line of an error (its message), or the error's type name."""
     lines = [l for l in str(err).strip().splitlines() if l.strip()]
     return lines[-1].strip() if lines else type(err).__name__
+
+
+class _PydraFailureFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Task execution failed" not in record.getMessage()
+
+
+def quiet_pydra_failures() -> None:
+    """Keep pydra's own "Task execution failed / Full crash report ..." records off the console:
+    DEEPMIR reports each failed subject in one line itself (:func:`error_reason`), and the crash
+    report stays in the subject's cache folder. ``deepmir -v`` shows pydra's records again."""
+    logger = logging.getLogger("pydra.submitter")
+    if not any(isinstance(f, _PydraFailureFilter) for f in logger.filters):
+        logger.addFilter(_PydraFailureFilter())

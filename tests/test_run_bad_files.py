@@ -131,3 +131,18 @@ def test_a_full_disk_is_one_line_with_the_path_and_the_space(small_cohort, tmp_p
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"deepmir run: error: {target}: No space left on device (")
     assert "MB free there" in err and "GB" in err
+
+
+def test_a_failing_subject_is_one_console_line_without_pydra_crash_records(small_cohort, tmp_path):
+    """A check inside the graph fails (small subjects are outside the supported resolution): the
+    console says so once per subject, in DEEPMIR's line, without pydra's crash-report records."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(small_cohort), str(tmp_path / "out"), "participant",
+           "--worker", "debug", "--no-report", "--participant-label", "01"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    console = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "sub-01: failed" in console and "outside the supported range" in console
+    assert "Task execution failed" not in console and "crash report" not in console
