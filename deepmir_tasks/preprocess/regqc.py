@@ -213,11 +213,11 @@ def swi_qsm_agreement(swi_file, qsm_file, mask_file=None, swi_transform=None, qs
 
     by = None if qsm_transform is None else dict(transforms=[qsm_transform, swi_transform], invert=[False, True])
     q = pull(qdata, qsm_img.affine, **(by or {}))
+    # the support pulled over is also the QSM's field of view: outside it the resampling gives 0
     support = pull((qdata != 0).astype(np.float32), qsm_img.affine, **(by or {})) > 0.99
-    inside_fov = pull(np.ones(qdata.shape, np.float32), qsm_img.affine, **(by or {})) > 0.99
     spacing = np.asarray(swi.spacing, float)
     erode = max(1, int(round(erode_mm / spacing.min())))
-    inside = ndimage.binary_erosion(support & inside_fov, np.ones((3, 3, 3), bool), iterations=erode)
+    inside = ndimage.binary_erosion(support, np.ones((3, 3, 3), bool), iterations=erode)
     if mask_file is not None and swi_transform is not None:
         m = load_image(mask_file, what="brain mask")
         brain = pull((np.asarray(m.dataobj) > 0).astype(np.float32), m.affine, "nearestNeighbor",
