@@ -109,6 +109,20 @@ def test_every_subset_runs_end_to_end_in_its_reference_space(copy_cohort, tmp_pa
     group = pd.read_csv(out / "group" / "summary.tsv", sep="\t", dtype={"participant_id": str})
     assert len(group) == len(SUBSETS)
 
+    # deepmir review takes every subset: the working grid is the reference's, a missing image is empty
+    from deepmir_tasks.report._images import load_grid
+    from deepmir_tasks.review.decisions import find_review_subjects, read_decisions, save_decision
+
+    reviewed = {s.participant_id: s for s in find_review_subjects(out)}
+    assert {k: s.space for k, s in reviewed.items()} == {k: v[1] for k, v in SUBSETS.items()}
+    for label, s in reviewed.items():
+        f = s.files
+        grid = load_grid(f["t2"], f["swi"], f["qsm"], f["mask"], f["dseg"])
+        assert grid.t2.shape == grid.swi.shape == grid.qsm.shape, label
+    swi_only = reviewed["swiqsm"]
+    row = save_decision(swi_only, "rater1", None, "cmb", ijk=(5, 6, 7))
+    assert row["candidate_id"] == "a1" and read_decisions(swi_only)["decision"].tolist() == ["cmb"]
+
     # the command line, on the same cache: served from it, under the same names
     from pipelines.cli import main
 

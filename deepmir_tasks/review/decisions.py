@@ -47,7 +47,8 @@ COLUMN_DESCRIPTIONS = {
     "model_label": "the model's class for the candidate (n/a for added lesions)",
     "reason": "why the candidate was dropped (dropped candidates only)",
     "i": "centroid voxel index in the working grid", "j": "see i", "k": "see i",
-    "x_mm": "centroid, scanner mm (T2w world space)", "y_mm": "see x_mm", "z_mm": "see x_mm",
+    "x_mm": "centroid, scanner mm (world space of the subject's reference: its T2w, else SWI, else QSM)",
+    "y_mm": "see x_mm", "z_mm": "see x_mm",
     "decision": "one of " + ", ".join(DECISIONS) + " (n/a: not decided yet, a note only)",
     "note": "the rater's free-text note",
     "time": "when the row was last changed (ISO 8601, UTC)",
@@ -55,6 +56,8 @@ COLUMN_DESCRIPTIONS = {
 #: a rater's name: it is written into tables, so letters, digits, '.', '_' and '-' only
 RATER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SOURCES = {"k": "kept", "d": "dropped", "a": "added"}
+#: a reference space -> the image that defines it (the one a subject's outputs always include)
+REFERENCE_IMAGE = {"T2w": "t2", "swi": "swi", "Chimap": "qsm"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class ReviewSubject:
     session_id: str | None  # without "ses-"
     anat: Path
     files: dict = field(default_factory=dict)  # DERIVATIVE_NAMES name -> Path or None
+    space: str = "T2w"  # the reference space of its outputs (T2w, else swi, else Chimap)
 
     @property
     def key(self) -> str:
@@ -98,7 +102,7 @@ def find_review_subjects(output_dir, participant_labels=None) -> list[ReviewSubj
         for name in ("t2", "swi", "qsm", "mask", "dseg", "probseg_cmb", "probseg_iron", "lesions", "dropped"):
             path = table.parent / derivative_name(name, key, space)
             files[name] = path if path.exists() else None
-        subjects[key] = ReviewSubject(sub, ses, table.parent, files)
+        subjects[key] = ReviewSubject(sub, ses, table.parent, files, space)
     if not subjects:
         raise InputError(output_dir, "no subject with a lesion table (sub-*/anat/*_desc-deepmir_lesions.tsv): "
                                      "is this the output folder of deepmir run?")
@@ -109,9 +113,10 @@ def find_review_subjects(output_dir, participant_labels=None) -> list[ReviewSubj
             raise InputError(output_dir, "no lesion table for participant(s) " + ", ".join(f"sub-{p}" for p in absent))
         subjects = {k: s for k, s in subjects.items() if s.participant_id in wanted}
     for s in subjects.values():
-        for name in ("t2", "swi", "mask", "dseg"):
+        # the reference image, mask and labels; a modality the subject was run without is shown empty
+        for name in (REFERENCE_IMAGE[s.space], "mask", "dseg"):
             if s.files[name] is None:
-                raise InputError(s.anat / derivative_name(name, s.key, space_of(s.files["lesions"].name)),
+                raise InputError(s.anat / derivative_name(name, s.key, s.space),
                                  f"{s.key}'s {name} output is missing; review needs the working-grid images")
     return [subjects[k] for k in sorted(subjects)]
 
@@ -250,10 +255,10 @@ def _added_row(subject: ReviewSubject, mine: dict, ijk) -> dict:
 
     if ijk is None:
         raise InputError(subject.review_tsv, "an added lesion needs its voxel (i, j, k)")
-    img = nib.load(str(subject.files["t2"]))
+    img = nib.load(str(subject.files["mask"]))  # the working grid
     ijk = np.asarray([int(v) for v in ijk])
     if np.any(ijk < 0) or np.any(ijk >= np.asarray(img.shape[:3])):
-        raise InputError(subject.files["t2"], f"added lesion voxel {tuple(ijk)} lies outside the grid {img.shape[:3]}")
+        raise InputError(subject.files["mask"], f"added lesion voxel {tuple(ijk)} lies outside the grid {img.shape[:3]}")
     n = 1 + max([int(c[1:]) for c in mine if c.startswith("a") and c[1:].isdigit()] or [0])
     xyz = img.affine[:3, :3] @ ijk + img.affine[:3, 3]
     return {"candidate_id": f"a{n}", "source": "added", "i": int(ijk[0]), "j": int(ijk[1]), "k": int(ijk[2]),
