@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from deepmir_tasks.simulate import simulate_subject
 from deepmir_tasks.simulate.multiecho import echo_times
 from helpers.simulate import ALL_KINDS, SEED_ALL_KINDS, data, sample, swi_point
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +73,28 @@ def test_the_qsm_chain_on_the_echoes_sees_the_subjects_lesions(with_echoes, tmp_
         value = sample(img, p)
         assert (value > 0) if row.kind in ("cmb", "iron") else (value < 0), (row.kind, value)
     assert checked >= 6
+
+
+def test_gre_parity_views_and_table(with_echoes, tmp_path):
+    """bench_gre_parity's two views of one cohort: T2w + SWI + QSM, and T2w + the echoes only; and
+    its table's difference row."""
+    import pandas as pd
+
+    from benchmarks.bench_gre_parity import VIEWS, make_view, parity_table
+    from deepmir_tasks.simulate.bids import write_subject
+
+    bids = tmp_path / "bids"
+    write_subject(with_echoes, bids, "01")
+    for name in ("dataset_description.json", "participants.tsv"):
+        (bids / name).write_text("{}" if name.endswith("json") else "participant_id\nsub-01\n")
+    names = {v: sorted(p.name for p in make_view(bids, tmp_path / v, VIEWS[v]).glob("sub-01/anat/*.nii.gz"))
+             for v in VIEWS}
+    assert names["given"] == ["sub-01_Chimap.nii.gz", "sub-01_T2w.nii.gz", "sub-01_swi.nii.gz"]
+    assert names["gre"] == ["sub-01_T2w.nii.gz"] + sorted(f"sub-01_echo-{n}_part-{p}_MEGRE.nii.gz"
+                                                         for n in range(1, 5) for p in ("mag", "phase"))
+    pc = {v: pd.DataFrame({"label": ["cmb", "iron"], "sensitivity": [s, 0.5], "precision": [1.0, p],
+                           "tp": [8, 1], "n_true": [10, 2], "fp": [0, 1]}).set_index("label")
+          for v, s, p in (("given", 0.8, 0.5), ("gre", 0.7, 1.0))}
+    table = parity_table(pc).set_index("input")
+    assert table.loc["gre - given", "cmb_sens"] == pytest.approx(-0.1)
+    assert table.loc["gre - given", "iron_prec"] == pytest.approx(0.5)
