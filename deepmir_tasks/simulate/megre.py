@@ -17,7 +17,6 @@ truth under ``derivatives/truth``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,7 +128,7 @@ def write_echoes(anat_dir, prefix: str, magnitude, phase, affine, echo_times_s, 
     """Write ``<prefix>_echo-N_part-mag|phase_MEGRE.nii.gz`` (echoes on the last axis of ``magnitude``
     and ``phase``) with their sidecars (``EchoTime``, ``MagneticFieldStrength``) into ``anat_dir``;
     phase in ``"scanner"`` codes (-4096..4095) or ``"rad"``. Returns the paths by part."""
-    import nibabel as nib
+    from ..io import save_nifti, write_json
 
     anat_dir = Path(anat_dir)
     anat_dir.mkdir(parents=True, exist_ok=True)
@@ -138,10 +137,9 @@ def write_echoes(anat_dir, prefix: str, magnitude, phase, affine, echo_times_s, 
         for part, data in (("mag", magnitude[..., n - 1]), ("phase", phase[..., n - 1])):
             if part == "phase" and phase_units == "scanner":
                 data = np.clip(np.round(data / np.pi * 4096), -4096, 4095).astype(np.int16)
-            path = anat_dir / f"{prefix}_echo-{n}_part-{part}_MEGRE.nii.gz"
-            nib.save(nib.Nifti1Image(np.asarray(data), affine), str(path))
-            meta = {"EchoTime": float(te), "MagneticFieldStrength": float(b0_tesla)}
-            path.with_name(path.name[:-7] + ".json").write_text(json.dumps(meta))
+            path = save_nifti(data, affine, anat_dir / f"{prefix}_echo-{n}_part-{part}_MEGRE.nii.gz")
+            write_json({"EchoTime": float(te), "MagneticFieldStrength": float(b0_tesla)},
+                       path.with_name(path.name[:-7] + ".json"))
             paths[part].append(path)
     return paths
 
@@ -154,7 +152,6 @@ def write_megre_bids(sim: MegreSim, out_dir, subject: str = "01", phase_units: s
     out_dir = Path(out_dir)
     anat_dir = out_dir / f"sub-{subject}" / "anat"
     truth_dir = out_dir / "derivatives" / "truth" / f"sub-{subject}" / "anat"
-    anat_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
     paths = write_echoes(anat_dir, f"sub-{subject}", sim.magnitude, sim.phase, sim.affine, sim.echo_times_s,
                          sim.b0_tesla, phase_units)
