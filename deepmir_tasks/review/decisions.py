@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepmir_tasks.bids_names import check_label, derivative_name, entities, space_of, subject_key
+from deepmir_tasks.bids_names import MODALITY_SUFFIX, check_label, derivative_name, entities, space_of, subject_key
 from deepmir_tasks.io import InputError, write_json, write_tsv
 from deepmir_tasks.labels import LESION_CLASSES
 
@@ -57,7 +57,7 @@ COLUMN_DESCRIPTIONS = {
 RATER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SOURCES = {"k": "kept", "d": "dropped", "a": "added"}
 #: a reference space -> the image that defines it (the one a subject's outputs always include)
-REFERENCE_IMAGE = {"T2w": "t2", "swi": "swi", "Chimap": "qsm"}
+REFERENCE_IMAGE = {space: modality for modality, space in MODALITY_SUFFIX.items()}
 
 
 @dataclass(frozen=True)
