@@ -150,11 +150,11 @@ def score_model(model: Path, tag: str, view: Path, cache: Path, rules: dict, wor
     pdir.mkdir(parents=True, exist_ok=True)
     predictor, probs, t_pred = None, [], 0.0
     for s in subjects:
-        f = pdir / f"{s.key}_{sha[:12]}.npy"
+        f = pdir / f"{s.key}_{sha[:12]}_f32.npy"   # float32, as the pipeline thresholds them
         if not f.exists():
             predictor = predictor or Predictor.from_file(model)
             t1 = time.perf_counter()
-            p = predictor.predict(s.extra["volumes"], s.mask).astype(np.float16)
+            p = predictor.predict(s.extra["volumes"], s.mask).astype(np.float32)
             t_pred += time.perf_counter() - t1
             np.save(f.with_suffix(".partial.npy"), p)
             os.replace(f.with_suffix(".partial.npy"), f)

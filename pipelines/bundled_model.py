@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from deepmir_tasks.io import write_json
-from deepmir_tasks.model.calibrate import (calibrate_rules, candidate_tables, predict_subjects,
-                                          score_shipped, score_tables)
+from deepmir_tasks.model.calibrate import (CALIBRATED_RULES, calibrate_rules, candidate_tables,
+                                          predict_subjects, score_shipped, score_tables)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,9 @@ def main(argv=None) -> int:
                    help="train on the training subjects whose preprocessing has finished (while the data "
                         "stage still runs); a later --resume picks up the rest")
     p.add_argument("--stop-at", type=int, default=None, help="end this run after that step (resumable)")
+    p.add_argument("--keep-rules", action="store_true",
+                   help="evaluate stage: keep the lesion rules the record has calibrated and calibrate only "
+                        "those it lacks")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -267,14 +270,17 @@ def main(argv=None) -> int:
               cache_dir=cache, resume=args.resume, threads=args.threads, device=args.device,
               progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides=mix)
     if "evaluate" in stages:
-        evaluate_bundled(args.out, cohorts, cache, config, info)
+        evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules)
     if "test" in stages:
         test_bundled(args.out, cohorts["test"], cohort_cache(cache, "test"), config, info["data"]["test_cohort"])
     return 0
 
 
-def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) -> dict:
+def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, keep_rules: bool = False) -> dict:
     """Calibrate the lesion rules on the calibration cohort, score the test cohort, update the record.
+
+    ``keep_rules`` holds the rules the record has already calibrated and calibrates only those it
+    lacks (a rule added after the model was calibrated).
 
     Both go through the pipeline's own lesion extraction (:func:`extract_lesions`), so the figures
     are those of the lesion table a user gets. The record also keeps, as ablations, the test
@@ -294,8 +300,10 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict) 
     if val_dir is not None and val_dir.exists() and any(val_dir.glob("sub-*")):
         val = load_subjects(val_dir, val_dir / "derivatives" / "annotations", cohort_cache(cache, "val"), config,
                             DEFAULT_NORMALIZATION, None, with_volumes=True, progress=False)
-        rules, figures = calibrate_rules(val, predict_subjects(pred, val))
-        calib = {"subjects": len(val), "rules": rules, "figures": figures}
+        calibrated = (rec.get("inference") or {}).get("lesions") or {}
+        hold = {k: v for k, v in calibrated.items() if k in CALIBRATED_RULES} if keep_rules else None
+        rules, figures = calibrate_rules(val, predict_subjects(pred, val), hold)
+        calib = {"subjects": len(val), "rules": rules, "figures": figures, "held": sorted(hold or {})}
         log.info("calibrated lesion rules %s: %s", rules, json.dumps(figures))
         del val
     ann = cohorts["test"] / "derivatives" / "annotations"

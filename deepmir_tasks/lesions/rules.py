@@ -14,6 +14,11 @@ The rules, checked in this order (the first that applies is the ``reason``):
     its largest class probability is below the class's ``min_prob_cmb`` / ``min_prob_iron``;
 ``negative_qsm``
     mean susceptibility below ``qsm_min_ppm``: a diamagnetic mimic such as a calcification;
+``weak_qsm``
+    its QSM peak is below ``min_qsm_peak_ppm``: CMBs and iron deposits are paramagnetic, so a
+    candidate with no positive susceptibility above the map's noise has no QSM evidence (typically
+    one where the QSM is void, outside its toolbox's eroded mask); like ``negative_qsm`` it applies
+    only when the subject has a QSM, and a model's record calibrates its value;
 ``too_large_for_cmb``
     a CMB candidate whose largest extent exceeds ``max_cmb_diameter_mm`` (the clinical 10 mm);
 ``vein_like``
@@ -41,8 +46,8 @@ from deepmir_tasks.labels import LESION_CLASSES
 __all__ = ["LesionRules", "RECORD_FIELDS", "drop_iron_beside_cmb", "drop_reason"]
 
 #: the rules a model record may calibrate (``inference.lesions``)
-RECORD_FIELDS = ("threshold", "min_voxels", "min_prob_cmb", "min_prob_iron", "max_cmb_qsm_extent_mm",
-                 "max_cmb_qsm_elongation", "max_iron_qsm_elongation", "iron_beside_cmb_mm")
+RECORD_FIELDS = ("threshold", "min_voxels", "min_prob_cmb", "min_prob_iron", "min_qsm_peak_ppm",
+                 "max_cmb_qsm_extent_mm", "max_cmb_qsm_elongation", "max_iron_qsm_elongation", "iron_beside_cmb_mm")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class LesionRules:
         min_voxels: smallest component kept
         max_cmb_diameter_mm: largest CMB extent kept (clinical 10 mm rule)
         qsm_min_ppm: candidates with a lower mean susceptibility are dropped
+        min_qsm_peak_ppm: candidates with a lower largest susceptibility are dropped (``weak_qsm``;
+            0: off, so that relaxing ``qsm_min_ppm`` keeps diamagnetic candidates)
         min_prob_cmb, min_prob_iron: lesions whose largest probability is lower are dropped
         max_cmb_qsm_extent_mm, max_cmb_qsm_elongation: the ``vein_like`` rule (``None``: off)
         max_iron_qsm_elongation: the ``vein_like`` rule for iron (``None``: off)
@@ -66,6 +73,7 @@ class LesionRules:
     qsm_min_ppm: float = 0.0
     min_prob_cmb: float = 0.0
     min_prob_iron: float = 0.0
+    min_qsm_peak_ppm: float = 0.0
     max_cmb_qsm_extent_mm: float | None = 6.0
     max_cmb_qsm_elongation: float | None = 3.0
     max_iron_qsm_elongation: float | None = 3.0
@@ -126,6 +134,8 @@ def drop_reason(rules: LesionRules, row: dict, *, inside_fraction: float, extent
         return "low_probability"
     if has_qsm and row["qsm_mean_ppm"] < rules.qsm_min_ppm:
         return "negative_qsm"
+    if has_qsm and rules.min_qsm_peak_ppm > 0 and row["qsm_max_ppm"] < rules.min_qsm_peak_ppm:
+        return "weak_qsm"
     if label == "cmb" and extent_mm > rules.max_cmb_diameter_mm:
         return "too_large_for_cmb"
     if label == "cmb" and _vein_like(row, rules.max_cmb_qsm_extent_mm, rules.max_cmb_qsm_elongation):

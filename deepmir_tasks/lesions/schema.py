@@ -87,6 +87,7 @@ COLUMN_DESCRIPTIONS = {
                    "too_small": "fewer voxels than the minimum size",
                    "low_probability": "largest probability below the class's minimum",
                    "negative_qsm": "diamagnetic (mean QSM below the minimum, e.g. calcification)",
+                   "weak_qsm": "no paramagnetic QSM evidence (QSM peak below the minimum, e.g. where the QSM is void)",
                    "too_large_for_cmb": "CMB candidate larger than the clinical 10 mm limit",
                    "vein_like": "CMB candidate on an elongated or extended QSM-bright structure, or iron "
                                 "candidate on an elongated one (vein)",

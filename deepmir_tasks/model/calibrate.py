@@ -1,8 +1,8 @@
 """Calibrating and scoring the lesion rules of a model on annotated, prepared subjects.
 
-:func:`calibrate_rules` chooses the voxel threshold, minimum size and per-class minimum peak
-probability (:data:`RULE_GRID`) as the most sensitive setting whose lesion-wise precision reaches
-:data:`MIN_CALIBRATION_PRECISION` on a calibration cohort; :func:`score_shipped` scores the lesion
+:func:`calibrate_rules` chooses the voxel threshold, minimum size, QSM-peak floor and per-class
+minimum peak probability (:data:`RULE_GRID`) as the most sensitive setting whose lesion-wise
+precision reaches :data:`MIN_CALIBRATION_PRECISION` on a calibration cohort; :func:`score_shipped` scores the lesion
 table of the pipeline's own extraction on a test cohort. ``pipelines/bundled_model.py`` uses both
 to rebuild the bundled model; they serve any model trained on your own annotations too.
 """
@@ -17,12 +17,19 @@ log = logging.getLogger(__name__)
 
 
 def predict_subjects(predictor, subjects) -> list[np.ndarray]:
-    return [predictor.predict(s.extra["volumes"], s.mask).astype(np.float16) for s in subjects]
+    """Class probabilities of each subject, in float32 as the pipeline writes and thresholds them
+    (float16 would round every probability above 0.99976 to 1, so that a calibrated minimum such
+    as 0.9999 would mean something else in the pipeline than in calibration)."""
+    return [predictor.predict(s.extra["volumes"], s.mask).astype(np.float32) for s in subjects]
 
 
 #: the calibration grid of the lesion-extraction rules (``inference.lesions`` of the record)
 RULE_GRID = {"threshold": (0.2, 0.35, 0.5), "min_voxels": (1, 3, 8, 12),
+             "min_qsm_peak_ppm": (0.0, 0.01, 0.02, 0.03, 0.05),
              "min_prob": (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)}
+
+#: the rules :func:`calibrate_rules` chooses (``min_prob`` is one per class)
+CALIBRATED_RULES = ("threshold", "min_voxels", "min_qsm_peak_ppm", "min_prob_cmb", "min_prob_iron")
 
 
 def candidate_tables(subjects, probs, threshold: float, missing=()) -> list:
@@ -55,7 +62,8 @@ def truth_centroids(subjects) -> list[dict]:
 
 def score_tables(subjects, tables, rules: dict, vein_rule: bool = True, truths=None) -> dict:
     """Lesion-wise figures per class of the lesions kept under ``rules`` (``min_voxels``,
-    ``min_prob_cmb``, ``min_prob_iron``) from :func:`candidate_tables`; ``truths`` from
+    ``min_prob_cmb``, ``min_prob_iron``, ``min_qsm_peak_ppm``: a candidate without QSM keeps
+    that one) from :func:`candidate_tables`; ``truths`` from
     :func:`truth_centroids` (computed here when not given)."""
     from deepmir_tasks.model.train import DSEG_VALUE, match_counts, summarise_metrics
 
@@ -65,6 +73,9 @@ def score_tables(subjects, tables, rules: dict, vein_rule: bool = True, truths=N
         ok = t["reason"].isna() | ((t["reason"] == "vein_like") & (not vein_rule))
         ok &= t["n_voxels"] >= rules["min_voxels"]
         ok &= t["prob_max"] >= t["label"].map({"cmb": rules["min_prob_cmb"], "iron": rules["min_prob_iron"]})
+        floor = rules.get("min_qsm_peak_ppm", 0.0)
+        if floor > 0:
+            ok &= t["qsm_max_ppm"].isna() | (t["qsm_max_ppm"] >= floor)
         per.append({name: match_counts(t.loc[ok & (t["label"] == name), ["x_mm", "y_mm", "z_mm"]].to_numpy(float),
                                        true[name], 5.0, s.extra.get("mimics"))
                     for name in DSEG_VALUE})
@@ -92,29 +103,38 @@ def _operating_score(m: dict) -> tuple:
     return (ok, sens, prec) if ok else (ok, prec, sens)
 
 
-def calibrate_rules(subjects, probs) -> tuple[dict, dict]:
-    """The lesion rules on ``subjects``: for each voxel threshold and minimum size of
-    :data:`RULE_GRID`, each class's minimum peak probability is the one giving the highest
-    sensitivity at a precision of at least :data:`MIN_CALIBRATION_PRECISION`; the threshold and
-    size are those where the most classes reach that precision, then the highest mean sensitivity
-    (ties go to the lower values). Returns the rules and their figures."""
+def calibrate_rules(subjects, probs, hold: dict | None = None) -> tuple[dict, dict]:
+    """The lesion rules on ``subjects``: for each voxel threshold, minimum size and QSM-peak floor
+    of :data:`RULE_GRID`, each class's minimum peak probability is the one giving the highest
+    sensitivity at a precision of at least :data:`MIN_CALIBRATION_PRECISION`; the threshold, size
+    and floor are those where the most classes reach that precision, then the highest mean
+    sensitivity, then precision (ties go to the lower values). Rules named in ``hold`` keep the
+    values given there (e.g. a model's calibrated rules, when a rule added later is calibrated
+    alone). Returns the rules and their figures."""
     from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
+
+    hold = hold or {}
+
+    def grid(name, axis=None):
+        return (hold[name],) if name in hold else RULE_GRID[axis or name]
 
     best = None
     truths = truth_centroids(subjects)
-    for threshold in RULE_GRID["threshold"]:
+    for threshold in grid("threshold"):
         tables = candidate_tables(subjects, probs, threshold)
-        for min_voxels in RULE_GRID["min_voxels"]:
-            rules = dict(LESION_RULE_DEFAULTS, threshold=threshold, min_voxels=min_voxels)
-            for name in ("cmb", "iron"):
-                options = [(_operating_score(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}),
-                                                          truths=truths)[name]), -t)
-                           for t in RULE_GRID["min_prob"] if t == 0.0 or t >= threshold]
-                rules[f"min_prob_{name}"] = -max(options)[1]
-            figures = score_tables(subjects, tables, rules, truths=truths)
-            per = [_operating_score(figures[c]) for c in ("cmb", "iron")]
-            score = (sum(p[0] for p in per), round(sum(p[1] for p in per), 6), round(sum(p[2] for p in per), 6),
-                     -threshold, -min_voxels)
-            if best is None or score > best[0]:
-                best = (score, rules, figures)
+        for min_voxels in grid("min_voxels"):
+            for floor in grid("min_qsm_peak_ppm"):
+                rules = dict(LESION_RULE_DEFAULTS, threshold=threshold, min_voxels=min_voxels, min_qsm_peak_ppm=floor)
+                for name in ("cmb", "iron"):
+                    options = [(_operating_score(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}),
+                                                              truths=truths)[name]), -t)
+                               for t in grid(f"min_prob_{name}", "min_prob")
+                               if t == 0.0 or t >= threshold or f"min_prob_{name}" in hold]
+                    rules[f"min_prob_{name}"] = -max(options)[1]
+                figures = score_tables(subjects, tables, rules, truths=truths)
+                per = [_operating_score(figures[c]) for c in ("cmb", "iron")]
+                score = (sum(p[0] for p in per), round(sum(p[1] for p in per), 6), round(sum(p[2] for p in per), 6),
+                         -threshold, -min_voxels, -floor)
+                if best is None or score > best[0]:
+                    best = (score, rules, figures)
     return best[1], best[2]

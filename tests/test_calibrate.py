@@ -1,0 +1,82 @@
+"""Calibrating the lesion rules of a model on constructed subjects: the QSM-peak floor."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from deepmir_tasks.lesions import extract_lesions
+from deepmir_tasks.model.calibrate import calibrate_rules, candidate_tables, score_tables
+from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
+from helpers.lesions import ball
+
+SHAPE = (40, 40, 32)
+
+
+def _subject(seed: int):
+    """A subject with one CMB and one iron deposit, both found by a confident network, and a
+    confident false call of each class where the QSM is void (zero: outside its eroded mask)."""
+    rng = np.random.default_rng(seed)
+    qsm = rng.normal(0.0, 0.004, SHAPE).astype(np.float32)
+    swi = rng.normal(0.0, 1.0, SHAPE).astype(np.float32)
+    qsm[:, :, 26:] = 0.0                                  # the void rim
+    probs = np.zeros((3,) + SHAPE, np.float32)
+    dseg = np.zeros(SHAPE, np.uint8)
+    for value, centre, chi in ((1, (10, 12, 10), 0.4), (2, (28, 26, 12), 0.12)):
+        blob = ball(SHAPE, centre, 1.8)
+        dseg[blob], qsm[blob] = value, qsm[blob] + chi
+        swi[blob] -= 4.0
+        probs[value][blob] = 0.99999
+    for value, centre in ((1, (12, 28, 29)), (2, (28, 10, 29))):   # false calls in the void
+        blob = ball(SHAPE, centre, 1.8)
+        probs[value][blob] = 0.99999
+        swi[blob] -= 4.0
+    probs[0] = 1.0 - probs[1] - probs[2]
+    return SimpleNamespace(key=f"sub-{seed:02d}", affine=np.eye(4), mask=np.ones(SHAPE, bool), dseg=dseg,
+                           extra={"volumes": {"qsm": qsm, "swi": swi}}), probs
+
+
+def test_a_call_with_no_positive_qsm_is_dropped_as_weak_qsm_only_when_there_is_a_qsm():
+    s, probs = _subject(1)
+    qsm, swi = s.extra["volumes"]["qsm"], s.extra["volumes"]["swi"]
+    kept, dropped = extract_lesions(probs[1], probs[2], None, s.affine, qsm, swi, participant_id="01",
+                                    threshold=0.5, min_qsm_peak_ppm=0.02)
+    assert sorted(kept["label"]) == ["cmb", "iron"] and (kept["qsm_max_ppm"] > 0.1).all()
+    assert dropped["reason"].tolist() == ["weak_qsm", "weak_qsm"]
+    assert (dropped["qsm_max_ppm"] < 0.02).all()
+    # the default floor (0 ppm) keeps them: void QSM is not negative
+    kept0, _ = extract_lesions(probs[1], probs[2], None, s.affine, qsm, swi, participant_id="01", threshold=0.5)
+    assert len(kept0) == 4
+    # without a QSM the rule cannot apply
+    kept_noq, dropped_noq = extract_lesions(probs[1], probs[2], None, s.affine, None, swi, participant_id="01",
+                                            threshold=0.5, min_qsm_peak_ppm=0.02)
+    assert len(kept_noq) == 4 and len(dropped_noq) == 0
+
+
+def test_calibration_chooses_a_qsm_peak_floor_that_drops_void_calls_and_keeps_true_lesions():
+    pairs = [_subject(seed) for seed in (1, 2, 3)]
+    subjects, probs = [p[0] for p in pairs], [p[1] for p in pairs]
+    tables = candidate_tables(subjects, probs, 0.5)
+    without = score_tables(subjects, tables, dict(LESION_RULE_DEFAULTS, threshold=0.5))
+    assert [without[c]["fp"] for c in ("cmb", "iron")] == [3, 3]
+    rules, figures = calibrate_rules(subjects, probs)
+    assert rules["min_qsm_peak_ppm"] > 0
+    for c in ("cmb", "iron"):
+        assert (figures[c]["tp"], figures[c]["fp"], figures[c]["fn"]) == (3, 0, 0)
+    # without QSM (the subject's QSM missing) the floor keeps every candidate
+    tables_noq = candidate_tables(subjects, probs, 0.5, missing=("qsm",))
+    assert score_tables(subjects, tables_noq, rules)["iron"]["fp"] == 3
+
+
+def test_held_rules_keep_their_values_and_the_rest_is_calibrated():
+    pairs = [_subject(seed) for seed in (1, 2)]
+    subjects, probs = [p[0] for p in pairs], [p[1] for p in pairs]
+    # a model calibrated before the floor existed: its rules held, the floor calibrated alone
+    held = {"threshold": 0.35, "min_voxels": 3, "min_prob_cmb": 0.9, "min_prob_iron": 0.95}
+    rules, figures = calibrate_rules(subjects, probs, hold=held)
+    assert {k: rules[k] for k in held} == held and rules["min_qsm_peak_ppm"] > 0
+    assert figures["iron"]["fp"] == 0 and figures["iron"]["tp"] == 2
+    # holding the floor at 0 keeps the void calls
+    _, figures0 = calibrate_rules(subjects, probs, hold={"min_qsm_peak_ppm": 0.0})
+    assert figures0["cmb"]["fp"] == 2 and figures0["iron"]["fp"] == 2
