@@ -17,8 +17,8 @@ from pydra.compose import workflow
 from pydra.workers.debug import DebugWorker
 
 from deepmir_tasks.bids_names import MODALITY_NAMES, reference_modality, space_label
-from deepmir_tasks.preprocess.tasks import (AlignByHeader, CheckInputs, ExtractBrain, MakeGrid, N4BiasCorrect,
-                                            NormaliseIntensity, RegisterToT2, RegisterToTemplate,
+from deepmir_tasks.preprocess.tasks import (AlignByHeader, AlignQsm, CheckInputs, ExtractBrain, MakeGrid,
+                                            N4BiasCorrect, NormaliseIntensity, RegisterToT2, RegisterToTemplate,
                                             ResampleToGrid, WritePreprocReport)
 
 __all__ = ["PreprocessSubject", "preprocess_subject"]
@@ -44,9 +44,9 @@ def _transforms_to_reference(ref: str, checked: dict, ref_img, brain_mask, regis
                                                 same_session_file=swi, same_session_transform=xfm["swi"],
                                                 preset=registration, what="QSM", t2_source=checked[ref]),
                                    name="register_qsm")
-        else:  # no SWI to register it by: its header (a QSM is not registered by its signed values)
-            reg_qsm = workflow.add(AlignByHeader(moving_file=qsm, reference_file=checked[ref],
-                                                 what="QSM", reference=ref_name), name="register_qsm")
+        else:  # no SWI: its header or its brain support (a QSM is not registered by its signed values)
+            reg_qsm = workflow.add(AlignQsm(moving_file=qsm, reference_file=checked[ref], mask_file=brain_mask,
+                                            reference=ref_name, preset=registration), name="register_qsm")
         xfm["qsm"], qc["qsm"] = reg_qsm.transform, reg_qsm.qc
     return xfm, qc
 
@@ -72,8 +72,9 @@ def PreprocessSubject(t2: NiftiGz | None = None, swi: NiftiGz | None = None, qsm
     three-level pyramid) and the result checked (a header flipped or rotated against the T2w's
     fails the subject, the SWI named); QSM reuses the SWI's transform when it lies in the SWI's
     scanner space (its grid, or its own grid over the same place). Without an SWI, a QSM is aligned
-    to the T2w by its header (:func:`~deepmir_tasks.preprocess.reference.align_by_header`: a QSM is
-    not registered by its signed values). All images are resampled into the reference space at
+    to the T2w by its header or by its brain support registered to the T2w's brain mask, whichever
+    fits that mask better (:func:`~deepmir_tasks.preprocess.reference.align_qsm`: a QSM is not
+    registered by its signed values). All images are resampled into the reference space at
     ``voxel_size`` mm isotropic, cropped to the brain plus ``margin_mm`` (B-spline for images,
     linear-thresholded for the mask); an SWI that is not the reference is N4-corrected in that grid;
     T2w and SWI become robust z-scores inside the brain (median, IQR/1.349) and QSM stays in ppm,

@@ -89,9 +89,13 @@ def _qsm_transform(qsm_to_t2, swi_to_t2, qc, reference: str) -> str:
         return "the reference"
     if qsm_to_t2 is None:
         return "no QSM"
-    if (qc or {}).get("aligned_by") == "header":
+    by, dices = (qc or {}).get("aligned_by"), (qc or {}).get("support_dice") or {}
+    fit = ", ".join(f"{k} {v:.3f}" for k, v in dices.items())
+    if by == "header":
         return ("aligned by its header (no SWI to register it by: a QSM is not registered by its signed "
-                "values; the T2w and QSM are taken to share one scanner space)")
+                "values; its brain support fit the brain mask as well as when registered" + (f": Dice {fit})" if fit else ")"))
+    if by == "support":
+        return f"registered by its brain support to the brain mask (no SWI; Dice {fit})"
     if swi_to_t2 is not None and _same_bytes(qsm_to_t2, swi_to_t2):
         return "reused the SWI transform (same scanner space)"
     return "registered on its own"

@@ -3,11 +3,14 @@
 A subject is processed in the space of its T2w, else its SWI, else its QSM
 (:func:`deepmir_tasks.bids_names.reference_modality`). The SWI is registered onto a T2w by mutual
 information (:mod:`deepmir_tasks.preprocess.register`), and a QSM in the SWI's scanner space shares
-the SWI's transform. A QSM is never registered alone by its intensities: its signed values match
-no magnitude image well. Without an SWI to register it by, a QSM is aligned to the T2w **by its
-header** (identity in scanner coordinates: the two come from one session), which
-:func:`align_by_header` allows only when the two images cover one place in scanner space; and the
-reference image itself gets the identity, so that every image has a transform to the reference.
+the SWI's transform. A QSM is never registered by its intensities: its signed values match no
+magnitude image well. Without an SWI to register it by, :func:`align_qsm` brings a QSM onto the
+reference by the better of two: its **header** (identity in scanner coordinates: the two come from
+one session), or its **brain support** (the non-zero region a QSM toolbox leaves, smoothed)
+registered rigidly to the reference's brain mask (another session, or head motion between the
+scans); the better is the one whose support overlaps the brain mask more, the header winning ties.
+:func:`align_by_header` gives the identity alone (the reference image itself gets it, so that every
+image has a transform to the reference).
 """
 
 from __future__ import annotations
@@ -18,11 +21,19 @@ import numpy as np
 
 from deepmir_tasks.io import InputError, load_image
 
-__all__ = ["MIN_HEADER_OVERLAP", "align_by_header", "identity_transform", "world_overlap"]
+__all__ = ["MIN_HEADER_OVERLAP", "MIN_SUPPORT_DICE", "align_by_header", "align_qsm", "identity_transform",
+           "support_dice", "world_overlap"]
 
 #: the smallest fraction of the smaller image's scanner-space box that must overlap the other's for
 #: the two to be aligned by their headers
 MIN_HEADER_OVERLAP = 0.5
+
+#: the smallest Dice between a QSM's brain support, aligned, and the reference's brain mask: below it
+#: the QSM is refused (not this head, or a QSM masked far from its brain)
+MIN_SUPPORT_DICE = 0.7
+
+#: how much better (Dice) the support registration must fit than the header for it to be used
+SUPPORT_MARGIN = 0.01
 
 
 def identity_transform(out_file) -> Path:
@@ -65,3 +76,67 @@ def align_by_header(moving_file, reference_file, out_file, *, what: str = "QSM",
     else:
         overlap = 1.0
     return identity_transform(out_file), {"aligned_by": "header", "overlap": round(overlap, 3)}
+
+
+def support_dice(support, support_affine, mask, mask_affine, moving_to_fixed=None, step: int = 2) -> float:
+    """Dice of a QSM's brain support (on its grid), carried by ``moving_to_fixed`` (RAS 4x4, QSM
+    world mm -> reference world mm; identity when ``None``), with the reference's brain mask,
+    sampled on every ``step``-th voxel of the mask's grid."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)[::step, ::step, ::step]
+    fixed_affine = np.asarray(mask_affine, float) @ np.diag([step, step, step, 1.0])
+    m = np.eye(4) if moving_to_fixed is None else np.asarray(moving_to_fixed, float)
+    vox = np.linalg.inv(np.asarray(support_affine, float)) @ np.linalg.inv(m) @ fixed_affine
+    ijk = np.indices(mask.shape, dtype=np.float32).reshape(3, -1)
+    coords = vox[:3, :3] @ ijk + vox[:3, 3:4]
+    carried = ndimage.map_coordinates(np.asarray(support, np.float32), coords, order=0, cval=0.0)
+    carried = carried.reshape(mask.shape) > 0.5
+    total = int(carried.sum()) + int(mask.sum())
+    return 2.0 * float((carried & mask).sum()) / total if total else 0.0
+
+
+def align_qsm(qsm_file, reference_file, mask_file, out_file, *, reference: str = "T2w",
+              preset: str = "fast") -> tuple[Path, dict]:
+    """The transform of a QSM onto the reference without an SWI (module docstring): by its header,
+    or by its brain support registered rigidly to the reference's brain mask (``mask_file``, on the
+    reference grid), whichever fits that mask better (the header unless the registration is better
+    by more than :data:`SUPPORT_MARGIN` Dice). Raises :class:`InputError` naming the QSM when
+    neither reaches :data:`MIN_SUPPORT_DICE`. Returns the transform and ``{"aligned_by": "header"
+    or "support", "support_dice": {"header": d, "support": d}, "overlap": ...}``."""
+    import shutil
+    import tempfile
+
+    import nibabel as nib
+    from scipy import ndimage
+
+    from deepmir_tasks.io import atomic_path
+    from deepmir_tasks.preprocess.register import register_rigid, transform_to_ras
+    from deepmir_tasks.preprocess.template import qsm_support
+
+    qsm_img = load_image(qsm_file, what="QSM")
+    mask_img = load_image(mask_file, what="brain mask")
+    support = qsm_support(np.asarray(qsm_img.dataobj))
+    mask = np.asarray(mask_img.dataobj) > 0
+    overlap = world_overlap(qsm_img, load_image(reference_file, what=reference, allow_empty=True))
+    with tempfile.TemporaryDirectory(prefix="deepmir_qsm_support_") as tmp:
+        moving, fixed = Path(tmp) / "support.nii.gz", Path(tmp) / "mask.nii.gz"
+        nib.save(nib.Nifti1Image(ndimage.gaussian_filter(support.astype(np.float32), 1.0), qsm_img.affine), moving)
+        nib.save(nib.Nifti1Image(ndimage.gaussian_filter(mask.astype(np.float32), 1.0), mask_img.affine), fixed)
+        registered = register_rigid(moving, fixed, Path(tmp) / "support.mat", preset=preset, what="QSM support")
+        dices = {"header": support_dice(support, qsm_img.affine, mask, mask_img.affine),
+                 "support": support_dice(support, qsm_img.affine, mask, mask_img.affine,
+                                         transform_to_ras(registered))}
+        by = "support" if dices["support"] > dices["header"] + SUPPORT_MARGIN else "header"
+        if dices[by] < MIN_SUPPORT_DICE:
+            raise InputError(qsm_file, f"QSM's brain support does not fit the {reference}'s brain mask "
+                                       f"(Dice {dices['header']:.2f} by header, {dices['support']:.2f} registered; "
+                                       f"at least {MIN_SUPPORT_DICE} needed): is it this subject's?")
+        if by == "support":
+            with atomic_path(out_file) as dst:
+                shutil.copyfile(registered, dst)
+            out = Path(out_file)
+        else:
+            out = identity_transform(out_file)
+    return out, {"aligned_by": by, "support_dice": {k: round(v, 3) for k, v in dices.items()},
+                 "overlap": round(overlap, 3)}

@@ -15,7 +15,7 @@ from pydra.compose import python
 from deepmir_tasks import __version__
 
 __all__ = ["CheckInputs", "N4BiasCorrect", "RegisterToTemplate", "ExtractBrain", "RegisterToT2", "AlignByHeader",
-           "MakeGrid", "ResampleToGrid", "NormaliseIntensity", "WritePreprocReport"]
+           "AlignQsm", "MakeGrid", "ResampleToGrid", "NormaliseIntensity", "WritePreprocReport"]
 
 
 @python.define
@@ -193,7 +193,7 @@ class RegisterToT2(python.Task["RegisterToT2.Outputs"]):
 @python.define
 class AlignByHeader(python.Task["AlignByHeader.Outputs"]):
     """The identity transform of an image onto the reference, by its header (one scanner space):
-    a QSM without an SWI to register it by, or the reference itself.
+    the reference itself, or a QSM in the scanner space of an SWI that is the reference.
 
     Args:
         moving_file: the image (a QSM, or the reference image itself)
@@ -221,6 +221,42 @@ class AlignByHeader(python.Task["AlignByHeader.Outputs"]):
 
         return align_by_header(moving_file, reference_file, Path.cwd() / "to_reference.mat", what=what,
                                reference=reference)
+
+
+@python.define
+class AlignQsm(python.Task["AlignQsm.Outputs"]):
+    """A QSM onto the reference without an SWI to register it by: by its header, or by its brain
+    support registered rigidly to the reference's brain mask, whichever fits that mask better
+    (:func:`deepmir_tasks.preprocess.reference.align_qsm`).
+
+    Args:
+        moving_file: the QSM
+        reference_file: the reference image (T2w)
+        mask_file: the reference's brain mask, on the reference grid
+        reference: the reference's role in messages ("T2w")
+        preset: rigid registration preset of :data:`deepmir_tasks.preprocess.register.RIGID_PRESETS`
+        version: package version (part of the cache hash)
+
+    Outputs ``transform`` and ``qc`` (``{"aligned_by": "header" | "support", "support_dice": ...}``);
+    fails naming the QSM when its support fits the brain mask neither way.
+    """
+    moving_file: NiftiGz
+    reference_file: NiftiGz
+    mask_file: NiftiGz
+    reference: str = "T2w"
+    preset: str = "fast"
+    version: str = __version__
+
+    class Outputs(python.Outputs):
+        transform: File
+        qc: dict
+
+    @staticmethod
+    def function(moving_file, reference_file, mask_file, reference, preset, version):
+        from deepmir_tasks.preprocess.reference import align_qsm
+
+        return align_qsm(moving_file, reference_file, mask_file, Path.cwd() / "to_reference.mat",
+                         reference=reference, preset=preset)
 
 
 @python.define

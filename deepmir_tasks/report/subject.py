@@ -213,8 +213,8 @@ def _checks(grid: Grid, lesions: pd.DataFrame, input_warnings=None, no_qsm: bool
     if no_swi:
         warnings.append(f"No SWI: this subject ran on {used}. No call had SWI evidence (no SWI contrast "
                         "in its row, no blooming to see)" + (
-                            "; the QSM was aligned to the T2w by its header, not through a registered SWI: "
-                            "check the registration below." if not (no_qsm or no_t2w) else "."))
+                            "; the QSM was aligned to the T2w by its header or its brain support, not through "
+                            "a registered SWI: check the registration below." if not (no_qsm or no_t2w) else "."))
     if no_t2w:
         warnings.append(f"No T2w: this subject ran on {used}, in the {'SWI' if not no_swi else 'QSM'}'s "
                         "space: the brain mask and the MNI affine (regions) come from that image, and no "
