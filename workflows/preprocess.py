@@ -72,9 +72,9 @@ def PreprocessSubject(t2: NiftiGz | None = None, swi: NiftiGz | None = None, qsm
     three-level pyramid) and the result checked (a header flipped or rotated against the T2w's
     fails the subject, the SWI named); QSM reuses the SWI's transform when it lies in the SWI's
     scanner space (its grid, or its own grid over the same place). Without an SWI, a QSM is aligned
-    to the T2w by its header or by its brain support registered to the T2w's brain mask, whichever
-    fits that mask better (:func:`~deepmir_tasks.preprocess.reference.align_qsm`: a QSM is not
-    registered by its signed values). All images are resampled into the reference space at
+    to the T2w by its brain support registered to the T2w's brain mask, or by its header when that
+    registration barely moves it (:func:`~deepmir_tasks.preprocess.reference.align_qsm`: a QSM is
+    not registered by its signed values). All images are resampled into the reference space at
     ``voxel_size`` mm isotropic, cropped to the brain plus ``margin_mm`` (B-spline for images,
     linear-thresholded for the mask); an SWI that is not the reference is N4-corrected in that grid;
     T2w and SWI become robust z-scores inside the brain (median, IQR/1.349) and QSM stays in ppm,

@@ -91,11 +91,14 @@ def _qsm_transform(qsm_to_t2, swi_to_t2, qc, reference: str) -> str:
         return "no QSM"
     by, dices = (qc or {}).get("aligned_by"), (qc or {}).get("support_dice") or {}
     fit = ", ".join(f"{k} {v:.3f}" for k, v in dices.items())
+    moved = (qc or {}).get("displacement_mm")
     if by == "header":
         return ("aligned by its header (no SWI to register it by: a QSM is not registered by its signed "
-                "values; its brain support fit the brain mask as well as when registered" + (f": Dice {fit})" if fit else ")"))
+                "values" + (f"; registering its brain support to the brain mask moved it {moved} mm on "
+                            f"average, Dice {fit})" if moved is not None else ")"))
     if by == "support":
-        return f"registered by its brain support to the brain mask (no SWI; Dice {fit})"
+        return (f"registered by its brain support to the brain mask (no SWI; it moved {moved} mm on "
+                f"average; Dice {fit})")
     if swi_to_t2 is not None and _same_bytes(qsm_to_t2, swi_to_t2):
         return "reused the SWI transform (same scanner space)"
     return "registered on its own"

@@ -225,8 +225,8 @@ class AlignByHeader(python.Task["AlignByHeader.Outputs"]):
 
 @python.define
 class AlignQsm(python.Task["AlignQsm.Outputs"]):
-    """A QSM onto the reference without an SWI to register it by: by its header, or by its brain
-    support registered rigidly to the reference's brain mask, whichever fits that mask better
+    """A QSM onto the reference without an SWI to register it by: by its brain support registered
+    rigidly to the reference's brain mask, or by its header when that registration barely moves it
     (:func:`deepmir_tasks.preprocess.reference.align_qsm`).
 
     Args:
@@ -237,8 +237,8 @@ class AlignQsm(python.Task["AlignQsm.Outputs"]):
         preset: rigid registration preset of :data:`deepmir_tasks.preprocess.register.RIGID_PRESETS`
         version: package version (part of the cache hash)
 
-    Outputs ``transform`` and ``qc`` (``{"aligned_by": "header" | "support", "support_dice": ...}``);
-    fails naming the QSM when its support fits the brain mask neither way.
+    Outputs ``transform`` and ``qc`` (``{"aligned_by": "header" | "support", "support_dice": ...,
+    "displacement_mm": ...}``); fails naming the QSM when its support does not fit the brain mask.
     """
     moving_file: NiftiGz
     reference_file: NiftiGz
