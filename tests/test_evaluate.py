@@ -159,3 +159,31 @@ def test_evaluate_on_a_simulated_cohort_against_its_annotations(small_cohort, tm
     assert per_class["fp"].sum() == 0 and per_class["fn"].sum() == (1 if erased else 0)
     if erased:
         assert per_class.loc[erased, "tp"] == per_class.loc[erased, "n_true"] - 1
+
+
+def test_predictions_in_the_swi_session_are_scored_against_truth_carried_by_its_transform(tmp_path, capsys):
+    """A subject run without a T2w (space-swi) is scored in the SWI session's world: the T2w-space
+    annotation is carried there by desc-truth_xfm.json; without that file it is refused in one line."""
+    import json
+
+    truth = labelled_volume(SHAPE, TRUTH)
+    affine = np.eye(4)
+    swi_to_t2 = np.eye(4)
+    swi_to_t2[:3, 3] = (12.0, -9.0, 6.0)       # 16 mm between the sessions' worlds
+    # the same lesions seen in the SWI session: its world is the T2w's moved back by swi_to_t2
+    pred_dir, truth_dir = tmp_path / "deepmir", tmp_path / "annotations"
+    anat = pred_dir / "sub-01" / "anat"
+    save_nifti(truth, np.linalg.inv(swi_to_t2) @ affine, anat / "sub-01_space-swi_desc-deepmir_dseg.nii.gz",
+               dtype=np.uint8)
+    ann = truth_dir / "sub-01" / "anat"
+    save_nifti(truth, affine, ann / "sub-01_space-T2w_dseg.nii.gz", dtype=np.uint8)
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "space-swi" in err and "sub-01_desc-truth_xfm.json" in err and "Traceback" not in err
+    (ann / "sub-01_desc-truth_xfm.json").write_text(json.dumps({"swi_to_t2": swi_to_t2.tolist()}))
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "--out", str(out)]) == 0
+    per_class = pd.read_csv(out / "per_class.tsv", sep="\t").set_index("label")
+    assert tuple(per_class.loc["cmb", ["n_true", "tp", "fp"]]) == (2, 2, 0)
+    assert tuple(per_class.loc["iron", ["n_true", "tp", "fp"]]) == (1, 1, 0)
+    assert per_class.loc["cmb", "dice_pooled"] > 0.99

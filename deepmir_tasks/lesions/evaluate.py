@@ -7,6 +7,13 @@ deepmir_dseg.nii.gz``, optionally ``..._label-CMB_probseg.nii.gz`` and ``..._lab
 (``sub-XX/anat/sub-XX_space-T2w_dseg.nii.gz``), or a BIDS dataset holding it under
 ``derivatives/annotations``. Predictions and annotations may be on different grids: lesions are
 matched in world mm (see :mod:`deepmir_tasks.lesions.metrics` for the definitions).
+
+A subject run without a T2w has its predictions in its SWI's (or QSM's) session world
+(``space-swi``, ``space-Chimap``), while annotations are in the T2w session's. The annotation is
+then carried into the prediction's world by the transform beside it,
+``sub-XX[_ses-YY]_desc-truth_xfm.json`` (``swi_to_t2``: a RAS 4x4, SWI-session world mm ->
+T2w-session world mm; the simulators write it, and their QSM lies in the SWI's session); without
+that file such a subject is refused in one line rather than scored across two worlds.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from deepmir_tasks.bids_files import find_dsegs, find_probsegs
 from deepmir_tasks.bids_names import strip_prefix, subject_key
 from deepmir_tasks.io import InputError
 
-__all__ = ["Evaluation", "find_pairs", "evaluate_cohort", "write_evaluation", "evaluate_dirs"]
+__all__ = ["Evaluation", "find_pairs", "evaluate_cohort", "write_evaluation", "evaluate_dirs", "truth_affine"]
 
 @dataclass
 class Evaluation:
@@ -85,6 +92,36 @@ def find_pairs(pred_dir, truth_dir, participant_labels=None) -> dict:
     return pairs
 
 
+#: spaces whose world is the SWI session's (see the module docstring)
+SWI_SESSION_SPACES = ("swi", "Chimap")
+
+
+def truth_affine(pred_path, truth_path, truth_img) -> np.ndarray:
+    """The annotation's voxel -> world affine in the prediction's world: as it is when both are in
+    the T2w session's; carried by the inverse of ``swi_to_t2`` (``desc-truth_xfm.json`` beside the
+    annotation) when the prediction is in the SWI session's (:data:`SWI_SESSION_SPACES`)."""
+    import json
+
+    from deepmir_tasks.bids_names import space_of
+
+    pred_space, truth_space = space_of(Path(pred_path).name), space_of(Path(truth_path).name)
+    if pred_space == truth_space or pred_space not in SWI_SESSION_SPACES or truth_space != "T2w":
+        return np.asarray(truth_img.affine, float)
+    key = Path(truth_path).name.split("_space-")[0]
+    xfm = Path(truth_path).with_name(f"{key}_desc-truth_xfm.json")
+    if not xfm.exists():
+        raise InputError(pred_path, f"predictions are in space-{pred_space} and the annotation in space-T2w; "
+                                    f"put the SWI->T2w transform beside the annotation as {xfm.name} "
+                                    '({"swi_to_t2": 4x4 RAS}) to score them in one world')
+    try:
+        m = np.asarray(json.loads(xfm.read_text())["swi_to_t2"], float)
+        if m.shape != (4, 4):
+            raise ValueError(f"shape {m.shape}")
+        return np.linalg.inv(m) @ np.asarray(truth_img.affine, float)
+    except (ValueError, KeyError, TypeError, np.linalg.LinAlgError) as err:
+        raise InputError(xfm, f"not a swi_to_t2 4x4 transform ({err})") from None
+
+
 def _labels(img) -> np.ndarray:
     return np.rint(np.asarray(img.dataobj)).astype(np.int16)
 
@@ -115,7 +152,8 @@ def evaluate_cohort(pred_dir, truth_dir, *, tolerance_mm: float = 5.0,
                 raise InputError(path, f"{name} probability map is not on the grid of {pred_path.name}")
             prob_maps[name] = np.asarray(img.dataobj)
         scored |= bool(prob_maps)
-        counts, det, tru = evaluate_subject(_labels(p_img), p_img.affine, _labels(t_img), t_img.affine,
+        t_affine = truth_affine(pred_path, truth_path, t_img)
+        counts, det, tru = evaluate_subject(_labels(p_img), p_img.affine, _labels(t_img), t_affine,
                                             prob_maps=prob_maps or None, tolerance_mm=tolerance_mm)
         ident = {"participant_id": f"sub-{key[0]}"}
         if sessions:
