@@ -5,8 +5,8 @@ A subject is processed in the space of its T2w, else its SWI, else its QSM
 information (:mod:`deepmir_tasks.preprocess.register`), and a QSM in the SWI's scanner space shares
 the SWI's transform. A QSM is never registered by its intensities: its signed values match no
 magnitude image well. Without an SWI to register it by, :func:`align_qsm` brings a QSM onto the
-reference by the better of two: its **header** (identity in scanner coordinates: the two come from
-one session), or its **brain support** (the non-zero region a QSM toolbox leaves, smoothed)
+reference by one of two: its **header** (identity in scanner coordinates: the two come from one
+session), or its **brain support** (the non-zero region a QSM toolbox leaves, smoothed)
 registered rigidly to the reference's brain mask (another session, or head motion between the
 scans). The header is kept when the registration moves the brain by less than
 :data:`HEADER_TOLERANCE_MM` on average (the registration's own error on simulated heads is 0.4-0.8
@@ -25,8 +25,8 @@ import numpy as np
 
 from deepmir_tasks.io import InputError, load_image
 
-__all__ = ["HEADER_TOLERANCE_MM", "MIN_HEADER_OVERLAP", "MIN_SUPPORT_DICE", "align_by_header", "align_qsm", "identity_transform",
-           "support_dice", "world_overlap"]
+__all__ = ["HEADER_TOLERANCE_MM", "MIN_HEADER_OVERLAP", "MIN_SUPPORT_DICE", "align_by_header", "align_qsm",
+           "identity_transform", "support_dice", "world_overlap"]
 
 #: the smallest fraction of the smaller image's scanner-space box that must overlap the other's for
 #: the two to be aligned by their headers
