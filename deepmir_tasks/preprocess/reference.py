@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepmir_tasks.io import InputError, load_image
+from deepmir_tasks.io import InputError, load_image, read_header
 
 __all__ = ["HEADER_TOLERANCE_MM", "MIN_HEADER_OVERLAP", "MIN_SUPPORT_DICE", "align_by_header", "align_qsm",
            "identity_transform", "support_dice", "world_overlap"]
@@ -123,16 +123,16 @@ def align_qsm(qsm_file, reference_file, mask_file, out_file, *, reference: str =
     mask_img = load_image(mask_file, what="brain mask")
     support = qsm_support(np.asarray(qsm_img.dataobj))
     mask = np.asarray(mask_img.dataobj) > 0
-    overlap = world_overlap(qsm_img, load_image(reference_file, what=reference, allow_empty=True))
+    overlap = world_overlap(qsm_img, read_header(reference_file, what=reference))  # its grid only
     with tempfile.TemporaryDirectory(prefix="deepmir_qsm_support_") as tmp:
         moving, fixed = Path(tmp) / "support.nii.gz", Path(tmp) / "mask.nii.gz"
         nib.save(nib.Nifti1Image(ndimage.gaussian_filter(support.astype(np.float32), 1.0), qsm_img.affine), moving)
         nib.save(nib.Nifti1Image(ndimage.gaussian_filter(mask.astype(np.float32), 1.0), mask_img.affine), fixed)
         registered = register_rigid(moving, fixed, Path(tmp) / "support.mat", preset=preset, what="QSM support")
+        to_mask = transform_to_ras(registered)
         dices = {"header": support_dice(support, qsm_img.affine, mask, mask_img.affine),
-                 "support": support_dice(support, qsm_img.affine, mask, mask_img.affine,
-                                         transform_to_ras(registered))}
-        moved = _mean_displacement(transform_to_ras(registered), mask, mask_img.affine)
+                 "support": support_dice(support, qsm_img.affine, mask, mask_img.affine, to_mask)}
+        moved = _mean_displacement(to_mask, mask, mask_img.affine)
         by = "support" if moved >= HEADER_TOLERANCE_MM and dices["support"] >= dices["header"] else "header"
         if dices[by] < MIN_SUPPORT_DICE:
             raise InputError(qsm_file, f"QSM's brain support does not fit the {reference}'s brain mask "
