@@ -13,15 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.independent_sim import CONDITIONS, physics, simulate_subject
+from benchmarks.independent_sim.conditions import draw_protocol, get_condition
+from benchmarks.independent_sim.nuclei import NUCLEI, nucleus_chi, nucleus_names
+
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "benchmarks" / "independent_sim"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.independent_sim import CONDITIONS, simulate_subject  # noqa: E402
-from benchmarks.independent_sim import physics  # noqa: E402
-from benchmarks.independent_sim.conditions import draw_protocol, get_condition  # noqa: E402
-from benchmarks.independent_sim.nuclei import NUCLEI, nucleus_chi, nucleus_names  # noqa: E402
 
 #: basal ganglia, thalamus, midbrain and some cortex: x -38..38, y -44..26, z -22..28 (MNI mm)
 CROP = (slice(60, 136), slice(90, 160), slice(50, 100))

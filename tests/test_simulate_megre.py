@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from deepmir_tasks.simulate import simulate_subject
 from deepmir_tasks.simulate.multiecho import echo_times
 from helpers.simulate import ALL_KINDS, SEED_ALL_KINDS, data, sample, swi_point
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="module")
