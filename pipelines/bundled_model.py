@@ -203,6 +203,11 @@ def main(argv=None) -> int:
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     p.add_argument("--resume", nargs="?", const=True, default=None)
+    p.add_argument("--init", type=Path, default=None, metavar="MODEL",
+                   help="train stage: start from this model's weights (a new schedule; its modalities or more)")
+    p.add_argument("--modalities", nargs="+", default=["t2", "swi", "qsm"], choices=["t2", "swi", "qsm"],
+                   help="the model's inputs, in order (default: t2 swi qsm)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of a new schedule (default 2e-3)")
     for name in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction", "modality_dropout"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
                        help="patch mix; on --resume replaces the checkpoint's value")
@@ -242,9 +247,11 @@ def main(argv=None) -> int:
     mix = {k: getattr(args, k) for k in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction",
                                          "modality_dropout", "grow_small_cmb")
            if getattr(args, k) is not None}
-    config = TrainConfig(levels=args.levels, base=args.base, max_width=args.max_width, patch=args.patch,
-                         batch=args.batch, steps=args.steps, seed=args.seed, folds=args.folds, fold=args.fold,
-                         validate_every=args.validate_every, checkpoint_seconds=args.checkpoint_seconds, **mix)
+    lr = {} if args.lr is None else {"lr": args.lr}
+    config = TrainConfig(modalities=tuple(args.modalities), levels=args.levels, base=args.base,
+                         max_width=args.max_width, patch=args.patch, batch=args.batch, steps=args.steps,
+                         seed=args.seed, folds=args.folds, fold=args.fold, validate_every=args.validate_every,
+                         checkpoint_seconds=args.checkpoint_seconds, **mix, **lr)
     info = _describe_run(args, argv)
     if "mine" in stages:
         from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
@@ -268,7 +275,8 @@ def main(argv=None) -> int:
             cohorts = dict(cohorts, train=ready_view(cohorts["train"], cache, work / "train_ready"))
         train(cohorts["train"], cohorts["train"] / "derivatives" / "annotations", args.out, config,
               cache_dir=cache, resume=args.resume, threads=args.threads, device=args.device,
-              progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides=mix)
+              progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides=mix,
+              init=args.init)
     if "evaluate" in stages:
         evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules)
     if "test" in stages:

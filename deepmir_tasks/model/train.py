@@ -64,6 +64,7 @@ __all__ = [
     "load_checkpoint",
     "RunStart",
     "start_run",
+    "init_weights",
     "fit",
 ]
 
@@ -207,8 +208,10 @@ def _evaluate_and_export(net, config, normalization, dev, val_subs, step, losses
 
 def init_record(init, config: TrainConfig) -> tuple[TrainConfig, dict]:
     """(configuration, record) for fine-tuning from the model file ``init``: its architecture fields
-    the command line cannot set (``max_width``, ``norm``) are taken from it; the rest, the modalities
-    and the classes must be those asked for (:class:`InputError` naming the differences otherwise)."""
+    the command line cannot set (``max_width``, ``norm``) are taken from it; the rest and the
+    classes must be those asked for, and the modalities those asked for or, for a 3-D model, more
+    of them (the new model keeps the input filters of its own modalities: :func:`init_weights`);
+    :class:`InputError` naming the differences otherwise."""
     from deepmir_tasks.model.modelfile import load_record
 
     rec = load_record(init)
@@ -216,12 +219,27 @@ def init_record(init, config: TrainConfig) -> tuple[TrainConfig, dict]:
     config = dataclasses.replace(config, max_width=arch.get("max_width", config.max_width),
                                  norm=arch.get("norm", config.norm))
     want = build_record(config, {m: None for m in config.modalities}, {}, {})
-    diffs = [f"{k} {arch.get(k)} (asked: {v})" for k, v in want["architecture"].items() if arch.get(k) != v]
-    diffs += [f"{k} {rec[k]} (asked: {want[k]})" for k in ("modalities", "classes") if list(rec[k]) != want[k]]
+    fewer = list(rec["modalities"]) != want["modalities"] and set(want["modalities"]) < set(rec["modalities"])
+    fewer = fewer and arch.get("dim", 3) == 3
+    diffs = [f"{k} {arch.get(k)} (asked: {v})" for k, v in want["architecture"].items()
+             if arch.get(k) != v and not (fewer and k == "in_channels")]
+    diffs += [f"{k} {rec[k]} (asked: {want[k]})" for k in ("modalities", "classes")
+              if list(rec[k]) != want[k] and not (fewer and k == "modalities")]
     if diffs:
         raise InputError(init, "cannot fine-tune from this model: it has " + "; ".join(diffs)
-                         + "; give the same --modalities, --classes, --levels and --base")
+                         + "; give the same --classes, --levels and --base, and its --modalities or a subset")
     return config, rec
+
+
+def init_weights(state: dict, from_modalities, to_modalities) -> dict:
+    """The weights of a 3-D model on ``from_modalities`` for one on ``to_modalities`` (a subset):
+    the first convolution keeps the input filters of the modalities kept; every other weight is
+    unchanged. A model trained with modality dropout then starts from what it does on that subset."""
+    keep = [list(from_modalities).index(m) for m in to_modalities]
+    state = dict(state)
+    first = "encoder.0.0.weight"
+    state[first] = state[first][:, keep].clone()
+    return state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +295,10 @@ def _start_network(run: RunStart, dev, training_info: dict):
     if run.init_record is not None:
         from deepmir_tasks.model.modelfile import load_model
 
-        net.load_state_dict(load_model(run.init, device=dev)[0].state_dict())
+        weights = load_model(run.init, device=dev)[0].state_dict()
+        if list(run.init_record["modalities"]) != list(run.config.modalities):
+            weights = init_weights(weights, run.init_record["modalities"], run.config.modalities)
+        net.load_state_dict(weights)
         net.train()
         training_info = dict(training_info, init={"file": str(run.init), "sha256": run.init_record["weights_sha256"]})
     return net, opt, rng, state, step, training_info
