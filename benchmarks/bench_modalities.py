@@ -15,6 +15,10 @@ precision, and kept CMB calls within 5 mm of a simulated calcification (``calc_c
 paper reports, for its best models, CMB sensitivity 0.84-0.88 at precision 0.40-0.59 and iron
 0.75-0.81 at 0.62-0.75. Single-class models are not trained: the multi-class model serves both
 classes.
+
+Without ``--model``, each bundled model made for one subset (``deepmir_tasks.model.choice``: the
+one ``deepmir run`` uses for a subject with exactly those modalities) adds a row of its own for
+its subset, with its own lesion rules; the ``model`` column names the model of each row.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import pandas as pd
 
 SUBSETS = [s for n in (3, 2, 1) for s in itertools.combinations(("t2", "swi", "qsm"), n)]
 NAMES = {"t2": "T2w", "swi": "SWI", "qsm": "QSM"}
-COLUMNS = ["modalities", "cmb_sens", "cmb_prec", "cmb_fp_per_subj", "iron_sens", "iron_prec", "calc_called_cmb"]
+COLUMNS = ["modalities", "model", "cmb_sens", "cmb_prec", "cmb_fp_per_subj", "iron_sens", "iron_prec", "calc_called_cmb"]
 
 
 def subset_tables(pred, subjects, subset, threshold: float) -> list:
@@ -42,10 +46,10 @@ def subset_tables(pred, subjects, subset, threshold: float) -> list:
     return candidate_tables(subjects, probs, threshold, missing=[m for m in NAMES if m not in subset])
 
 
-def row(subset, figures) -> dict:
+def row(subset, figures, model: str) -> dict:
     c, i = figures["cmb"], figures["iron"]
     n = figures["n_subjects"]
-    return {"modalities": " + ".join(NAMES[m] for m in subset), "cmb_sens": c["sensitivity"],
+    return {"modalities": " + ".join(NAMES[m] for m in subset), "model": model, "cmb_sens": c["sensitivity"],
             "cmb_prec": c["precision"], "cmb_fp_per_subj": c["fp"] / max(n, 1), "iron_sens": i["sensitivity"],
             "iron_prec": i["precision"], "calc_called_cmb": int(c.get("on_calcification", 0)),
             "_counts": {k: f"{figures[k]['tp']}/{figures[k]['n_true']} found, {figures[k]['fp']} FP"
@@ -82,15 +86,24 @@ def main(argv=None) -> int:
                              cohort_cache(args.work / "prepared", args.cohort), TrainConfig(),
                              DEFAULT_NORMALIZATION, keys, with_volumes=True, progress=False)
     truths = truth_centroids(subjects)
+    runs = [(subset, pred, rules) for subset in SUBSETS]
+    if args.model is None:
+        from deepmir_tasks.model.choice import bundled_subset_models
+
+        for mods, path in bundled_subset_models().items():
+            subset = next(s for s in SUBSETS if set(s) == mods)
+            runs.insert(runs.index((subset, pred, rules)) + 1, (subset, Predictor.from_file(path), lesion_rules(path)))
     rows = []
-    for subset in SUBSETS:
+    for subset, model, model_rules in runs:
         t0 = time.perf_counter()
-        tables = subset_tables(pred, subjects, subset, rules["threshold"])
-        rows.append(row(subset, score_tables(subjects, tables, rules, truths=truths)))
+        tables = subset_tables(model, subjects, subset, model_rules["threshold"])
+        rows.append(row(subset, score_tables(subjects, tables, model_rules, truths=truths),
+                        Path(model.source).name.removesuffix(".safetensors")))
         print(f"{rows[-1]['modalities']}: {rows[-1]['_counts']} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr, flush=True)
     df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows], columns=COLUMNS).round(2)
-    print(f"{len(subjects)} subjects of {bids}; model {pred.source}; rules {json.dumps(rules)}")
+    print(f"{len(subjects)} subjects of {bids}; model {pred.source}; rules {json.dumps(rules)}"
+          + "".join(f"; {Path(m.source).name}: rules {json.dumps(r)}" for _, m, r in runs if m is not pred))
     if args.markdown:
         print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
         print("\n".join("| " + " | ".join(str(v) for v in r) + " |" for r in df.itertuples(index=False)))

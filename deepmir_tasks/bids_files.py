@@ -49,6 +49,12 @@ class SubjectInputs:
                 if f is None and m not in self.ambiguous and m not in computable]
 
     @property
+    def modalities(self) -> frozenset:
+        """The modalities (``t2``, ``swi``, ``qsm``) the subject has, given or computable from its GRE."""
+        computable = {"swi", "qsm"} if self.megre else set()
+        return frozenset(m for m, f in self.files.items() if f is not None or m in computable)
+
+    @property
     def invalid_label(self) -> str | None:
         """``"participant"`` or ``"session"`` when that label is not a valid BIDS label (letters and
         digits only: it would end up in file names and command lines), else ``None``."""

@@ -39,8 +39,12 @@ def copy_atomic(src, dst) -> Path:
 
 
 def write_dataset_description(output_dir, *, model_file, model_sha256: str, parameters: dict,
-                              source_dataset: str | None = None) -> Path:
-    """``dataset_description.json`` of the derivatives dataset, plus the dseg lookup table."""
+                              source_dataset: str | None = None, subset_models=()) -> Path:
+    """``dataset_description.json`` of the derivatives dataset, plus the dseg lookup table.
+    ``subset_models``: the bundled models some subjects ran with instead of ``model_file``, made
+    for exactly their modalities (each subject's lesion JSON names its model)."""
+    from deepmir_tasks.model.modelfile import load_record, sha256_file
+
     output_dir = Path(output_dir)
     desc = {
         "Name": "DEEPMIR: cerebral microbleeds and iron deposits",
@@ -54,6 +58,10 @@ def write_dataset_description(output_dir, *, model_file, model_sha256: str, para
             "Parameters": parameters,
         }],
     }
+    if subset_models:
+        desc["GeneratedBy"][0]["SubsetModels"] = [
+            {"File": Path(p).name, "SHA256": sha256_file(p), "Modalities": load_record(p)["modalities"]}
+            for p in subset_models]
     if source_dataset:
         desc["SourceDatasets"] = [{"URL": str(source_dataset)}]
     write_json(desc, output_dir / "dataset_description.json")

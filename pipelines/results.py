@@ -25,6 +25,7 @@ class SubjectStatus:
     reason: str = ""
     files: dict = field(default_factory=dict)
     seconds: float = 0.0
+    model: str = ""  # the model file the subject ran with (its name)
 
 
 @dataclass
@@ -62,7 +63,7 @@ def record_status(output_dir, status: SubjectStatus, progress=None) -> None:
     if status.subject.invalid_label is None:
         write_json({"participant_id": status.subject.participant_id, "session_id": status.subject.session_id,
                     "status": status.status, "reason": status.reason, "seconds": round(status.seconds, 1),
-                    "version": code_version()}, _status_file(output_dir, status.subject.key))
+                    "model": status.model, "version": code_version()}, _status_file(output_dir, status.subject.key))
     if progress:
         progress(status.subject.key, status.status, status.reason)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from deepmir_tasks.bids_files import find_subjects
 from deepmir_tasks.bids_names import MODALITY_SUFFIX
 from deepmir_tasks.io import InputError
+from deepmir_tasks.model.choice import choose_model
 from deepmir_tasks.model.modelfile import sha256_file
 from deepmir_tasks.settings import RunSettings
 from deepmir_tasks.threads import set_subject_threads
@@ -81,7 +82,9 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     ``settings`` (:class:`~deepmir_tasks.settings.RunSettings`) says how each subject is processed;
     ``setting_changes`` (``threshold=``, ``voxel_size=``, ``tta=``, ``report=``) change some of them.
     ``progress`` is an optional callable ``progress(key, status, reason)`` called once per subject as
-    its result becomes known. A subject may lack one or two of T2w, SWI and QSM when the model serves
+    its result becomes known. Without ``model``, a subject runs with the bundled model made for
+    exactly its modalities when the package ships one (:mod:`deepmir_tasks.model.choice`), else
+    with the bundled default. A subject may lack one or two of T2w, SWI and QSM when the model serves
     subsets (trained with modality dropout); otherwise, or lacking all three, it is reported as
     failed with the missing modality named, and never submitted. With ``group`` (default) the cohort tables and report are
     rebuilt from every subject in ``output_dir`` afterwards.
@@ -90,6 +93,10 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     check_output_dir(output_dir)
     subjects = find_subjects(bids_dir, participant_labels, session_labels)
     model_path = resolve_model_path(model)
+    # a subject runs with the user's model, else the bundled one made for its modalities, if any
+    models = {s.key: model_path if model else choose_model(s.modalities) for s in subjects}
+    for path in set(models.values()) - {model_path}:
+        resolve_model_path(path)
     n_procs = n_procs or os.cpu_count() or 1
     output_dir = Path(output_dir).absolute()
     cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir(output_dir)
@@ -104,15 +111,16 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     set_subject_threads(n_procs, min(len(runnable), n_procs) if worker == "cf" else 1)
     derivatives.write_dataset_description(
         output_dir, model_file=model_path, model_sha256=sha256_file(model_path),
-        parameters=settings.as_dict(), source_dataset=Path(bids_dir).absolute())
+        parameters=settings.as_dict(), source_dataset=Path(bids_dir).absolute(),
+        subset_models=sorted({models[s.key] for s in runnable} - {model_path}))
     for status in refused.values():
         record_status(output_dir, status, progress)
 
-    collector = _Collector({s.key: _subject_task(s, model_path, settings) for s in runnable},
+    collector = _Collector({s.key: _subject_task(s, models[s.key], settings) for s in runnable},
                            cache_dir, output_dir, progress, statuses=refused)
     pending = [s for s in runnable if not collector.collect(s, final=False, cached=True)]
     if pending:
-        _run_watched(pending, collector, model_path=model_path, settings=settings, worker=worker,
+        _run_watched(pending, collector, models=models, settings=settings, worker=worker,
                      n_procs=n_procs, cache_dir=cache_dir, sbatch_args=sbatch_args)
     result = CohortResult(output_dir, [collector.statuses[s.key] for s in subjects])
     if group:
@@ -211,11 +219,12 @@ class _Collector:
         if finished(result):
             files = derivatives.write_subject(result_files(result), self.output_dir, subj)
             seconds = 0.0 if cached else time.perf_counter() - self.t0
-            status = SubjectStatus(subj, STATUS_CACHED if cached else STATUS_DONE, files=files, seconds=seconds)
+            status = SubjectStatus(subj, STATUS_CACHED if cached else STATUS_DONE, files=files, seconds=seconds,
+                                   model=Path(task.model).name)
         elif final:
             reason = _error_reason(self.cache_dir / task._checksum, cache_dir=self.cache_dir,
                                    marker=str(_first_file(subj)), since=self.t0_wall)
-            status = SubjectStatus(subj, STATUS_FAILED, reason)
+            status = SubjectStatus(subj, STATUS_FAILED, reason, model=Path(task.model).name)
         else:
             return False
         self.statuses[subj.key] = status
@@ -269,13 +278,13 @@ def _subject_task(subj, model_path, settings: RunSettings):
                            **_subject_inputs(subj))
 
 
-def _submit(subjects, *, model_path, settings: RunSettings, worker, n_procs, cache_dir, sbatch_args):
-    """Run the subject workflows.
+def _submit(subjects, *, models: dict, settings: RunSettings, worker, n_procs, cache_dir, sbatch_args):
+    """Run the subject workflows (``models``: the model file of each subject, by key).
 
     Under ``cf`` and ``slurm`` the subject workflow is split over subjects at the outer level
-    (:func:`workflows.cohort.CohortPipeline`): subjects run side by side and a failing one leaves
-    the others finished and cached. The ``debug`` worker raises the first error and stops, so
-    under it subjects are submitted one at a time.
+    (:func:`workflows.cohort.CohortPipeline`, one per model): subjects run side by side and a
+    failing one leaves the others finished and cached. The ``debug`` worker raises the first error
+    and stops, so under it subjects are submitted one at a time.
     """
     from pydra.engine.submitter import Submitter
 
@@ -290,12 +299,15 @@ def _submit(subjects, *, model_path, settings: RunSettings, worker, n_procs, cac
 
         worker = slurm_worker(sbatch_args=sbatch_args)
     if worker == "debug":
-        jobs = [_subject_task(s, model_path, settings) for s in subjects]
+        jobs = [_subject_task(s, models[s.key], settings) for s in subjects]
     else:
         from deepmir_tasks.model.modelfile import record_path
 
-        jobs = [CohortPipeline([_subject_inputs(s) for s in subjects], model=model_path,
-                               record=record_path(model_path), settings=settings)]
+        groups = {}
+        for s in subjects:
+            groups.setdefault(models[s.key], []).append(s)
+        jobs = [CohortPipeline([_subject_inputs(s) for s in group], model=path, record=record_path(path),
+                               settings=settings) for path, group in groups.items()]
     with Submitter(worker=worker, cache_root=cache_dir) as sub:
         for job in jobs:
             try:

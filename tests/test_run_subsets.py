@@ -155,3 +155,31 @@ def test_preprocess_subject_from_python_without_a_t2w(small_cohort, tmp_path):
     report = json.loads(out["report"].read_text())
     assert report["reference"] == "SWI" and report["flags"].startswith("no_t2w")
     assert report["mask_source"].startswith("extract_brain (MNI prior + SWI")
+
+
+@pytest.mark.slow
+def test_a_subject_runs_with_the_bundled_model_made_for_its_modalities(copy_cohort, tmp_path, monkeypatch):
+    from deepmir_tasks.model import choice
+    from deepmir_tasks.model.modelfile import DEFAULT_MODEL
+
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    torch.manual_seed(1)
+    rec = json.loads(json.dumps(TINY_RECORD))
+    rec["architecture"]["in_channels"] = 2
+    rec["modalities"] = ["t2", "swi"]
+    save_model(UNet(**{k: v for k, v in rec["architecture"].items() if k != "name"}).eval(),
+               bundled / "deepmir_t2swi.safetensors", rec)
+    monkeypatch.setattr("pipelines.run.choose_model", lambda mods: choice.choose_model(mods, folder=bundled))
+    _subset_cohort(copy_cohort, ["t2swi"])
+    out = tmp_path / "out"
+    result = run_cohort(copy_cohort, out, participant_labels=["01", "t2swi"], worker="cf", n_procs=2,
+                        cache_dir=tmp_path / "cache", allow_resolution=True, group=False)
+    assert result.ok, result.failed
+    status = {k: json.loads((out / "logs" / f"sub-{k}_status.json").read_text())["model"] for k in ("01", "t2swi")}
+    assert status == {"01": DEFAULT_MODEL.name, "t2swi": "deepmir_t2swi.safetensors"}
+    desc = json.loads((out / "dataset_description.json").read_text())["GeneratedBy"][0]
+    assert desc["Model"]["File"] == DEFAULT_MODEL.name
+    assert [(m["File"], m["Modalities"]) for m in desc["SubsetModels"]] == [("deepmir_t2swi.safetensors", ["t2", "swi"])]
+    by_label = {s.subject.participant_id: s.files for s in result.subjects}
+    assert "deepmir_t2swi" in by_label["t2swi"]["report"].read_text()

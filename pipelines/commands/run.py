@@ -25,7 +25,8 @@ def add_arguments(p):
     p.add_argument("--n-procs", type=int, default=None, help="local processes/threads (default: all cores)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="pydra cache (default OUTPUT_DIR/sourcedata/deepmir_cache); reruns resume from it")
-    p.add_argument("--model", type=Path, default=None, help="model .safetensors (default: the bundled model)")
+    p.add_argument("--model", type=Path, default=None, help="model .safetensors for every subject (default: the bundled model, or the "
+                   "bundled model made for exactly the subject's modalities when there is one)")
     p.add_argument("--threshold", type=float, default=None,
                    help="voxel probability threshold for a lesion candidate (default: the model's calibrated "
                         "value, 0.5 if its record gives none)")
