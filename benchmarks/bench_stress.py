@@ -1,7 +1,7 @@
 """Stress benchmark: DEEPMIR on cohorts from the independent generator, one row per condition.
 
     .venv/bin/python benchmarks/bench_stress.py [--conditions default 7T ...] [--subjects 3]
-        [--work DIR] [--model FILE] [--markdown]
+        [--work DIR] [--model FILE] [--subset t2 swi] [--markdown]
 
 For each condition (``default`` first: the independent generator's headline row) it writes a
 cohort with ``python -m benchmarks.independent_sim`` (seeds 7,300,000 + 10,000 x the condition's
@@ -12,7 +12,9 @@ calcifications called CMB (a CMB detection within 5 mm of a true calcification);
 calls on normal nuclei (unmatched iron detections whose centroid lies in a deep grey nucleus,
 dilated by 2 mm); and the fraction of true CMBs and iron deposits inside the pipeline's brain
 mask. Steps already done under ``--work`` are reused (the cohort if complete, the pipeline from
-its cache), so one command rebuilds the table.
+its cache), so one command rebuilds the table. ``--subset`` runs the pipeline on some of the
+modalities only (links to the cohort without the others; its own ``deriv_<subset>`` and
+``evaluation_<subset>`` folders), as a site without QSM would.
 
 DEEPMIR runs from a clean export of a commit (``--code``, default HEAD, via ``git archive``), so
 edits to the working tree during a run of an hour neither break pydra's hash checks nor mix two
@@ -93,10 +95,35 @@ def _cohort_complete(bids: Path, n: int) -> bool:
         len(list(ann.glob("sub-*/anat/sub-*_lesions.tsv"))) == n
 
 
-def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="debug", code_dir=REPO) -> Path:
-    """Generate, run (DEEPMIR imported from ``code_dir``) and evaluate one condition; return its folder."""
+#: BIDS suffix of each modality's image, for ``--subset``
+SUFFIXES = {"t2": "T2w", "swi": "swi", "qsm": "Chimap"}
+
+
+def subset_tag(subset) -> str:
+    """``""`` for all three modalities, else e.g. ``"_t2+swi"``: the suffix of that run's folders."""
+    return "" if not subset or set(subset) == set(SUFFIXES) else "_" + "+".join(m for m in SUFFIXES if m in subset)
+
+
+def subset_view(bids: Path, dest: Path, subset) -> Path:
+    """A BIDS folder of links to ``bids`` without the images of the modalities not in ``subset``."""
+    drop = tuple(f"_{SUFFIXES[m]}." for m in SUFFIXES if m not in subset)
+    for src in sorted(bids.rglob("*")):
+        rel = src.relative_to(bids)
+        if src.is_dir() or rel.parts[0] == "derivatives" or any(d in src.name for d in drop):
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        if not (dest / rel).exists():
+            (dest / rel).symlink_to(src)
+    return dest
+
+
+def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="debug", code_dir=REPO,
+                  subset=None) -> Path:
+    """Generate, run (DEEPMIR imported from ``code_dir``, on the images of ``subset`` only when
+    given) and evaluate one condition; return its folder."""
     root = work / cond
-    bids, deriv = root / "bids", root / "deriv"
+    tag = subset_tag(subset)
+    bids, deriv = root / "bids", root / f"deriv{tag}"
     root.mkdir(parents=True, exist_ok=True)
     log = root / "log.txt"
     if not _cohort_complete(bids, n_subjects):
@@ -104,11 +131,12 @@ def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="de
         seed = SEED_BASE + 10_000 * list(CONDITIONS).index(cond)
         _run([sys.executable, "-m", "benchmarks.independent_sim", bids, "--subjects", n_subjects,
               "--seed", seed, "--condition", cond], log)
-    cmd = _deepmir() + ["run", bids, deriv, "participant", "--worker", worker, "--n-procs", 1, "--no-report"]
+    source = subset_view(bids, root / f"bids{tag}", subset) if tag else bids
+    cmd = _deepmir() + ["run", source, deriv, "participant", "--worker", worker, "--n-procs", 1, "--no-report"]
     if model is not None:
         cmd += ["--model", Path(model).resolve()]
     _run(cmd, log, code_dir)
-    _run(_deepmir() + ["evaluate", deriv, bids, "--tolerance-mm", TOLERANCE_MM, "--out", root / "evaluation"],
+    _run(_deepmir() + ["evaluate", deriv, bids, "--tolerance-mm", TOLERANCE_MM, "--out", root / f"evaluation{tag}"],
          log, code_dir)
     return root
 
@@ -129,11 +157,12 @@ def _world_to_voxel_value(img, xyz, dilate_mm=0.0):
     return out
 
 
-def score_condition(root: Path) -> dict:
+def score_condition(root: Path, subset=None) -> dict:
     """The condition's row from ``deepmir evaluate``'s tables and the generator's truth."""
     import nibabel as nib
 
-    bids, deriv, ev = root / "bids", root / "deriv", root / "evaluation"
+    tag = subset_tag(subset)
+    bids, deriv, ev = root / "bids", root / f"deriv{tag}", root / f"evaluation{tag}"
     per_class = pd.read_csv(ev / "per_class.tsv", sep="\t").set_index("label")
     dets = pd.read_csv(ev / "detections.tsv", sep="\t")
     ann = bids / "derivatives" / "annotations"
@@ -161,7 +190,7 @@ def score_condition(root: Path) -> dict:
     def get(label, col):
         return float(per_class.loc[label, col]) if label in per_class.index else float("nan")
 
-    return {"condition": root.name, "subjects": len(subjects),
+    return {"condition": root.name + (f" ({tag[1:]})" if tag else ""), "subjects": len(subjects),
             "cmb_sens": get("cmb", "sensitivity"), "cmb_prec": get("cmb", "precision"),
             "cmb_fp_per_subj": get("cmb", "fp_per_subject"),
             "iron_sens": get("iron", "sensitivity"), "iron_prec": get("iron", "precision"),
@@ -191,8 +220,12 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", default="debug", choices=["debug", "cf"])
     ap.add_argument("--code", default="HEAD",
                     help="commit whose DEEPMIR is measured (default HEAD; 'worktree': the working tree)")
+    ap.add_argument("--subset", nargs="+", default=None, choices=list(SUFFIXES),
+                    help="run on these modalities only (with T2w among them), e.g. --subset t2 swi")
     ap.add_argument("--markdown", action="store_true", help="print a README-ready Markdown table")
     args = ap.parse_args(argv)
+    if args.subset is not None and "t2" not in args.subset:
+        raise SystemExit("bench_stress: --subset must include t2 (the truth is scored in the T2w's world)")
     if args.model is not None and not args.model.is_file():
         raise SystemExit(f"bench_stress: {args.model}: model file does not exist")
     work = (args.work or Path(tempfile.mkdtemp(prefix="deepmir_stress_"))).resolve()
@@ -200,7 +233,8 @@ def main(argv=None) -> int:
     code_dir, code = export_code(args.code, work)
     rows = []
     for cond in args.conditions:
-        row = score_condition(run_condition(cond, args.subjects, work, args.model, args.worker, code_dir))
+        root = run_condition(cond, args.subjects, work, args.model, args.worker, code_dir, args.subset)
+        row = score_condition(root, args.subset)
         rows.append(row)
         print(f"{cond}: " + "; ".join(f"{k} {v}" for k, v in row["_counts"].items()), flush=True)
     print(f"\nStress benchmark: DEEPMIR {code}, {args.subjects} subjects per condition, lesion-wise, "

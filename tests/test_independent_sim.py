@@ -250,3 +250,17 @@ def test_stress_scoring_counts_calcification_and_nucleus_calls(sim, tmp_path):
     assert row["lesions_in_mask"] == f"{COUNTS['cmb'] + COUNTS['iron']}/{COUNTS['cmb'] + COUNTS['iron']}"
     md = format_table([row], markdown=True).splitlines()
     assert md[0].startswith("| condition") and md[2].startswith("| default | 1 |")
+
+
+def test_stress_subset_view_leaves_out_the_dropped_modalities(sim, tmp_path):
+    from benchmarks.bench_stress import subset_tag, subset_view
+    from benchmarks.independent_sim import write_subject
+
+    bids = tmp_path / "bids"
+    write_subject(sim, bids, "01")
+    view = subset_view(bids, tmp_path / f"bids{subset_tag(['swi', 't2'])}", ["swi", "t2"])
+    assert view.name == "bids_t2+swi" and subset_tag(["t2", "swi", "qsm"]) == ""
+    names = sorted(p.name for p in (view / "sub-01" / "anat").iterdir())
+    assert names == sorted(p.name for p in (bids / "sub-01" / "anat").iterdir() if "_Chimap." not in p.name)
+    assert any("_T2w." in n for n in names) and not (view / "derivatives").exists()
+    assert all((view / "sub-01" / "anat" / n).resolve().parent == (bids / "sub-01" / "anat").resolve() for n in names)
