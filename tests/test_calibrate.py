@@ -67,6 +67,12 @@ def test_calibration_chooses_a_qsm_peak_floor_that_drops_void_calls_and_keeps_tr
     # without QSM (the subject's QSM missing) the floor keeps every candidate
     tables_noq = candidate_tables(subjects, probs, 0.5, missing=("qsm",))
     assert score_tables(subjects, tables_noq, rules)["iron"]["fp"] == 3
+    # a model on T2w + SWI loads no QSM: the same as a missing one
+    for s in subjects:
+        del s.extra["volumes"]["qsm"]
+    tables_unloaded = candidate_tables(subjects, probs, 0.5)
+    assert all(t["qsm_max_ppm"].isna().all() for t in tables_unloaded)
+    assert score_tables(subjects, tables_unloaded, rules)["iron"]["fp"] == 3
 
 
 def test_held_rules_keep_their_values_and_the_rest_is_calibrated():

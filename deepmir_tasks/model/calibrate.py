@@ -36,7 +36,8 @@ def candidate_tables(subjects, probs, threshold: float, missing=()) -> list:
     """Every lesion candidate of each subject, as the pipeline's :func:`extract_lesions` finds and
     measures it at voxel ``threshold`` (``min_voxels`` 1, no probability minimum, so that those two
     rules can be applied afterwards for any value); dropped rows keep their ``reason``. The
-    modalities in ``missing`` are not given to the extraction (as for a subject without them)."""
+    modalities in ``missing``, or not among the loaded volumes (a model on fewer modalities), are
+    not given to the extraction (as for a subject without them)."""
     import pandas as pd
 
     from deepmir_tasks.lesions.extract import extract_lesions
@@ -44,7 +45,7 @@ def candidate_tables(subjects, probs, threshold: float, missing=()) -> list:
     out = []
     for s, p in zip(subjects, probs):
         p = np.asarray(p, np.float32)
-        qsm, swi = (None if m in missing else s.extra["volumes"][m] for m in ("qsm", "swi"))
+        qsm, swi = (None if m in missing else s.extra["volumes"].get(m) for m in ("qsm", "swi"))
         kept, dropped = extract_lesions(p[1], p[2], None, s.affine, qsm, swi, s.mask, participant_id=s.key,
                                         threshold=threshold, min_voxels=1)
         out.append(pd.concat([kept.assign(reason=None), dropped], ignore_index=True))
