@@ -4,7 +4,6 @@ with exactly those modalities runs with."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -12,25 +11,8 @@ import torch
 
 from deepmir_tasks.io import InputError
 from deepmir_tasks.model.choice import bundled_subset_models, choose_model
-from deepmir_tasks.model.modelfile import DEFAULT_MODEL, load_model, save_model
-from deepmir_tasks.model.unet import UNet
-from helpers.model import TINY_RECORD
-
-
-def _model(path, modalities=("t2", "swi", "qsm"), seed=7):
-    """A tiny model with non-trivial weights and batch-norm statistics, on ``modalities``."""
-    rec = json.loads(json.dumps(TINY_RECORD))
-    rec["architecture"].update(in_channels=len(modalities))
-    rec["modalities"] = list(modalities)
-    torch.manual_seed(seed)
-    net = UNet(**{k: v for k, v in rec["architecture"].items() if k != "name"})
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        net.train()
-        net(torch.randn(2, len(modalities), 16, 16, 16))
-    save_model(net.eval(), path, rec)
-    return path
+from deepmir_tasks.model.modelfile import DEFAULT_MODEL, load_model
+from helpers.model import tiny_model
 
 
 def test_fine_tuning_on_fewer_modalities_starts_from_what_the_model_does_on_them(tmp_path, monkeypatch):
@@ -40,7 +22,7 @@ def test_fine_tuning_on_fewer_modalities_starts_from_what_the_model_does_on_them
 
     monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [51, 52], shape=(24, 24, 16))
-    init = _model(tmp_path / "all.safetensors")
+    init = tiny_model(tmp_path / "all.safetensors")
     config = TrainConfig(modalities=("t2", "swi"), levels=3, base=8, patch=16, batch=1, steps=2, folds=1,
                          validate_every=2, seed=1)
     res = tr.train(bids, ann, tmp_path / "t2swi.safetensors", config, init=init, stop_at=0, progress=False,
@@ -60,7 +42,7 @@ def test_fine_tuning_on_fewer_modalities_starts_from_what_the_model_does_on_them
 
 
 def test_a_subject_runs_with_the_bundled_model_for_exactly_its_modalities(tmp_path):
-    t2swi = _model(tmp_path / "deepmir_t2swi.safetensors", ("t2", "swi"))
+    t2swi = tiny_model(tmp_path / "deepmir_t2swi.safetensors", modalities=("t2", "swi"))
     (tmp_path / "notes.json").write_text("{}")  # not a model record: ignored
     assert bundled_subset_models(tmp_path) == {frozenset({"t2", "swi"}): t2swi}
     assert choose_model({"swi", "t2"}, folder=tmp_path) == t2swi

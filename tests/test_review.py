@@ -14,6 +14,7 @@ from deepmir_tasks.bids_names import DERIVATIVE_NAMES, derivative_name
 from deepmir_tasks.io import InputError, save_nifti, write_json, write_tsv
 from deepmir_tasks.review import find_review_subjects, read_decisions, save_decision
 from deepmir_tasks.review.decisions import rater_decisions
+from helpers.model import tiny_model
 
 SHAPE = (40, 40, 30)
 WORK_AFFINE = np.array([[1.0, 0, 0, -20.0], [0, 1.0, 0, -22.0], [0, 0, 1.0, -10.0], [0, 0, 0, 1]])
@@ -355,27 +356,6 @@ def test_export_with_two_raters_prints_and_writes_agreement(output, tmp_path, ca
 
 
 # --------------------------------------------------------------------------------- fine-tuning
-def _tiny_init_model(path, levels=3, modalities=("t2", "swi", "qsm")):
-    import torch
-
-    from deepmir_tasks.model.modelfile import save_model
-    from deepmir_tasks.model.unet import UNet
-    from helpers.model import TINY_RECORD
-
-    rec = json.loads(json.dumps(TINY_RECORD))
-    rec["architecture"].update(levels=levels, in_channels=len(modalities), max_width=32)
-    rec["modalities"] = list(modalities)
-    torch.manual_seed(7)
-    net = UNet(**{k: v for k, v in rec["architecture"].items() if k != "name"})
-    with torch.no_grad():  # weights and batch-norm statistics unlike a fresh network's
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        net.train()
-        net(torch.randn(2, len(modalities), 16, 16, 16))
-    save_model(net.eval(), path, rec)
-    return path
-
-
 def test_train_init_starts_from_the_models_weights(tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
@@ -385,7 +365,7 @@ def test_train_init_starts_from_the_models_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [41, 42], shape=(24, 24, 16))
-    init = _tiny_init_model(tmp_path / "init.safetensors")
+    init = tiny_model(tmp_path / "init.safetensors")
     config = TrainConfig(levels=3, base=8, patch=16, batch=1, steps=2, folds=1, validate_every=2, seed=1)
     # stopped before the first step: the exported weights are the initial model's, exactly
     res = tr.train(bids, ann, tmp_path / "ft.safetensors", config, init=init, stop_at=0, progress=False,
@@ -407,7 +387,7 @@ def test_train_init_with_another_architecture_is_one_clear_error(tmp_path, monke
 
     monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
     bids, ann = write_synthetic_bids(tmp_path / "bids", [43, 44], shape=(24, 24, 16))
-    init = _tiny_init_model(tmp_path / "init.safetensors", modalities=("t2", "swi"))
+    init = tiny_model(tmp_path / "init.safetensors", modalities=("t2", "swi"))
     base = ["train", str(bids), "--annotations", str(ann), "--out", str(tmp_path / "m.safetensors"),
             "--init", str(init), "--base", "8", "--patch", "16", "--folds", "1", "--steps", "1",
             "--no-progress", "--device", "cpu", "--threads", "1"]

@@ -20,6 +20,30 @@ TINY_RECORD = {
 }
 
 
+def tiny_model(path, levels=3, modalities=("t2", "swi", "qsm"), seed=7):
+    """Save a tiny model on ``modalities`` whose weights and batch-norm statistics are unlike a
+    fresh network's (so that starting from it can be told apart); return ``path``."""
+    import json
+
+    import torch
+
+    from deepmir_tasks.model.modelfile import save_model
+    from deepmir_tasks.model.unet import UNet
+
+    rec = json.loads(json.dumps(TINY_RECORD))
+    rec["architecture"].update(levels=levels, in_channels=len(modalities), max_width=32)
+    rec["modalities"] = list(modalities)
+    torch.manual_seed(seed)
+    net = UNet(**{k: v for k, v in rec["architecture"].items() if k != "name"})
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        net.train()
+        net(torch.randn(2, len(modalities), 16, 16, 16))
+    save_model(net.eval(), path, rec)
+    return path
+
+
 def synthetic_subject(seed: int, shape=(40, 40, 32), n_cmb=4, n_iron=4, n_calc=2):
     """Return ``(volumes dict, mask bool, dseg uint8 0/1/2, affine, lesion centres dict)``."""
     rng = np.random.default_rng(seed)
