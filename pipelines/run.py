@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepmir_tasks.bids_files import find_subjects
-from deepmir_tasks.bids_names import MODALITY_SUFFIX
+from deepmir_tasks.bids_names import MODALITY_NAMES, MODALITY_SUFFIX
 from deepmir_tasks.io import InputError
 from deepmir_tasks.model.choice import choose_model
 from deepmir_tasks.model.modelfile import sha256_file
@@ -102,8 +102,7 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir(output_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    optional = _optional_suffixes(model_path)
-    reasons = {s.key: "; ".join(s.problems) or _missing_reason(s, optional) or _unreadable_reason(s)
+    reasons = {s.key: "; ".join(s.problems) or _missing_reason(s, models[s.key]) or _unreadable_reason(s)
                for s in subjects}
     refused = {s.key: SubjectStatus(s, STATUS_FAILED, reasons[s.key]) for s in subjects if reasons[s.key]}
     runnable = [s for s in subjects if not reasons[s.key]]
@@ -154,28 +153,29 @@ def check_output_dir(output_dir) -> None:
                                      f"at least {MIN_FREE_BYTES / 1e9:.1f} GB (about 0.1 GB per subject)")
 
 
-def _optional_suffixes(model_path) -> set:
-    """Inputs a subject may lack with this model: any of them, short of all, for a model trained
-    with modality dropout (:func:`~deepmir_tasks.model.predictor.serves_subsets`; such a subject runs
-    in the space of its T2w, else SWI, else QSM, flagged ``no_t2w``/``no_swi``/``no_qsm``); none for
-    a model that needs all of its modalities."""
+def _missing_reason(subj, model_path) -> str:
+    """Why a subject cannot run with this model for lack of images (one line naming each missing
+    modality's file, whose path names the subject), or ``""``. A model trained with modality
+    dropout (:func:`~deepmir_tasks.model.predictor.serves_subsets`) takes any non-empty subset
+    (the subject then runs in the space of its T2w, else SWI, else QSM, flagged
+    ``no_t2w``/``no_swi``/``no_qsm``); any other model needs each of its own modalities."""
     from deepmir_tasks.model.modelfile import load_record
     from deepmir_tasks.model.predictor import serves_subsets
 
-    return set(MODALITY_SUFFIX.values()) if serves_subsets(load_record(model_path)) else set()
-
-
-def _missing_reason(subj, optional=frozenset()) -> str:
-    """Why a subject cannot run for lack of images (one line naming each missing modality's file,
-    whose path names the subject), or ``""``."""
     missing = subj.missing
-    if not missing or (optional.issuperset(missing) and len(missing) < len(MODALITY_SUFFIX)):
+    if len(missing) == len(MODALITY_SUFFIX):
+        return "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing)
+    record = load_record(model_path)
+    if serves_subsets(record):
+        return ""
+    needed = [MODALITY_SUFFIX[m] for m in record["modalities"]]
+    missing = [m for m in missing if m in needed]
+    if not missing:
         return ""
     files = "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing)
-    if len(missing) == len(MODALITY_SUFFIX):
-        return files
-    return (f"{files}: the model needs T2w + SWI + QSM (it was not trained with modality dropout, "
-            "which serves any subset)")
+    need = " + ".join(MODALITY_NAMES[m] for m in record["modalities"])
+    return (f"{files}: the model {Path(model_path).name} needs {need} (it was not trained with modality "
+            "dropout, which serves any subset)")
 
 
 def _unreadable_reason(subj) -> str | None:

@@ -183,3 +183,15 @@ def test_a_subject_runs_with_the_bundled_model_made_for_its_modalities(copy_coho
     assert [(m["File"], m["Modalities"]) for m in desc["SubsetModels"]] == [("deepmir_t2swi.safetensors", ["t2", "swi"])]
     by_label = {s.subject.participant_id: s.files for s in result.subjects}
     assert "deepmir_t2swi" in by_label["t2swi"]["report"].read_text()
+
+
+def test_a_model_on_two_modalities_refuses_a_subject_without_one_of_them(copy_cohort, tmp_path):
+    from helpers.model import tiny_model
+
+    _subset_cohort(copy_cohort, ["swiqsm"])
+    model = tiny_model(tmp_path / "t2swi.safetensors", modalities=("t2", "swi"))
+    refused = run_cohort(copy_cohort, tmp_path / "out", participant_labels=["swiqsm"], worker="debug",
+                         cache_dir=tmp_path / "cache", group=False, model=model)
+    reason = refused.failed["sub-swiqsm"]
+    assert reason.startswith("no T2w image (sub-swiqsm/anat/sub-swiqsm_T2w.nii.gz)") and "\n" not in reason
+    assert "t2swi.safetensors needs T2w + SWI" in reason and "Chimap" not in reason
