@@ -86,13 +86,15 @@ def main(argv=None) -> int:
                              cohort_cache(args.work / "prepared", args.cohort), TrainConfig(),
                              DEFAULT_NORMALIZATION, keys, with_volumes=True, progress=False)
     truths = truth_centroids(subjects)
-    runs = [(subset, pred, rules) for subset in SUBSETS]
-    if args.model is None:
-        from deepmir_tasks.model.choice import bundled_subset_models
+    from deepmir_tasks.model.choice import bundled_subset_models
 
-        for mods, path in bundled_subset_models().items():
-            subset = next(s for s in SUBSETS if set(s) == mods)
-            runs.insert(runs.index((subset, pred, rules)) + 1, (subset, Predictor.from_file(path), lesion_rules(path)))
+    bundled = {} if args.model else bundled_subset_models()
+    runs = []
+    for subset in SUBSETS:
+        runs.append((subset, pred, rules))
+        if frozenset(subset) in bundled:  # a row for the bundled model made for this subset
+            path = bundled[frozenset(subset)]
+            runs.append((subset, Predictor.from_file(path), lesion_rules(path)))
     rows = []
     for subset, model, model_rules in runs:
         t0 = time.perf_counter()

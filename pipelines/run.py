@@ -24,7 +24,8 @@ from pathlib import Path
 from deepmir_tasks.bids_files import find_subjects
 from deepmir_tasks.bids_names import MODALITY_NAMES, MODALITY_SUFFIX
 from deepmir_tasks.io import InputError
-from deepmir_tasks.model.choice import choose_model
+from deepmir_tasks.model.choice import bundled_subset_models, choose_model
+from deepmir_tasks.model.modelfile import load_record
 from deepmir_tasks.model.modelfile import sha256_file
 from deepmir_tasks.settings import RunSettings
 from deepmir_tasks.threads import set_subject_threads
@@ -94,16 +95,18 @@ def run_cohort(bids_dir, output_dir, *, participant_labels=None, session_labels=
     subjects = find_subjects(bids_dir, participant_labels, session_labels)
     model_path = resolve_model_path(model)
     # a subject runs with the user's model, else the bundled one made for its modalities, if any
-    models = {s.key: model_path if model else choose_model(s.modalities) for s in subjects}
+    bundled = None if model else bundled_subset_models()
+    models = {s.key: model_path if model else choose_model(s.modalities, bundled=bundled) for s in subjects}
     for path in set(models.values()) - {model_path}:
         resolve_model_path(path)
+    records = {path: load_record(path) for path in set(models.values())}
     n_procs = n_procs or os.cpu_count() or 1
     output_dir = Path(output_dir).absolute()
     cache_dir = Path(cache_dir).absolute() if cache_dir else default_cache_dir(output_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
 
-    reasons = {s.key: "; ".join(s.problems) or _missing_reason(s, models[s.key]) or _unreadable_reason(s)
-               for s in subjects}
+    reasons = {s.key: "; ".join(s.problems) or _missing_reason(s, models[s.key], records[models[s.key]])
+               or _unreadable_reason(s) for s in subjects}
     refused = {s.key: SubjectStatus(s, STATUS_FAILED, reasons[s.key]) for s in subjects if reasons[s.key]}
     runnable = [s for s in subjects if not reasons[s.key]]
     # all cores when subjects run one at a time, else shared out between those running side by side
@@ -153,29 +156,25 @@ def check_output_dir(output_dir) -> None:
                                      f"at least {MIN_FREE_BYTES / 1e9:.1f} GB (about 0.1 GB per subject)")
 
 
-def _missing_reason(subj, model_path) -> str:
-    """Why a subject cannot run with this model for lack of images (one line naming each missing
-    modality's file, whose path names the subject), or ``""``. A model trained with modality
-    dropout (:func:`~deepmir_tasks.model.predictor.serves_subsets`) takes any non-empty subset
-    (the subject then runs in the space of its T2w, else SWI, else QSM, flagged
+def _missing_reason(subj, model_path, record: dict) -> str:
+    """Why a subject cannot run with this model (its file and ``record``) for lack of images (one
+    line naming each missing modality's file, whose path names the subject), or ``""``. A model
+    trained with modality dropout (:func:`~deepmir_tasks.model.predictor.serves_subsets`) takes any
+    non-empty subset (the subject then runs in the space of its T2w, else SWI, else QSM, flagged
     ``no_t2w``/``no_swi``/``no_qsm``); any other model needs each of its own modalities."""
-    from deepmir_tasks.model.modelfile import load_record
     from deepmir_tasks.model.predictor import serves_subsets
 
-    missing = subj.missing
-    if len(missing) == len(MODALITY_SUFFIX):
-        return "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing)
-    record = load_record(model_path)
-    if serves_subsets(record):
-        return ""
-    needed = [MODALITY_SUFFIX[m] for m in record["modalities"]]
-    missing = [m for m in missing if m in needed]
+    missing, need = subj.missing, ""
+    if len(missing) < len(MODALITY_SUFFIX):
+        if serves_subsets(record):
+            return ""
+        missing = [m for m in missing if m in {MODALITY_SUFFIX[k] for k in record["modalities"]}]
+        need = (f": the model {Path(model_path).name} needs "
+                + " + ".join(MODALITY_NAMES[m] for m in record["modalities"])
+                + " (it was not trained with modality dropout, which serves any subset)")
     if not missing:
         return ""
-    files = "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing)
-    need = " + ".join(MODALITY_NAMES[m] for m in record["modalities"])
-    return (f"{files}: the model {Path(model_path).name} needs {need} (it was not trained with modality "
-            "dropout, which serves any subset)")
+    return "; ".join(f"no {m} image ({subj.anat_dir_rel}/{subj.key}_{m}.nii.gz)" for m in missing) + need
 
 
 def _unreadable_reason(subj) -> str | None:

@@ -45,8 +45,9 @@ def test_a_subject_runs_with_the_bundled_model_for_exactly_its_modalities(tmp_pa
     t2swi = tiny_model(tmp_path / "deepmir_t2swi.safetensors", modalities=("t2", "swi"))
     (tmp_path / "notes.json").write_text("{}")  # not a model record: ignored
     assert bundled_subset_models(tmp_path) == {frozenset({"t2", "swi"}): t2swi}
-    assert choose_model({"swi", "t2"}, folder=tmp_path) == t2swi
+    bundled = bundled_subset_models(tmp_path)
+    assert choose_model({"swi", "t2"}, bundled=bundled) == t2swi
     for other in ({"t2", "swi", "qsm"}, {"swi", "qsm"}, {"t2"}):
-        assert choose_model(other, folder=tmp_path) == DEFAULT_MODEL
+        assert choose_model(other, bundled=bundled) == DEFAULT_MODEL
     given = tmp_path / "mine.safetensors"
-    assert choose_model({"t2", "swi"}, given, folder=tmp_path) == given  # the user's model wins
+    assert choose_model({"t2", "swi"}, given, bundled=bundled) == given  # the user's model wins

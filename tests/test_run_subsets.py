@@ -170,7 +170,7 @@ def test_a_subject_runs_with_the_bundled_model_made_for_its_modalities(copy_coho
     rec["modalities"] = ["t2", "swi"]
     save_model(UNet(**{k: v for k, v in rec["architecture"].items() if k != "name"}).eval(),
                bundled / "deepmir_t2swi.safetensors", rec)
-    monkeypatch.setattr("pipelines.run.choose_model", lambda mods: choice.choose_model(mods, folder=bundled))
+    monkeypatch.setattr("pipelines.run.bundled_subset_models", lambda: choice.bundled_subset_models(bundled))
     _subset_cohort(copy_cohort, ["t2swi"])
     out = tmp_path / "out"
     result = run_cohort(copy_cohort, out, participant_labels=["01", "t2swi"], worker="cf", n_procs=2,

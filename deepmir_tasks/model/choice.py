@@ -33,8 +33,10 @@ def bundled_subset_models(folder=None) -> dict[frozenset, Path]:
     return out
 
 
-def choose_model(modalities, model=None, folder=None) -> Path:
-    """``model`` when given; else the bundled model for exactly ``modalities``, else the default."""
+def choose_model(modalities, model=None, bundled=None) -> Path:
+    """``model`` when given; else the bundled model for exactly ``modalities``, else the default.
+    ``bundled``: :func:`bundled_subset_models`, read once when choosing for many subjects."""
     if model is not None:
         return Path(model)
-    return bundled_subset_models(folder).get(frozenset(modalities), DEFAULT_MODEL)
+    bundled = bundled_subset_models() if bundled is None else bundled
+    return bundled.get(frozenset(modalities), DEFAULT_MODEL)
