@@ -207,6 +207,8 @@ def main(argv=None) -> int:
                    help="train stage: start from this model's weights (a new schedule; its modalities or more)")
     p.add_argument("--modalities", nargs="+", default=["t2", "swi", "qsm"], choices=["t2", "swi", "qsm"],
                    help="the model's inputs, in order (default: t2 swi qsm)")
+    p.add_argument("--classes", nargs="+", default=["cmb", "iron"], choices=["cmb", "iron"],
+                   help="the lesion classes the model learns (default: cmb iron; one of them: a single-class model)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate of a new schedule (default 2e-3)")
     for name in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction", "modality_dropout"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
@@ -248,7 +250,7 @@ def main(argv=None) -> int:
                                          "modality_dropout", "grow_small_cmb")
            if getattr(args, k) is not None}
     lr = {} if args.lr is None else {"lr": args.lr}
-    config = TrainConfig(modalities=tuple(args.modalities), levels=args.levels, base=args.base,
+    config = TrainConfig(modalities=tuple(args.modalities), classes=tuple(args.classes), levels=args.levels, base=args.base,
                          max_width=args.max_width, patch=args.patch, batch=args.batch, steps=args.steps,
                          seed=args.seed, folds=args.folds, fold=args.fold, validate_every=args.validate_every,
                          checkpoint_seconds=args.checkpoint_seconds, **mix, **lr)
@@ -310,7 +312,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
                             DEFAULT_NORMALIZATION, None, with_volumes=True, progress=False)
         calibrated = (rec.get("inference") or {}).get("lesions") or {}
         hold = {k: v for k, v in calibrated.items() if k in CALIBRATED_RULES} if keep_rules else None
-        rules, figures = calibrate_rules(val, predict_subjects(pred, val), hold)
+        rules, figures = calibrate_rules(val, predict_subjects(pred, val), hold, classes=pred.classes[1:])
         calib = {"subjects": len(val), "rules": rules, "figures": figures, "held": sorted(hold or {})}
         log.info("calibrated lesion rules %s: %s", rules, json.dumps(figures))
         del val

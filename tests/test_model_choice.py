@@ -41,6 +41,35 @@ def test_fine_tuning_on_fewer_modalities_starts_from_what_the_model_does_on_them
                  init=res["model"], stop_at=0, progress=False)
 
 
+def test_a_single_class_model_fine_tuned_from_the_multi_class_one_keeps_its_class_filters(tmp_path, monkeypatch):
+    """A single-class model (the paper's single-class rows) starts from the multi-class model's
+    background and class logits: its softmax is the multi-class one renormalised without the
+    other class; a class the first model lacks is refused."""
+    import workflows.train as tr
+    from deepmir_tasks.model.train import TrainConfig
+    from helpers.model import identity_prepare, write_synthetic_bids
+
+    monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
+    bids, ann = write_synthetic_bids(tmp_path / "bids", [53, 54], shape=(24, 24, 16))
+    init = tiny_model(tmp_path / "multi.safetensors")
+    big, _ = load_model(init)
+    x = torch.randn(1, 3, 16, 16, 16)
+    with torch.no_grad():
+        full = big(x)
+    for cls, row in (("cmb", 1), ("iron", 2)):
+        config = TrainConfig(classes=(cls,), levels=3, base=8, patch=16, batch=1, steps=2, folds=1,
+                             validate_every=2, seed=1)
+        res = tr.train(bids, ann, tmp_path / f"{cls}.safetensors", config, init=init, stop_at=0, progress=False,
+                       threads=1, device="cpu")
+        small, rec = load_model(res["model"])
+        assert rec["classes"] == ["background", cls] and rec["architecture"]["n_classes"] == 2
+        with torch.no_grad():
+            np.testing.assert_allclose(small(x).numpy(), full[:, [0, row]].numpy(), atol=1e-5)
+    with pytest.raises(InputError, match="classes \\['background', 'cmb'\\]"):
+        tr.train(bids, ann, tmp_path / "both.safetensors", TrainConfig(levels=3, base=8, folds=1),
+                 init=tmp_path / "cmb.safetensors", stop_at=0, progress=False)
+
+
 def test_a_subject_runs_with_the_bundled_model_for_exactly_its_modalities(tmp_path):
     t2swi = tiny_model(tmp_path / "deepmir_t2swi.safetensors", modalities=("t2", "swi"))
     (tmp_path / "notes.json").write_text("{}")  # not a model record: ignored

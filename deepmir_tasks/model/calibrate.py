@@ -16,11 +16,26 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def predict_subjects(predictor, subjects) -> list[np.ndarray]:
-    """Class probabilities of each subject, in float32 as the pipeline writes and thresholds them
-    (float16 would round every probability above 0.99976 to 1, so that a calibrated minimum such
-    as 0.9999 would mean something else in the pipeline than in calibration)."""
-    return [predictor.predict(s.extra["volumes"], s.mask).astype(np.float32) for s in subjects]
+def lesion_probabilities(predictor, probs) -> np.ndarray:
+    """``(3, X, Y, Z)`` float32: background, CMB and iron probabilities from a model's output in its
+    own class order, a class the model does not learn being zero (as the pipeline writes it)."""
+    out = np.zeros((3,) + probs.shape[1:], np.float32)
+    for i, name in enumerate(("background", "cmb", "iron")):
+        if name in predictor.classes:
+            out[i] = probs[predictor.classes.index(name)]
+    return out
+
+
+def predict_subjects(predictor, subjects, modalities=None) -> list[np.ndarray]:
+    """Background, CMB and iron probabilities of each subject (:func:`lesion_probabilities`), in
+    float32 as the pipeline writes and thresholds them (float16 would round every probability above
+    0.99976 to 1, so that a calibrated minimum such as 0.9999 would mean something else in the
+    pipeline than in calibration). ``modalities``: predict from those alone (the others missing)."""
+    def volumes(s):
+        vols = s.extra["volumes"]
+        return vols if modalities is None else {m: (v if m in modalities else None) for m, v in vols.items()}
+
+    return [lesion_probabilities(predictor, predictor.predict(volumes(s), s.mask)) for s in subjects]
 
 
 #: the calibration grid of the lesion-extraction rules (``inference.lesions`` of the record)
@@ -104,14 +119,15 @@ def _operating_score(m: dict) -> tuple:
     return (ok, sens, prec) if ok else (ok, prec, sens)
 
 
-def calibrate_rules(subjects, probs, hold: dict | None = None) -> tuple[dict, dict]:
+def calibrate_rules(subjects, probs, hold: dict | None = None, classes=("cmb", "iron")) -> tuple[dict, dict]:
     """The lesion rules on ``subjects``: for each voxel threshold, minimum size and QSM-peak floor
     of :data:`RULE_GRID`, each class's minimum peak probability is the one giving the highest
     sensitivity at a precision of at least :data:`MIN_CALIBRATION_PRECISION`; the threshold, size
     and floor are those where the most classes reach that precision, then the highest mean
     sensitivity, then precision (ties go to the lower values). Rules named in ``hold`` keep the
     values given there (e.g. a model's calibrated rules, when a rule added later is calibrated
-    alone). Returns the rules and their figures."""
+    alone). ``classes``: those the model learns (a single-class model's other class keeps its
+    default rule and counts for nothing). Returns the rules and their figures."""
     from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
 
     hold = hold or {}
@@ -126,14 +142,14 @@ def calibrate_rules(subjects, probs, hold: dict | None = None) -> tuple[dict, di
         for min_voxels in grid("min_voxels"):
             for floor in grid("min_qsm_peak_ppm"):
                 rules = dict(LESION_RULE_DEFAULTS, threshold=threshold, min_voxels=min_voxels, min_qsm_peak_ppm=floor)
-                for name in ("cmb", "iron"):
+                for name in classes:
                     options = [(_operating_score(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}),
                                                               truths=truths)[name]), -t)
                                for t in grid(f"min_prob_{name}", "min_prob")
                                if t == 0.0 or t >= threshold or f"min_prob_{name}" in hold]
                     rules[f"min_prob_{name}"] = -max(options)[1]
                 figures = score_tables(subjects, tables, rules, truths=truths)
-                per = [_operating_score(figures[c]) for c in ("cmb", "iron")]
+                per = [_operating_score(figures[c]) for c in classes]
                 score = (sum(p[0] for p in per), round(sum(p[1] for p in per), 6), round(sum(p[2] for p in per), 6),
                          -threshold, -min_voxels, -floor)
                 if best is None or score > best[0]:

@@ -208,9 +208,10 @@ def _evaluate_and_export(net, config, normalization, dev, val_subs, step, losses
 
 def init_record(init, config: TrainConfig) -> tuple[TrainConfig, dict]:
     """(configuration, record) for fine-tuning from the model file ``init``: its architecture fields
-    the command line cannot set (``max_width``, ``norm``) are taken from it; the rest and the
-    classes must be those asked for, and the modalities those asked for or, for a 3-D model, more
-    of them (the new model keeps the input filters of its own modalities: :func:`init_weights`);
+    the command line cannot set (``max_width``, ``norm``) are taken from it; the rest must be those
+    asked for, the modalities those asked for or, for a 3-D model, more of them, and the classes
+    those asked for or more of them (the new model keeps the input filters of its own modalities
+    and the output filters of background and its own classes: :func:`init_weights`);
     :class:`InputError` naming the differences otherwise."""
     from deepmir_tasks.model.modelfile import load_record
 
@@ -219,26 +220,37 @@ def init_record(init, config: TrainConfig) -> tuple[TrainConfig, dict]:
     config = dataclasses.replace(config, max_width=arch.get("max_width", config.max_width),
                                  norm=arch.get("norm", config.norm))
     want = build_record(config, {m: None for m in config.modalities}, {}, {})
-    fewer = list(rec["modalities"]) != want["modalities"] and set(want["modalities"]) < set(rec["modalities"])
-    fewer = fewer and arch.get("dim", 3) == 3
+
+    def subset(key):
+        return list(rec[key]) != want[key] and set(want[key]) < set(rec[key])
+
+    fewer = {"modalities": subset("modalities") and arch.get("dim", 3) == 3, "classes": subset("classes")}
+    loose = {"in_channels": fewer["modalities"], "n_classes": fewer["classes"]}
     diffs = [f"{k} {arch.get(k)} (asked: {v})" for k, v in want["architecture"].items()
-             if arch.get(k) != v and not (fewer and k == "in_channels")]
+             if arch.get(k) != v and not loose.get(k)]
     diffs += [f"{k} {rec[k]} (asked: {want[k]})" for k in ("modalities", "classes")
-              if list(rec[k]) != want[k] and not (fewer and k == "modalities")]
+              if list(rec[k]) != want[k] and not fewer[k]]
     if diffs:
         raise InputError(init, "cannot fine-tune from this model: it has " + "; ".join(diffs)
-                         + "; give the same --classes, --levels and --base, and its --modalities or a subset")
+                         + "; give the same --levels and --base, and its --modalities and --classes or subsets")
     return config, rec
 
 
-def init_weights(state: dict, from_modalities, to_modalities) -> dict:
+def init_weights(state: dict, from_modalities, to_modalities, from_classes=None, to_classes=None) -> dict:
     """The weights of a 3-D model on ``from_modalities`` for one on ``to_modalities`` (a subset):
-    the first convolution keeps the input filters of the modalities kept; every other weight is
-    unchanged. A model trained with modality dropout then starts from what it does on that subset."""
+    the first convolution keeps the input filters of the modalities kept; with ``to_classes`` (a
+    subset of ``from_classes``, background first), the output convolution keeps the filters of
+    the classes kept; every other weight is unchanged. A model trained with modality dropout then
+    starts from what it does on that subset, and a single-class model from the multi-class
+    model's evidence for its class against background."""
     keep = [list(from_modalities).index(m) for m in to_modalities]
     state = dict(state)
     first = "encoder.0.0.weight"
     state[first] = state[first][:, keep].clone()
+    if to_classes is not None and list(to_classes) != list(from_classes):
+        rows = [list(from_classes).index(c) for c in to_classes]
+        for key in ("head.weight", "head.bias"):
+            state[key] = state[key][rows].clone()
     return state
 
 
@@ -268,7 +280,8 @@ def start_run(out, config: TrainConfig = TrainConfig(), *, resume=None, override
     checkpoint's step). ``overrides`` replaces fields of the stored configuration on resume
     (e.g. ``{"hard_fraction": 0.2}`` to fine-tune with mined hard examples).
     ``init``: a model file whose weights (and normalisation) a new run starts from, to fine-tune it
-    (same architecture, modalities and classes: :func:`init_record`); a resumed checkpoint wins.
+    (same architecture; its modalities and classes or subsets: :func:`init_record`); a resumed
+    checkpoint wins.
     """
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
 
@@ -296,8 +309,8 @@ def _start_network(run: RunStart, dev, training_info: dict):
         from deepmir_tasks.model.modelfile import load_model
 
         weights = load_model(run.init, device=dev)[0].state_dict()
-        if list(run.init_record["modalities"]) != list(run.config.modalities):
-            weights = init_weights(weights, run.init_record["modalities"], run.config.modalities)
+        weights = init_weights(weights, run.init_record["modalities"], run.config.modalities,
+                               run.init_record["classes"], ["background", *run.config.classes])
         net.load_state_dict(weights)
         net.train()
         training_info = dict(training_info, init={"file": str(run.init), "sha256": run.init_record["weights_sha256"]})
