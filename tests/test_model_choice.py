@@ -80,3 +80,32 @@ def test_a_subject_runs_with_the_bundled_model_for_exactly_its_modalities(tmp_pa
         assert choose_model(other, bundled=bundled) == DEFAULT_MODEL
     given = tmp_path / "mine.safetensors"
     assert choose_model({"t2", "swi"}, given, bundled=bundled) == given  # the user's model wins
+
+
+def test_the_modality_table_adds_rows_for_single_class_models_only(tmp_path):
+    """bench_modalities takes the any-subset single-class models of a folder (CMB first) and leaves
+    blank the class a model does not learn; a two-class or a one-subset model is not one of them."""
+    import json
+
+    from benchmarks.bench_modalities import row, single_class_models
+    from deepmir_tasks.model.modelfile import record_path
+
+    def variant(name, classes, dropout):
+        path = tiny_model(tmp_path / f"{name}.safetensors")
+        rec = json.loads(record_path(path).read_text())
+        rec["classes"] = ["background", *classes]
+        rec.setdefault("training", {})["config"] = {"modality_dropout": dropout}
+        record_path(path).write_text(json.dumps(rec))
+        return path
+
+    iron, cmb = variant("a_iron", ["iron"], 0.3), variant("b_cmb", ["cmb"], 0.3)
+    variant("c_both", ["cmb", "iron"], 0.3)
+    variant("d_cmb_no_dropout", ["cmb"], 0.0)
+    assert single_class_models(tmp_path) == [cmb, iron]
+    fig = {"n_subjects": 2, "cmb": {"sensitivity": 0.5, "precision": 1.0, "fp": 0, "tp": 1, "n_true": 2,
+                                    "on_calcification": 1},
+           "iron": {"sensitivity": 0.0, "precision": float("nan"), "fp": 0, "tp": 0, "n_true": 3}}
+    r = row(("swi", "qsm"), fig, "deepmir_cmb_only", ["cmb"])
+    assert r["classes"] == "CMB only" and r["cmb_sens"] == 0.5 and r["calc_called_cmb"] == 1
+    assert np.isnan(r["iron_sens"]) and np.isnan(r["iron_prec"]) and set(r["_counts"]) == {"cmb"}
+    assert row(("swi",), fig, "deepmir_default", ["cmb", "iron"])["classes"] == "CMB + iron"
