@@ -25,8 +25,7 @@ from deepmir_tasks.bids_files import find_subjects
 from deepmir_tasks.bids_names import MODALITY_NAMES, MODALITY_SUFFIX
 from deepmir_tasks.io import InputError
 from deepmir_tasks.model.choice import bundled_subset_models, choose_model
-from deepmir_tasks.model.modelfile import load_record
-from deepmir_tasks.model.modelfile import sha256_file
+from deepmir_tasks.model.modelfile import load_record, sha256_file
 from deepmir_tasks.settings import RunSettings
 from deepmir_tasks.threads import set_subject_threads
 

@@ -91,13 +91,12 @@ def test_held_rules_keep_their_values_and_the_rest_is_calibrated():
 def test_a_single_class_model_is_calibrated_on_its_own_class_in_the_pipelines_layout():
     """A CMB-only model's output (background, CMB) is laid out as the pipeline writes it (iron
     zero); calibration chooses only the CMB rule and leaves the iron one at its default."""
-    from deepmir_tasks.model.calibrate import lesion_probabilities
+    from deepmir_tasks.model.predictor import lesion_probabilities
 
     pairs = [_subject(seed) for seed in (1, 2)]
     subjects = [p[0] for p in pairs]
-    model = SimpleNamespace(classes=["background", "cmb"])
     own = [np.stack([1.0 - p[1][1], p[1][1]]) for p in pairs]      # what a CMB-only network outputs
-    probs = [lesion_probabilities(model, o) for o in own]
+    probs = [lesion_probabilities(["background", "cmb"], o) for o in own]
     assert all(p.shape == (3,) + SHAPE and not p[2].any() and np.array_equal(p[1], o[1]) for p, o in zip(probs, own))
     rules, figures = calibrate_rules(subjects, probs, classes=("cmb",))
     assert rules["min_prob_iron"] == LESION_RULE_DEFAULTS["min_prob_iron"]

@@ -16,18 +16,9 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def lesion_probabilities(predictor, probs) -> np.ndarray:
-    """``(3, X, Y, Z)`` float32: background, CMB and iron probabilities from a model's output in its
-    own class order, a class the model does not learn being zero (as the pipeline writes it)."""
-    out = np.zeros((3,) + probs.shape[1:], np.float32)
-    for i, name in enumerate(("background", "cmb", "iron")):
-        if name in predictor.classes:
-            out[i] = probs[predictor.classes.index(name)]
-    return out
-
-
 def predict_subjects(predictor, subjects, modalities=None) -> list[np.ndarray]:
-    """Background, CMB and iron probabilities of each subject (:func:`lesion_probabilities`), in
+    """Background, CMB and iron probabilities of each subject
+    (:func:`~deepmir_tasks.model.predictor.lesion_probabilities`), in
     float32 as the pipeline writes and thresholds them (float16 would round every probability above
     0.99976 to 1, so that a calibrated minimum such as 0.9999 would mean something else in the
     pipeline than in calibration). ``modalities``: predict from those alone (the others missing)."""
@@ -35,7 +26,9 @@ def predict_subjects(predictor, subjects, modalities=None) -> list[np.ndarray]:
         vols = s.extra["volumes"]
         return vols if modalities is None else {m: (v if m in modalities else None) for m, v in vols.items()}
 
-    return [lesion_probabilities(predictor, predictor.predict(volumes(s), s.mask)) for s in subjects]
+    from deepmir_tasks.model.predictor import lesion_probabilities
+
+    return [lesion_probabilities(predictor.classes, predictor.predict(volumes(s), s.mask)) for s in subjects]
 
 
 #: the calibration grid of the lesion-extraction rules (``inference.lesions`` of the record)

@@ -22,7 +22,7 @@ from deepmir_tasks.bids_names import MODALITY_NAMES, entities, job_file_name, su
 from deepmir_tasks.io import InputError, load_image, load_mask, save_nifti, write_json
 from deepmir_tasks.labels import DSEG_LABELS
 
-__all__ = ["Predictor", "MissingModalityError", "segment_subject", "serves_subsets", "gaussian_window", "DSEG_LABELS"]
+__all__ = ["Predictor", "MissingModalityError", "segment_subject", "lesion_probabilities", "serves_subsets", "gaussian_window", "DSEG_LABELS"]
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +243,20 @@ def _prefix_from(image_file) -> str:
     return subject_key(*ents) if ents else "deepmir"
 
 
+def lesion_probabilities(classes, probs) -> np.ndarray:
+    """``(3, X, Y, Z)`` float32: background, CMB and iron probabilities from a model's output
+    ``probs`` in its own class order ``classes``, a class the model does not learn being zero (the
+    layout the pipeline writes and thresholds)."""
+    layout = ("background", "cmb", "iron")
+    if list(classes) == list(layout):
+        return np.asarray(probs, np.float32)
+    out = np.zeros((len(layout),) + tuple(probs.shape[1:]), np.float32)
+    for i, name in enumerate(layout):
+        if name in classes:
+            out[i] = probs[list(classes).index(name)]
+    return out
+
+
 def serves_subsets(record: dict) -> bool:
     """Whether a model serves any non-empty subset of its modalities: trained with modality
     dropout (``training.config.modality_dropout`` > 0 in its record), so that a missing modality,
@@ -294,10 +308,9 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
     prefix = prefix or _prefix_from(next(f for f in (t2_file, swi_file, qsm_file) if f is not None))
     affine = ref.affine
     out = {}
-    for name in ("cmb", "iron"):
-        p = probs[pred.classes.index(name)] if name in pred.classes else np.zeros(lab.shape, np.float32)
-        out[f"probseg_{name}"] = save_nifti(p.astype(np.float32), affine,
-                                            out_dir / job_file_name(f"probseg_{name}", prefix))
+    layout = lesion_probabilities(pred.classes, probs)
+    for i, name in ((1, "cmb"), (2, "iron")):
+        out[f"probseg_{name}"] = save_nifti(layout[i], affine, out_dir / job_file_name(f"probseg_{name}", prefix))
     out["dseg"] = save_nifti(dseg, affine, out_dir / job_file_name("dseg", prefix))
     rec = pred.record
     write_json({
