@@ -76,7 +76,7 @@ def _chain(truth, args):
     kw = {"lam": args.lam} if args.method == "tv" else {}
     chi = invert_dipole(local, qmask, vox, d.affine, args.method, **kw)
     lap(f"dipole inversion ({args.method})")
-    clear_swi(d.magnitude, fit["field_hz"], mask, vox, d.echo_times_s)
+    clear_swi(d.magnitude, fit["field_hz"], mask, vox, d.echo_times_s, b0_tesla=d.b0_tesla)
     lap("SWI")
     return d, chi, qmask, laps
 

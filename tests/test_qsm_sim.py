@@ -79,6 +79,26 @@ def test_user_mask_is_used_and_tkd_fallback_runs():
     assert np.median(ratio[out["mask"]]) > 0.95                      # the rest is barely touched
 
 
+def test_swi_phase_is_taken_at_the_standard_swi_echo_time_of_the_field():
+    from deepmir_tasks.qsm.swi import clear_swi, swi_echo_time
+
+    assert swi_echo_time(1.5, [0.01, 0.03, 0.05]) == pytest.approx(0.040)   # Haacke 2009: 40 ms at 1.5 T
+    assert swi_echo_time(3.0, [0.005, 0.012, 0.025, 0.04]) == pytest.approx(0.020)
+    assert swi_echo_time(3.0, [0.004, 0.009, 0.014]) == pytest.approx(0.014)  # within the echoes acquired
+    assert swi_echo_time(7.0, [0.002, 0.012]) == pytest.approx(0.060 / 7)
+    data, _, _, spheres = _phantom(tilt_deg=(0.0, 0.0, 0.0))
+    out = reconstruct(data)
+    args = (data.magnitude, out["field_hz"], out["mask"], data.voxel_mm, data.echo_times_s)
+    at_7t = clear_swi(*args, b0_tesla=7.0)["swi"]                   # 8.6 ms, between the echoes
+    assert np.array_equal(at_7t, clear_swi(*args, te_eff_s=0.060 / 7)["swi"])
+    last = clear_swi(*args)["swi"]                                  # no field given: the last echo
+    assert np.array_equal(last, clear_swi(*args, b0_tesla=1.5)["swi"])   # 40 ms, clipped to the last echo
+    # a shorter echo time gives less phase: the paramagnetic sphere's pole darkens less
+    i, j, k = spheres[0][0]
+    mag = np.maximum(out["magnitude"], 1e-6)
+    assert (at_7t / mag)[i, j, k - 5:k + 6].mean() > (last / mag)[i, j, k - 5:k + 6].mean() + 0.05
+
+
 @pytest.fixture(scope="module")
 def megre_bids(tmp_path_factory):
     from deepmir_tasks.simulate.megre import simulate_megre, write_megre_bids

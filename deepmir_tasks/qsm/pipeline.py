@@ -45,7 +45,7 @@ def reconstruct(data, user_mask=None, options: QsmOptions = QsmOptions()) -> dic
     kw = {"lam": options.tv_lambda, "n_iter": options.tv_iterations} if options.method == "tv" else {}
     chi = invert_dipole(local, qmask, vox, data.affine, options.method, **kw)
     swi = clear_swi(data.magnitude, fit["field_hz"], mask, vox, data.echo_times_s, options.swi_sigma_mm,
-                    options.swi_power, minip_mm=options.minip_mm)
+                    options.swi_power, minip_mm=options.minip_mm, b0_tesla=data.b0_tesla)
     return {"mask": mask, "field_hz": fit["field_hz"], "field_ppm": field_ppm, "unwrapped": fit["unwrapped"],
             "local_ppm": local, "qsm_mask": qmask, "chi": chi, "swi": swi["swi"], "minip": swi["minip"],
             "magnitude": swi["magnitude"]}

@@ -250,6 +250,6 @@ class ComputeSwi(python.Task["ComputeSwi.Outputs"]):
         m, _ = _volume(mask_file)
         vox = tuple(np.linalg.norm(aff[:3, :3], axis=0))
         out = clear_swi(mag, f * np.float32(GAMMA_MHZ_PER_T * b0_tesla), m > 0, vox, echo_times_s, sigma_mm,
-                        power, minip_mm=minip_mm)
+                        power, minip_mm=minip_mm, b0_tesla=b0_tesla)
         minip = out["minip"] if out["minip"] is not None else out["swi"]
         return _save(out["swi"], aff, "swi", key), _save(minip, aff, "minip", key)
