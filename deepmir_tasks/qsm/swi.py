@@ -1,12 +1,11 @@
 """SWI from multi-echo magnitude and the fitted field, CLEAR-SWI style (Eckstein et al. 2021).
 
-Magnitude: the echoes' magnitude at ``te_eff`` (:func:`magnitude_at`). Phase: the unwrapped,
-offset-free field (Hz) of the multi-echo fit, high-pass filtered (minus its Gaussian-smoothed self, normalised within the mask,
+Magnitude: root-sum-of-squares over echoes. Phase: the unwrapped, offset-free field (Hz) of the
+multi-echo fit, high-pass filtered (minus its Gaussian-smoothed self, normalised within the mask,
 so no wraps and no edge roll-off), turned into a phase at ``te_eff``: by default the field's
 standard SWI echo time (:func:`swi_echo_time`, within the echoes' range), so that a multi-echo
-SWI has the contrast of a clinical single-echo SWI at that field (the phase at the last echo made
-veins, nuclei and deposits darker than on such an SWI; a root-sum-of-squares magnitude is dominated
-by the early echoes, on which a lesion's T2* darkening is weakest).
+SWI has the phase contrast of a clinical single-echo SWI at that field (taking the last echo
+instead made veins, nuclei and deposits darker than on such an SWI).
 Paramagnetic (positive) phase is attenuated: ``mask = clip((pi - phase)/pi, 0, 1)``; SWI = magnitude
 x mask^power; an optional sliding minimum-intensity projection over ``minip_mm`` along the slices.
 """
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SWI_TE_TIMES_B0_S_T", "swi_echo_time", "magnitude_at", "highpass_field", "clear_swi"]
+__all__ = ["SWI_TE_TIMES_B0_S_T", "swi_echo_time", "highpass_field", "clear_swi"]
 
 #: echo time x field strength of a standard SWI (s x T): TE 40 ms at 1.5 T and 20 ms at 3 T
 #: (Haacke et al. 2009, AJNR 30:19), i.e. the same phase per ppm at every field (8.6 ms at 7 T)
@@ -27,25 +26,6 @@ def swi_echo_time(b0_tesla: float, echo_times_s) -> float:
     clipped to the acquired echoes' range."""
     te = SWI_TE_TIMES_B0_S_T / float(b0_tesla)
     return float(np.clip(te, min(echo_times_s), max(echo_times_s)))
-
-
-def magnitude_at(magnitude, echo_times_s, te_s: float) -> np.ndarray:
-    """The magnitude at echo time ``te_s``: that echo's when one was acquired then, else geometric
-    interpolation between the two echoes around it (exact for a mono-exponential decay), else the
-    nearest echo. A 3-D ``magnitude`` is returned as it is."""
-    mag = np.asarray(magnitude, np.float32)
-    if mag.ndim == 3:
-        return mag
-    order = np.argsort(echo_times_s)
-    tes = np.asarray(echo_times_s, float)[order]
-    j = int(np.searchsorted(tes, te_s))
-    if j < len(tes) and np.isclose(tes[j], te_s):
-        return mag[..., order[j]]
-    if j == 0 or j == len(tes):
-        return mag[..., order[min(j, len(tes) - 1)]]
-    w = np.float32((te_s - tes[j - 1]) / (tes[j] - tes[j - 1]))
-    a, b = mag[..., order[j - 1]], mag[..., order[j]]
-    return (a ** (1 - w) * b ** w).astype(np.float32)
 
 
 def highpass_field(field, mask, voxel_mm, sigma_mm: float = 4.0):
@@ -63,11 +43,12 @@ def clear_swi(magnitude, field_hz, mask, voxel_mm, echo_times_s, sigma_mm: float
               te_eff_s: float | None = None, minip_mm: float = 0.0, b0_tesla: float | None = None) -> dict:
     """``{"swi", "minip" (or None), "phase_mask", "magnitude"}`` (float32). ``te_eff_s``: the phase's
     echo time; by default :func:`swi_echo_time` of ``b0_tesla`` (the last echo when no field is given)."""
+    mag = np.asarray(magnitude, np.float32)
+    comb = np.sqrt((mag ** 2).sum(-1)) if mag.ndim == 4 else mag
     if te_eff_s is not None:
         te = float(te_eff_s)
     else:
         te = swi_echo_time(b0_tesla, echo_times_s) if b0_tesla else float(max(echo_times_s))
-    comb = magnitude_at(magnitude, echo_times_s, te)
     phase = highpass_field(field_hz, mask, voxel_mm, sigma_mm) * np.float32(2 * np.pi * te)
     pmask = np.clip((np.pi - phase) / np.pi, 0.0, 1.0)
     pmask = np.where(phase > 0, pmask, 1.0).astype(np.float32)
