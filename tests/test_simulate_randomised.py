@@ -57,10 +57,11 @@ DEFAULT_SEED3_BLOCKS = Path(__file__).parent / "data" / "default_seed3_blocks.np
 
 
 def block_means(a, n: int = 4):
-    """Means of ``n``-voxel cubes of ``a`` (cropped to whole blocks)."""
-    a = np.asarray(a, np.float64)
-    x, y, z = (d // n for d in a.shape)
-    return a[:x * n, :y * n, :z * n].reshape(x, n, y, n, z, n).mean(axis=(1, 3, 5))
+    """Means of ``n``-voxel cubes of ``a`` (cropped to whole blocks; the simulator's ``block_mean``)."""
+    from deepmir_tasks.simulate.physics import block_mean
+
+    x, y, z = (d // n * n for d in a.shape)
+    return block_mean(np.asarray(a, np.float64)[:x, :y, :z], (n, n, n))
 
 
 def test_default_profile_same_as_before():
