@@ -19,7 +19,7 @@ Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run c
    with ``--hard-fraction`` > 0 then samples (not part of ``all``: it needs a trained model);
 3. ``evaluate``: the lesion-extraction rules (voxel threshold, minimum size, per-class minimum
    peak probability; :data:`RULE_GRID`; the most sensitive at a precision of at least
-   :data:`MIN_CALIBRATION_PRECISION`) chosen on a separate calibration cohort (``--n-val``
+   ``--min-precision``, default :data:`MIN_CALIBRATION_PRECISION`) chosen on a separate calibration cohort (``--n-val``
    subjects, seed ``--val-seed``, default lesion counts), then lesion-wise figures of the lesion
    table on the held-out test cohort, all written into the model record;
 4. ``test``: the model as it is (rules from its record) on one more held-out cohort (use another
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from deepmir_tasks.io import write_json
-from deepmir_tasks.model.calibrate import (CALIBRATED_RULES, calibrate_rules, candidate_tables,
-                                          predict_subjects, score_shipped, score_tables)
+from deepmir_tasks.model.calibrate import (CALIBRATED_RULES, MIN_CALIBRATION_PRECISION, calibrate_rules,
+                                          candidate_tables, predict_subjects, score_shipped, score_tables)
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,12 @@ def main(argv=None) -> int:
     p.add_argument("--keep-rules", action="store_true",
                    help="evaluate stage: keep the lesion rules the record has calibrated and calibrate only "
                         "those it lacks")
+    p.add_argument("--tta", action="store_true",
+                   help="evaluate stage: calibrate and score with flip test-time augmentation, and record that "
+                        "the pipeline must use it with this model (inference.tta)")
+    p.add_argument("--min-precision", type=float, default=MIN_CALIBRATION_PRECISION,
+                   help="evaluate stage: the operating precision of the calibration (the most sensitive rules "
+                        "reaching it on the calibration cohort; default %(default)s)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
@@ -280,17 +286,21 @@ def main(argv=None) -> int:
               progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides=mix,
               init=args.init)
     if "evaluate" in stages:
-        evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules)
+        evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules,
+                         min_precision=args.min_precision, tta=args.tta)
     if "test" in stages:
         test_bundled(args.out, cohorts["test"], cohort_cache(cache, "test"), config, info["data"]["test_cohort"])
     return 0
 
 
-def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, keep_rules: bool = False) -> dict:
+def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, keep_rules: bool = False,
+                     min_precision: float = MIN_CALIBRATION_PRECISION, tta: bool = False) -> dict:
     """Calibrate the lesion rules on the calibration cohort, score the test cohort, update the record.
 
     ``keep_rules`` holds the rules the record has already calibrated and calibrates only those it
-    lacks (a rule added after the model was calibrated).
+    lacks (a rule added after the model was calibrated); ``min_precision`` is the operating
+    precision of :func:`calibrate_rules`; ``tta``: predict with flip test-time augmentation
+    throughout, and record it (``inference.tta``), since the rules are calibrated on its probabilities.
 
     Both go through the pipeline's own lesion extraction (:func:`extract_lesions`), so the figures
     are those of the lesion table a user gets. The record also keeps, as ablations, the test
@@ -303,7 +313,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
     from workflows.train import load_subjects
 
     rec = load_record(out)
-    pred = Predictor.from_file(out)
+    pred = Predictor.from_file(out, tta=tta)
     t0 = time.perf_counter()
     rules, calib = dict(LESION_RULE_DEFAULTS), None
     val_dir = cohorts.get("val")
@@ -312,8 +322,10 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
                             DEFAULT_NORMALIZATION, None, with_volumes=True, progress=False)
         calibrated = (rec.get("inference") or {}).get("lesions") or {}
         hold = {k: v for k, v in calibrated.items() if k in CALIBRATED_RULES} if keep_rules else None
-        rules, figures = calibrate_rules(val, predict_subjects(pred, val), hold, classes=pred.classes[1:])
-        calib = {"subjects": len(val), "rules": rules, "figures": figures, "held": sorted(hold or {})}
+        rules, figures = calibrate_rules(val, predict_subjects(pred, val), hold, classes=pred.classes[1:],
+                                         min_precision=min_precision)
+        calib = {"subjects": len(val), "rules": rules, "figures": figures, "held": sorted(hold or {}),
+                 "min_precision": min_precision}
         log.info("calibrated lesion rules %s: %s", rules, json.dumps(figures))
         del val
     ann = cohorts["test"] / "derivatives" / "annotations"
@@ -326,7 +338,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
     argmax_tables = tables if rules["threshold"] == 0.5 else candidate_tables(test, tprobs, 0.5)
     everything = dict(LESION_RULE_DEFAULTS, min_voxels=1)
     argmax = score_tables(test, [t.assign(reason=None) for t in argmax_tables], everything)
-    rec["inference"] = dict(rec.get("inference") or {}, lesions=rules)
+    rec["inference"] = dict(rec.get("inference") or {}, lesions=rules, tta=bool(tta))
     history = rec.get("validation", {}).get("training_history")
     if history is None:
         history = rec.get("validation")

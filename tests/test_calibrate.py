@@ -1,10 +1,11 @@
-"""Calibrating the lesion rules of a model on constructed subjects: the QSM-peak floor."""
+"""Calibrating the lesion rules of a model on constructed subjects: the QSM-peak floor, the operating precision."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from deepmir_tasks.lesions import extract_lesions
 from deepmir_tasks.model.calibrate import calibrate_rules, candidate_tables, score_tables
@@ -101,3 +102,38 @@ def test_a_single_class_model_is_calibrated_on_its_own_class_in_the_pipelines_la
     rules, figures = calibrate_rules(subjects, probs, classes=("cmb",))
     assert rules["min_prob_iron"] == LESION_RULE_DEFAULTS["min_prob_iron"]
     assert (figures["cmb"]["tp"], figures["cmb"]["fp"]) == (2, 0) and figures["iron"]["tp"] == 0
+
+
+def _graded_subject(seed: int):
+    """Two true CMBs, one called confidently (0.99999) and one less so (0.9), and a false CMB at
+    0.97, all round, dark on SWI and bright on QSM: no rule but the minimum probability tells them apart."""
+    rng = np.random.default_rng(seed)
+    qsm = rng.normal(0.0, 0.004, SHAPE).astype(np.float32)
+    swi = rng.normal(0.0, 1.0, SHAPE).astype(np.float32)
+    probs = np.zeros((3,) + SHAPE, np.float32)
+    dseg = np.zeros(SHAPE, np.uint8)
+    for centre, p, true in (((10, 10, 10), 0.99999, True), ((28, 28, 10), 0.9, True), ((10, 28, 22), 0.97, False)):
+        blob = ball(SHAPE, centre, 1.8)
+        qsm[blob] += 0.4
+        swi[blob] -= 4.0
+        probs[1][blob] = p
+        if true:
+            dseg[blob] = 1
+    probs[0] = 1.0 - probs[1] - probs[2]
+    return SimpleNamespace(key=f"sub-{seed:02d}", affine=np.eye(4), mask=np.ones(SHAPE, bool), dseg=dseg,
+                           extra={"volumes": {"qsm": qsm, "swi": swi}}), probs
+
+
+def test_the_operating_precision_sets_how_many_calls_calibration_keeps():
+    pairs = [_graded_subject(seed) for seed in (1, 2, 3)]
+    subjects, probs = [p[0] for p in pairs], [p[1] for p in pairs]
+    # at precision 0.9 only the confident calls are kept: half the CMBs, no false one
+    rules, figures = calibrate_rules(subjects, probs, classes=("cmb",))
+    assert rules["min_prob_cmb"] > 0.97
+    assert (figures["cmb"]["tp"], figures["cmb"]["fp"], figures["cmb"]["fn"]) == (3, 0, 3)
+    # at 0.6 every CMB is found, at the cost of the false calls (precision 6 / 9)
+    rules, figures = calibrate_rules(subjects, probs, classes=("cmb",), min_precision=0.6)
+    assert 0.0 <= rules["min_prob_cmb"] <= 0.9
+    assert (figures["cmb"]["tp"], figures["cmb"]["fp"], figures["cmb"]["fn"]) == (6, 3, 0)
+    with pytest.raises(ValueError, match="min_precision"):
+        calibrate_rules(subjects, probs, min_precision=0.0)

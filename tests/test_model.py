@@ -194,6 +194,36 @@ def test_tta_and_threads_and_mask(tmp_path):
     assert np.all(empty[0] == 1)
 
 
+def test_a_model_calibrated_with_tta_always_predicts_with_it(tmp_path):
+    """Its record's minimum probabilities were chosen on augmented probabilities, so neither the
+    default nor ``tta=False`` turns the augmentation off; the sidecar and the run's provenance say so."""
+    from deepmir_tasks.io import save_nifti
+    from deepmir_tasks.lesions.tasks import ReadLesionRules
+    from deepmir_tasks.model.modelfile import calibrated_with_tta, record_path
+
+    plain_path, tta_path = tmp_path / "plain.safetensors", tmp_path / "tta.safetensors"
+    _tiny_model(plain_path)
+    rec = json.loads(json.dumps(TINY_RECORD))
+    rec["inference"] = {**rec.get("inference", {}), "tta": True}
+    _tiny_model(tta_path, record=rec)
+    assert calibrated_with_tta(tta_path) and calibrated_with_tta(rec) and not calibrated_with_tta(plain_path)
+    vols, mask, *_ = synthetic_subject(3, shape=(32, 32, 24))
+    plain = Predictor.from_file(plain_path).predict(vols, mask)
+    augmented = Predictor.from_file(plain_path, tta=True).predict(vols, mask)
+    assert not np.allclose(plain, augmented)
+    pred = Predictor.from_file(tta_path)
+    assert pred.tta and pred.uses_tta(False)
+    np.testing.assert_array_equal(pred.predict(vols, mask), augmented)
+    np.testing.assert_array_equal(pred.predict(vols, mask, tta=False), augmented)
+    files = {m: save_nifti(v, np.eye(4), tmp_path / f"sub-01_{m}.nii.gz") for m, v in vols.items()}
+    out = segment_subject(files["t2"], files["swi"], files["qsm"], None, tmp_path / "out", tta_path, tta=False)
+    sidecar = json.loads(out["dseg"].with_name(out["dseg"].name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["TestTimeAugmentation"] is True
+    for path, expected in ((tta_path, True), (plain_path, False)):
+        task = ReadLesionRules(record=record_path(path), provenance={"tta": False})
+        assert task(worker="debug", cache_root=tmp_path / "cache").provenance["tta"] is expected
+
+
 def test_labels_are_the_most_probable_class_inside_the_mask(tmp_path):
     path = tmp_path / "m.safetensors"
     _tiny_model(path)

@@ -28,7 +28,7 @@ class ReadLesionRules(python.Task["ReadLesionRules.Outputs"]):
         record: the model's JSON record (``inference.lesions``); None or unreadable: the defaults
         threshold: voxel probability threshold replacing the record's (None: keep it)
         provenance: a description of the run; the rules are filled in (keys already present keep
-            their place)
+            their place), and ``tta`` is set when the record requires it
         version: package version, so that a new release is a new cache entry
     """
 
@@ -43,10 +43,13 @@ class ReadLesionRules(python.Task["ReadLesionRules.Outputs"]):
 
     @staticmethod
     def function(record, threshold, provenance, version):
-        from deepmir_tasks.model.modelfile import model_lesion_rules
+        from deepmir_tasks.model.modelfile import calibrated_with_tta, model_lesion_rules
 
         rules = model_lesion_rules(_fspath(record)).with_threshold(threshold)
-        return rules, {**(provenance or {}), **rules.record_values()}
+        provenance = {**(provenance or {}), **rules.record_values()}
+        if "tta" in provenance:   # a model calibrated with TTA always uses it
+            provenance["tta"] = bool(provenance["tta"]) or calibrated_with_tta(_fspath(record))
+        return rules, provenance
 
 
 @python.define

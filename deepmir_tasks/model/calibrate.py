@@ -2,7 +2,8 @@
 
 :func:`calibrate_rules` chooses the voxel threshold, minimum size, QSM-peak floor and per-class
 minimum peak probability (:data:`RULE_GRID`) as the most sensitive setting whose lesion-wise
-precision reaches :data:`MIN_CALIBRATION_PRECISION` on a calibration cohort; :func:`score_shipped` scores the lesion
+precision reaches the operating precision (:data:`MIN_CALIBRATION_PRECISION` unless another is given)
+on a calibration cohort; :func:`score_shipped` scores the lesion
 table of the pipeline's own extraction on a test cohort. ``pipelines/bundled_model.py`` uses both
 to rebuild the bundled model; they serve any model trained on your own annotations too.
 """
@@ -105,22 +106,26 @@ def score_shipped(subjects, probs, rules: dict) -> tuple[list, dict, dict]:
 MIN_CALIBRATION_PRECISION = 0.9
 
 
-def _operating_score(m: dict) -> tuple:
+def _operating_score(m: dict, min_precision: float) -> tuple:
     sens = m["sensitivity"] if m["sensitivity"] == m["sensitivity"] else 0.0
     prec = m["precision"] if m["precision"] == m["precision"] else 0.0
-    ok = prec >= MIN_CALIBRATION_PRECISION
+    ok = prec >= min_precision
     return (ok, sens, prec) if ok else (ok, prec, sens)
 
 
-def calibrate_rules(subjects, probs, hold: dict | None = None, classes=("cmb", "iron")) -> tuple[dict, dict]:
+def calibrate_rules(subjects, probs, hold: dict | None = None, classes=("cmb", "iron"),
+                    min_precision: float = MIN_CALIBRATION_PRECISION) -> tuple[dict, dict]:
     """The lesion rules on ``subjects``: for each voxel threshold, minimum size and QSM-peak floor
     of :data:`RULE_GRID`, each class's minimum peak probability is the one giving the highest
-    sensitivity at a precision of at least :data:`MIN_CALIBRATION_PRECISION`; the threshold, size
+    sensitivity at a precision of at least ``min_precision`` (the operating precision: a class
+    that never reaches it takes its most precise setting); the threshold, size
     and floor are those where the most classes reach that precision, then the highest mean
     sensitivity, then precision (ties go to the lower values). Rules named in ``hold`` keep the
     values given there (e.g. a model's calibrated rules, when a rule added later is calibrated
     alone). ``classes``: those the model learns (a single-class model's other class keeps its
     default rule and counts for nothing). Returns the rules and their figures."""
+    if not 0.0 < min_precision <= 1.0:
+        raise ValueError(f"min_precision must be in (0, 1], got {min_precision}")
     from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS
 
     hold = hold or {}
@@ -137,12 +142,12 @@ def calibrate_rules(subjects, probs, hold: dict | None = None, classes=("cmb", "
                 rules = dict(LESION_RULE_DEFAULTS, threshold=threshold, min_voxels=min_voxels, min_qsm_peak_ppm=floor)
                 for name in classes:
                     options = [(_operating_score(score_tables(subjects, tables, dict(rules, **{f"min_prob_{name}": t}),
-                                                              truths=truths)[name]), -t)
+                                                              truths=truths)[name], min_precision), -t)
                                for t in grid(f"min_prob_{name}", "min_prob")
                                if t == 0.0 or t >= threshold or f"min_prob_{name}" in hold]
                     rules[f"min_prob_{name}"] = -max(options)[1]
                 figures = score_tables(subjects, tables, rules, truths=truths)
-                per = [_operating_score(figures[c]) for c in classes]
+                per = [_operating_score(figures[c], min_precision) for c in classes]
                 score = (sum(p[0] for p in per), round(sum(p[1] for p in per), 6), round(sum(p[2] for p in per), 6),
                          -threshold, -min_voxels, -floor)
                 if best is None or score > best[0]:

@@ -58,16 +58,36 @@ def record_path(weights_path) -> Path:
 LESION_RULE_DEFAULTS = LesionRules().record_values()
 
 
+def _read_record(path=None) -> dict | None:
+    """A model's record as a dict (``path``: the weights or the record; ``None``: the bundled
+    model), or ``None`` when it cannot be read (loading the model reports that)."""
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    record = path if path.suffix == ".json" else record_path(path)
+    try:
+        rec = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 def model_lesion_rules(path=None) -> LesionRules:
     """The lesion rules a model's record calibrated (``inference.lesions``), the defaults for the
     rest. ``path`` is the weights file or its record (``None``: the bundled model); a record that
     cannot be read gives the defaults (loading the model reports that)."""
-    path = Path(path) if path is not None else DEFAULT_MODEL
-    record = path if path.suffix == ".json" else record_path(path)
     try:
-        return LesionRules.from_record(json.loads(record.read_text()))
-    except (OSError, ValueError, TypeError, AttributeError):
+        return LesionRules.from_record(_read_record(path))
+    except (ValueError, TypeError, AttributeError):
         return LesionRules()
+
+
+def calibrated_with_tta(record) -> bool:
+    """Whether a model's lesion rules were calibrated on flip test-time-augmented probabilities
+    (``inference.tta`` of its record, a dict or the path of the weights or record): the model then
+    always predicts with it, since its minimum probabilities mean something else without."""
+    if not isinstance(record, dict):
+        record = _read_record(record)
+    inference = (record or {}).get("inference")
+    return bool(isinstance(inference, dict) and inference.get("tta"))
 
 
 def lesion_rules(path=None) -> dict:

@@ -51,7 +51,8 @@ class Predictor:
         source: where the model came from (for messages).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         threads: torch CPU threads (``torch.set_num_threads``) during prediction; None leaves it.
-        tta: average over mirrored copies (the three axes) by default.
+        tta: average over mirrored copies (the three axes) by default; always on for a model whose
+            lesion rules were calibrated that way (``inference.tta`` of its record).
         max_voxels: whole-volume inference when the padded brain box has at most this many voxels
             (about 0.4 GB per million voxels at 5 levels / base 16); otherwise sliding windows.
         window: sliding-window edge in voxels (rounded up to the network's multiple).
@@ -69,7 +70,10 @@ class Predictor:
         self.record = record
         self.source = str(source)
         self.threads = threads
-        self.tta = tta
+        from deepmir_tasks.model.modelfile import calibrated_with_tta
+
+        self.required_tta = calibrated_with_tta(record)
+        self.tta = bool(tta) or self.required_tta
         self.max_voxels = int(max_voxels)
         m = net.required_multiple
         self.window = int(np.ceil(window / m) * m)
@@ -104,7 +108,9 @@ class Predictor:
                              f"lacks; give the missing image or use a model trained without it")
 
     def predict(self, volumes: dict, mask: np.ndarray | None = None, *, tta: bool | None = None) -> np.ndarray:
-        """Class probabilities, float32, shape ``(n_classes, X, Y, Z)``; background 1 outside ``mask``."""
+        """Class probabilities, float32, shape ``(n_classes, X, Y, Z)``; background 1 outside ``mask``.
+        ``tta``: ``None`` keeps the predictor's setting; ``False`` cannot turn off the augmentation a
+        model's record requires."""
         import torch
 
         self.check_modalities({k for k, v in volumes.items() if v is not None})
@@ -139,7 +145,7 @@ class Predictor:
             torch.set_num_threads(int(self.threads))
         try:
             with torch.inference_mode():
-                pb = self._predict_tta(xb, self.tta if tta is None else tta)
+                pb = self._predict_tta(xb, self.uses_tta(tta))
         finally:
             if self.threads:
                 torch.set_num_threads(old_threads)
@@ -148,6 +154,10 @@ class Predictor:
             probs[:, ~mask] = 0.0
             probs[0, ~mask] = 1.0
         return probs
+
+    def uses_tta(self, tta: bool | None = None) -> bool:
+        """Whether :meth:`predict` augments, given its ``tta`` argument."""
+        return self.tta if tta is None else bool(tta) or self.required_tta
 
     def labels(self, probs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """Label map (indices into ``classes``): the most probable class of each voxel, background
@@ -320,7 +330,7 @@ def segment_subject(t2_file, swi_file, qsm_file, mask_file, out_dir, model_file=
         "ModelWeightsSHA256": rec.get("weights_sha256"),
         "ModelFile": Path(pred.source).name,
         "ModalitiesUsed": present,
-        "TestTimeAugmentation": bool(pred.tta if tta is None else tta),
+        "TestTimeAugmentation": pred.uses_tta(tta),
         "PackageVersion": _version(),
         "ElapsedSeconds": round(time.perf_counter() - t0, 2),
     }, out_dir / job_file_name("dseg_json", prefix))
