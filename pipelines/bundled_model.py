@@ -293,6 +293,19 @@ def main(argv=None) -> int:
     return 0
 
 
+#: the record's ``validation`` entries :func:`evaluate_bundled` writes; the others (figures measured
+#: elsewhere, with the rules it replaces) move to ``validation.before_this_evaluation``
+_EVALUATED = ("rule", "calibration_cohort", "held_out_test", "training_history", "seconds", "before_this_evaluation")
+
+
+def measured_elsewhere(rec: dict) -> dict:
+    """The entries of a record's ``validation`` that :func:`evaluate_bundled` does not recompute
+    (figures measured elsewhere, e.g. the independent generator's), with the ``inference`` they were
+    measured with; empty when there are none."""
+    before = {k: v for k, v in (rec.get("validation") or {}).items() if k not in _EVALUATED}
+    return {"inference": rec.get("inference"), **before} if before else {}
+
+
 def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, keep_rules: bool = False,
                      min_precision: float = MIN_CALIBRATION_PRECISION, tta: bool = False) -> dict:
     """Calibrate the lesion rules on the calibration cohort, score the test cohort, update the record.
@@ -305,7 +318,9 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
     Both go through the pipeline's own lesion extraction (:func:`extract_lesions`), so the figures
     are those of the lesion table a user gets. The record also keeps, as ablations, the test
     figures of the network's argmax label map (every candidate, no rule) and of the calibrated rules
-    without the ``vein_like`` rule.
+    without the ``vein_like`` rule. Entries of the record's ``validation`` measured elsewhere with
+    the previous rules (the independent generator's, the modality table) are kept, with those rules,
+    under ``validation.before_this_evaluation``.
     """
     from deepmir_tasks.model.modelfile import LESION_RULE_DEFAULTS, load_record, record_path
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
@@ -338,6 +353,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
     argmax_tables = tables if rules["threshold"] == 0.5 else candidate_tables(test, tprobs, 0.5)
     everything = dict(LESION_RULE_DEFAULTS, min_voxels=1)
     argmax = score_tables(test, [t.assign(reason=None) for t in argmax_tables], everything)
+    before = measured_elsewhere(rec)
     rec["inference"] = dict(rec.get("inference") or {}, lesions=rules, tta=bool(tta))
     history = rec.get("validation", {}).get("training_history")
     if history is None:
@@ -353,6 +369,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
                           "seconds_per_subject_predict": round(t_pred, 1)},
         "training_history": history,
         "seconds": round(time.perf_counter() - t0, 1),
+        **({"before_this_evaluation": before} if before else {}),
     }
     runs = rec["training"].get("runs", [])
     rec["training"].update({k: v for k, v in info.items() if k != "this_run"})

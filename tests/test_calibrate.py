@@ -137,3 +137,15 @@ def test_the_operating_precision_sets_how_many_calls_calibration_keeps():
     assert (figures["cmb"]["tp"], figures["cmb"]["fp"], figures["cmb"]["fn"]) == (6, 3, 0)
     with pytest.raises(ValueError, match="min_precision"):
         calibrate_rules(subjects, probs, min_precision=0.0)
+
+
+def test_a_new_evaluation_keeps_figures_measured_elsewhere_with_the_rules_they_had():
+    from pipelines.bundled_model import measured_elsewhere
+
+    rec = {"inference": {"lesions": {"min_prob_cmb": 0.9999}},
+           "validation": {"rule": "r", "held_out_test": {}, "calibration_cohort": {}, "seconds": 1.0,
+                          "independent_generator": {"default": {"cmb": {"tp": 8}}}, "modality_table": {"rows": []}}}
+    before = measured_elsewhere(rec)
+    assert set(before) == {"inference", "independent_generator", "modality_table"}
+    assert before["inference"]["lesions"]["min_prob_cmb"] == 0.9999
+    assert measured_elsewhere({"validation": {"rule": "r", "held_out_test": {}}}) == {}
