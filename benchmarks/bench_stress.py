@@ -1,7 +1,7 @@
 """Stress benchmark: DEEPMIR on cohorts from the independent generator, one row per condition.
 
     .venv/bin/python benchmarks/bench_stress.py [--conditions default 7T ...] [--subjects 3]
-        [--work DIR] [--model FILE] [--subset t2 swi] [--markdown]
+        [--work DIR] [--model FILE] [--subset t2 swi] [--seed-offset 100000] [--markdown]
 
 For each condition (``default`` first: the independent generator's headline row) it writes a
 cohort with ``python -m benchmarks.independent_sim`` (seeds 7,300,000 + 10,000 x the condition's
@@ -117,18 +117,25 @@ def subset_view(bids: Path, dest: Path, subset) -> Path:
     return dest
 
 
+def condition_seed(cond: str, seed_offset: int = 0) -> int:
+    """The first seed of a condition's cohort: 7,300,000 + 10,000 x its index, plus ``seed_offset``
+    (e.g. 100,000 for the unseen seeds 7,400,000 of ``default``)."""
+    return SEED_BASE + int(seed_offset) + 10_000 * list(CONDITIONS).index(cond)
+
+
 def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="debug", code_dir=REPO,
-                  subset=None) -> Path:
+                  subset=None, seed_offset: int = 0) -> Path:
     """Generate, run (DEEPMIR imported from ``code_dir``, on the images of ``subset`` only when
-    given) and evaluate one condition; return its folder."""
-    root = work / cond
+    given) and evaluate one condition; return its folder (``<cond>``, or ``<cond>_seed<first seed>``
+    with a ``seed_offset``)."""
+    seed = condition_seed(cond, seed_offset)
+    root = work / (cond if not seed_offset else f"{cond}_seed{seed}")
     tag = subset_tag(subset)
     bids, deriv = root / "bids", root / f"deriv{tag}"
     root.mkdir(parents=True, exist_ok=True)
     log = root / "log.txt"
     if not _cohort_complete(bids, n_subjects):
         shutil.rmtree(bids, ignore_errors=True)
-        seed = SEED_BASE + 10_000 * list(CONDITIONS).index(cond)
         _run([sys.executable, "-m", "benchmarks.independent_sim", bids, "--subjects", n_subjects,
               "--seed", seed, "--condition", cond], log)
     source = subset_view(bids, root / f"bids{tag}", subset) if tag else bids
@@ -222,6 +229,8 @@ def main(argv=None) -> int:
                     help="commit whose DEEPMIR is measured (default HEAD; 'worktree': the working tree)")
     ap.add_argument("--subset", nargs="+", default=None, choices=list(SUFFIXES),
                     help="run on these modalities only (with T2w among them), e.g. --subset t2 swi")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="added to every condition's seeds (100000: the unseen default cohort, seeds 7400000-)")
     ap.add_argument("--markdown", action="store_true", help="print a README-ready Markdown table")
     args = ap.parse_args(argv)
     if args.subset is not None and "t2" not in args.subset:
@@ -233,11 +242,13 @@ def main(argv=None) -> int:
     code_dir, code = export_code(args.code, work)
     rows = []
     for cond in args.conditions:
-        root = run_condition(cond, args.subjects, work, args.model, args.worker, code_dir, args.subset)
+        root = run_condition(cond, args.subjects, work, args.model, args.worker, code_dir, args.subset,
+                             args.seed_offset)
         row = score_condition(root, args.subset)
         rows.append(row)
         print(f"{cond}: " + "; ".join(f"{k} {v}" for k, v in row["_counts"].items()), flush=True)
-    print(f"\nStress benchmark: DEEPMIR {code}, {args.subjects} subjects per condition, lesion-wise, "
+    print(f"\nStress benchmark: DEEPMIR {code}, {args.subjects} subjects per condition (seed offset "
+          f"{args.seed_offset}), lesion-wise, "
           f"{TOLERANCE_MM:g} mm; work folder {work}")
     print(format_table(rows, args.markdown))
     return 0

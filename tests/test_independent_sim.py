@@ -264,3 +264,13 @@ def test_stress_subset_view_leaves_out_the_dropped_modalities(sim, tmp_path):
     assert names == sorted(p.name for p in (bids / "sub-01" / "anat").iterdir() if "_Chimap." not in p.name)
     assert any("_T2w." in n for n in names) and not (view / "derivatives").exists()
     assert all((view / "sub-01" / "anat" / n).resolve().parent == (bids / "sub-01" / "anat").resolve() for n in names)
+
+
+def test_stress_cohort_seeds_follow_the_condition_and_the_offset():
+    from benchmarks.bench_stress import condition_seed
+
+    names = list(CONDITIONS)
+    assert condition_seed("default") == 7_300_000 and names[0] == "default"
+    assert condition_seed("default", 100_000) == 7_400_000              # the unseen default cohort
+    assert condition_seed(names[1]) == 7_310_000
+    assert len({condition_seed(c) for c in names}) == len(names)
