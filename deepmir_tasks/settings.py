@@ -27,7 +27,8 @@ class RunSettings:
         threshold: voxel probability threshold for a lesion candidate; ``None``: the model's
             calibrated value (its record), 0.5 if it gives none
         voxel_size: working grid voxel size (mm, isotropic)
-        tta: average the predictions over mirrored copies (test-time augmentation; 4x the time)
+        tta: average the predictions over mirrored copies (test-time augmentation; 4x the time);
+            a model whose record says it was calibrated with it (``inference.tta``) uses it anyway
         report: write the HTML reports
         qsm_units: how the QSM's values are taken: ``"auto"`` (they must look like ppm, else the
             subject fails), ``"ppm"`` (trusted), ``"ppb"`` (divided by 1000)

@@ -32,7 +32,9 @@ def add_arguments(p):
                         "value, 0.5 if its record gives none)")
     p.add_argument("--voxel-size", type=float, default=RunSettings.voxel_size,
                    help=f"working grid voxel size in mm (default {RunSettings.voxel_size:g})")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, steadier)")
+    p.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation (4x the inference time, steadier); always on for a "
+                        "model whose lesion rules were calibrated with it (both bundled models)")
     p.add_argument("--qsm-units", choices=["auto", "ppm", "ppb"], default=RunSettings.qsm_units,
                    help="auto (default): a QSM whose values do not look like ppm fails its subject; "
                         "ppm: trust the values as they are; ppb: divide them by 1000")
