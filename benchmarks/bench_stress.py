@@ -1,7 +1,8 @@
 """Stress benchmark: DEEPMIR on cohorts from the independent generator, one row per condition.
 
     .venv/bin/python benchmarks/bench_stress.py [--conditions default 7T ...] [--subjects 3]
-        [--work DIR] [--model FILE] [--subset t2 swi] [--seed-offset 100000] [--markdown]
+        [--work DIR] [--model FILE] [--subset t2 swi] [--seed-offset 100000] [--nucleus-texture 0]
+        [--markdown]
 
 For each condition (``default`` first: the independent generator's headline row) it writes a
 cohort with ``python -m benchmarks.independent_sim`` (seeds 7,300,000 + 10,000 x the condition's
@@ -14,7 +15,9 @@ dilated by 2 mm); and the fraction of true CMBs and iron deposits inside the pip
 mask. Steps already done under ``--work`` are reused (the cohort if complete, the pipeline from
 its cache), so one command rebuilds the table. ``--subset`` runs the pipeline on some of the
 modalities only (links to the cohort without the others; its own ``deriv_<subset>`` and
-``evaluation_<subset>`` folders), as a site without QSM would.
+``evaluation_<subset>`` folders), as a site without QSM would. ``--nucleus-texture`` overrides the
+generator's fine texture of nuclear iron on the same seeds (its own ``<cond>_texture<X>`` folder):
+``0`` gives the same subjects with uniform nuclei, an ablation of what provokes false iron calls.
 
 DEEPMIR runs from a clean export of a commit (``--code``, default HEAD, via ``git archive``), so
 edits to the working tree during a run of an hour neither break pydra's hash checks nor mix two
@@ -124,20 +127,22 @@ def condition_seed(cond: str, seed_offset: int = 0) -> int:
 
 
 def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="debug", code_dir=REPO,
-                  subset=None, seed_offset: int = 0) -> Path:
+                  subset=None, seed_offset: int = 0, nucleus_texture=None) -> Path:
     """Generate, run (DEEPMIR imported from ``code_dir``, on the images of ``subset`` only when
     given) and evaluate one condition; return its folder (``<cond>``, or ``<cond>_seed<first seed>``
-    with a ``seed_offset``)."""
+    with a ``seed_offset``; ``_texture<X>`` added with a ``nucleus_texture``)."""
     seed = condition_seed(cond, seed_offset)
-    root = work / (cond if not seed_offset else f"{cond}_seed{seed}")
+    root = work / ((cond if not seed_offset else f"{cond}_seed{seed}")
+                   + ("" if nucleus_texture is None else f"_texture{nucleus_texture:g}"))
     tag = subset_tag(subset)
     bids, deriv = root / "bids", root / f"deriv{tag}"
     root.mkdir(parents=True, exist_ok=True)
     log = root / "log.txt"
     if not _cohort_complete(bids, n_subjects):
         shutil.rmtree(bids, ignore_errors=True)
+        texture = [] if nucleus_texture is None else ["--nucleus-texture", nucleus_texture]
         _run([sys.executable, "-m", "benchmarks.independent_sim", bids, "--subjects", n_subjects,
-              "--seed", seed, "--condition", cond], log)
+              "--seed", seed, "--condition", cond, *texture], log)
     source = subset_view(bids, root / f"bids{tag}", subset) if tag else bids
     cmd = _deepmir() + ["run", source, deriv, "participant", "--worker", worker, "--n-procs", 1, "--no-report"]
     if model is not None:
@@ -231,8 +236,13 @@ def main(argv=None) -> int:
                     help="run on these modalities only (with T2w among them), e.g. --subset t2 swi")
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="added to every condition's seeds (100000: the unseen default cohort, seeds 7400000-)")
+    ap.add_argument("--nucleus-texture", type=float, default=None,
+                    help="the generator's fine texture of nuclear iron (relative SD; default: the "
+                         "condition's, 0.12; 0: the same subjects with uniform nuclei)")
     ap.add_argument("--markdown", action="store_true", help="print a README-ready Markdown table")
     args = ap.parse_args(argv)
+    if args.nucleus_texture is not None and not args.nucleus_texture >= 0:
+        raise SystemExit(f"bench_stress: --nucleus-texture must be at least 0, got {args.nucleus_texture}")
     if args.subset is not None and "t2" not in args.subset:
         raise SystemExit("bench_stress: --subset must include t2 (the truth is scored in the T2w's world)")
     if args.model is not None and not args.model.is_file():
@@ -243,12 +253,13 @@ def main(argv=None) -> int:
     rows = []
     for cond in args.conditions:
         root = run_condition(cond, args.subjects, work, args.model, args.worker, code_dir, args.subset,
-                             args.seed_offset)
+                             args.seed_offset, args.nucleus_texture)
         row = score_condition(root, args.subset)
         rows.append(row)
         print(f"{cond}: " + "; ".join(f"{k} {v}" for k, v in row["_counts"].items()), flush=True)
+    texture = "" if args.nucleus_texture is None else f", nuclear texture {args.nucleus_texture:g}"
     print(f"\nStress benchmark: DEEPMIR {code}, {args.subjects} subjects per condition (seed offset "
-          f"{args.seed_offset}), lesion-wise, "
+          f"{args.seed_offset}{texture}), lesion-wise, "
           f"{TOLERANCE_MM:g} mm; work folder {work}")
     print(format_table(rows, args.markdown))
     return 0

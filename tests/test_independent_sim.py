@@ -161,6 +161,36 @@ def test_older_head_has_more_nuclear_susceptibility_in_the_image():
     assert means[1] > means[0] + 0.02
 
 
+
+def test_nucleus_texture_is_an_ablation_on_the_same_subject():
+    """``nucleus_texture`` 0 makes the nuclei uniform and leaves the rest of the subject as it was."""
+    from scipy import ndimage
+
+    from benchmarks.independent_sim.anatomy import build_head
+    from benchmarks.independent_sim.subject import susceptibility_map
+
+    head = build_head(CROP)
+    proto = draw_protocol(get_condition("default"), np.random.default_rng(0))
+    assert proto["nucleus_texture"] == get_condition("default").nucleus_texture > 0
+
+    def chi(texture, counts=None):
+        return susceptibility_map(head, dict(proto, nucleus_texture=texture), np.random.default_rng(5), counts)
+
+    none = {"cmb": 0, "iron": 0, "calcification": 0}
+    textured, uniform = chi(proto["nucleus_texture"], none)[0], chi(0.0, none)[0]
+    core = ndimage.binary_erosion(head.nuclei == nucleus_names().index("globus_pallidus_R") + 1, iterations=2)
+    assert core.sum() > 50
+    rel_sd = lambda c: np.std(c[core]) / np.mean(c[core])  # noqa: E731
+    assert rel_sd(uniform) < 0.02 < 0.06 < rel_sd(textured)
+    outside = ~ndimage.binary_dilation(head.nuclei > 0, iterations=4)
+    assert np.abs(textured[outside] - uniform[outside]).max() < 1e-4
+    # the same lesions in the same places
+    key = lambda lesions: [(les["kind"], les["nucleus"], les["radius_mm"], les["chi_ppm"]) for les in lesions]  # noqa: E731
+    assert key(chi(proto["nucleus_texture"])[2]) == key(chi(0.0)[2])
+    with pytest.raises(ValueError, match="nucleus_texture"):
+        simulate_subject(1, "default", crop=CROP, overrides={"nucleus_texture": -0.1})
+
+
 def test_dipole_field_of_a_sphere_matches_the_analytic_solution():
     n, a, chi0 = 64, 6.0, 1.0
     g = np.indices((n, n, n)) - n // 2

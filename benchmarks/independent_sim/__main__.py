@@ -1,4 +1,4 @@
-"""``python -m benchmarks.independent_sim OUT --subjects N --seed S --condition NAME``."""
+"""``python -m benchmarks.independent_sim OUT --subjects N --seed S --condition NAME [--nucleus-texture X]``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", type=int, default=3)
     ap.add_argument("--seed", type=int, default=SEED_BASE, help=f"first subject's seed (default {SEED_BASE})")
     ap.add_argument("--condition", default="default", choices=sorted(CONDITIONS))
+    ap.add_argument("--nucleus-texture", type=float, default=None,
+                    help="relative SD of the fine texture of nuclear iron (default: the condition's; "
+                         "0 gives the same subjects with uniform nuclei)")
     args = ap.parse_args(argv)
+    overrides = {} if args.nucleus_texture is None else {"nucleus_texture": args.nucleus_texture}
     t0 = time.perf_counter()
     try:
-        labels = write_cohort(args.out, args.subjects, args.seed, args.condition)
+        labels = write_cohort(args.out, args.subjects, args.seed, args.condition, overrides=overrides)
     except ValueError as err:
         print(f"independent_sim: {err}", file=sys.stderr)
         return 2

@@ -85,8 +85,9 @@ def write_subject(subject, root, label: str) -> dict:
     return out
 
 
-def write_cohort(out_dir, n_subjects: int, seed: int, condition: str = "default", crop=None) -> list:
-    """Simulate and write ``n_subjects`` (subject i uses seed ``seed + i``); return their labels."""
+def write_cohort(out_dir, n_subjects: int, seed: int, condition: str = "default", crop=None, overrides=None) -> list:
+    """Simulate and write ``n_subjects`` (subject i uses seed ``seed + i``; ``overrides`` as
+    :func:`~.subject.simulate_subject`); return their labels."""
     from .subject import simulate_subject
 
     out_dir = Path(out_dir)
@@ -97,10 +98,11 @@ def write_cohort(out_dir, n_subjects: int, seed: int, condition: str = "default"
     labels, rows = [], []
     for i in range(n_subjects):
         label = f"{i + 1:02d}"
-        subject = simulate_subject(seed + i, condition, crop=crop)
+        subject = simulate_subject(seed + i, condition, crop=crop, overrides=overrides)
         write_subject(subject, out_dir, label)
         kinds = pd.Series([r["kind"] for r in subject.lesions], dtype=str).value_counts()
         rows.append({"participant_id": f"sub-{label}", "seed": seed + i, "condition": condition,
+                     "nucleus_texture": subject.params["nucleus_texture"],
                      "age": round(subject.params["age_years"], 1), "field_strength": subject.params["b0_tesla"],
                      **{f"n_{k}": int(kinds.get(k, 0)) for k in ("cmb", "iron", "calcification")}})
         labels.append(label)

@@ -48,7 +48,7 @@ def susceptibility_map(head, proto, rng, counts=None):
                                    * float(np.exp(rng.normal(0, 0.08))))
         nuc[head.nuclei == label] = levels[name]
     weight = ndimage.gaussian_filter((head.nuclei > 0).astype(np.float32), 0.8)
-    nuc = ndimage.gaussian_filter(nuc, 0.8) / np.maximum(weight, 1e-3) * (1 + 0.12 * texture)
+    nuc = ndimage.gaussian_filter(nuc, 0.8) / np.maximum(weight, 1e-3) * (1 + proto["nucleus_texture"] * texture)
     chi += weight * (nuc - chi)
     vein_occ = paint_veins(chi, head, rng)
     lesions = place_lesions(head, rng, vein_occ, counts)
@@ -102,13 +102,20 @@ def _gre_images(head, chi, maps, proto, pose, rng):
     return swi, qsm, shape, aff
 
 
-def simulate_subject(seed: int, condition: str = "default", crop=None, counts=None) -> Subject:
+def simulate_subject(seed: int, condition: str = "default", crop=None, counts=None, overrides=None) -> Subject:
     """Simulate one subject of ``condition`` (see conditions.CONDITIONS); ``crop`` (slices of the
-    template grid) makes small test volumes; ``counts`` fixes the number of lesions per kind."""
+    template grid) makes small test volumes; ``counts`` fixes the number of lesions per kind;
+    ``overrides`` replaces fields of the condition (e.g. ``{"nucleus_texture": 0.0}``) without
+    changing the random draws, so the same seed gives the same subject otherwise."""
+    from dataclasses import replace
+
     from .truth import truth_on_grid
 
+    cond = replace(get_condition(condition), **(overrides or {}))
+    if not cond.nucleus_texture >= 0:
+        raise ValueError(f"nucleus_texture must be at least 0, got {cond.nucleus_texture}")
     rng = np.random.default_rng(seed)
-    proto = draw_protocol(get_condition(condition), rng)
+    proto = draw_protocol(cond, rng)
     head = build_head(crop)
     chi, r2s_extra, lesions, levels = susceptibility_map(head, proto, rng, counts)
     maps = physics.relaxation(head, chi, r2s_extra, proto["b0_tesla"])
