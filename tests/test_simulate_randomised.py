@@ -187,14 +187,16 @@ def test_voxel_sizes_native_and_test_preset(draws):
 
 # ---- placement: every CMB site puts microbleeds where it says ---------------------------------
 
-def _anatomy(heterogeneity=None):
+def _anatomy(heterogeneity=None, texture=None, vox=2.0):
     from deepmir_tasks.simulate.head import build_anatomy, draw_head, draw_tissue
 
     rng = np.random.default_rng(4)
     head, tissue = draw_head(rng), draw_tissue(rng, 3.0)
     if heterogeneity is not None:
         tissue["nucleus_heterogeneity"] = heterogeneity
-    return build_anatomy(rng, head, tissue, 2.0, 0.02)
+    if texture is not None:
+        tissue["nucleus_texture"] = texture
+    return build_anatomy(rng, head, tissue, vox, 0.02)
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +214,57 @@ def test_nuclei_vary_within_when_heterogeneous(anat):
         assert np.std(flat) < 0.002 < np.std(het)                  # uniform before, graded after
         assert abs(np.mean(het) - np.mean(flat)) < 0.3 * np.mean(flat)   # same level on average
         assert np.all(het > 0.6 * np.mean(flat))
+
+
+# ---- randomised2: fine iron texture within normal nuclei (hard negatives for iron deposits) -----
+
+def test_randomised2_draws_the_randomised_factors_then_the_texture():
+    for seed in range(50):
+        v1 = draw_factors(np.random.default_rng(seed))
+        v2 = draw_factors(np.random.default_rng(seed), version=2)
+        assert {k: v2[k] for k in v1} == v1                      # the same subject ...
+        for name in variability.V2_FACTORS:                       # ... plus the texture, in range
+            assert FACTORS[name].low <= v2[name] <= FACTORS[name].high, name
+    tex = np.array([draw_factors(np.random.default_rng(seed), version=2)["nucleus_texture"] for seed in SEEDS])
+    assert np.ptp(tex) > 0.9 * (FACTORS["nucleus_texture"].high - FACTORS["nucleus_texture"].low)
+    with pytest.raises(ValueError, match="unknown factor"):      # not a factor of version 1
+        draw_factors(np.random.default_rng(0), {"nucleus_texture": 0.1})
+
+
+def test_nucleus_texture_makes_fine_iron_patches_that_darken_t2w():
+    from deepmir_tasks.simulate.anatomy import NUCLEI_LABELS
+
+    flat, tex = _anatomy(vox=1.0), _anatomy(texture=(0.2, 1.5, 7), vox=1.0)
+    for name in ("globus-pallidus-R", "putamen-L"):
+        core = (flat["nucleus"] == NUCLEI_LABELS.index(name) + 1) & (flat["nucleus_w"] > 0.95)
+        level = float(np.mean(flat["chi"][core]))
+        assert np.std(flat["chi"][core]) < 0.02 * level
+        assert 0.12 * level < np.std(tex["chi"][core]) < 0.3 * level          # patchy
+        assert abs(np.mean(tex["chi"][core]) - level) < 0.2 * level            # about the same level
+    gp = (flat["nucleus"] == NUCLEI_LABELS.index("globus-pallidus-R") + 1) & (flat["nucleus_w"] > 0.95)
+    assert np.corrcoef(tex["chi"][gp], tex["t2"][gp])[0, 1] < -0.5             # its iron darkens T2w
+    away = flat["nucleus"] == 0
+    assert np.array_equal(flat["chi"][away], tex["chi"][away])
+
+
+def test_randomised2_subject_is_the_randomised_one_with_textured_nuclei():
+    pins = dict(BASE, age_years=80.0)
+    base = simulate_subject(3, size="small", profile="randomised", factors=pins, lesion_counts=NO_LESIONS)
+    same = simulate_subject(3, size="small", profile="randomised2", factors=dict(pins, nucleus_texture=0.0),
+                            lesion_counts=NO_LESIONS)
+    tex = simulate_subject(3, size="small", profile="randomised2", factors=dict(pins, nucleus_texture=0.2),
+                           lesion_counts=NO_LESIONS)
+    assert np.array_equal(data(base.qsm), data(same.qsm)) and np.array_equal(data(base.t2), data(same.t2))
+    assert tex.params["profile"] == "randomised2" and tex.params["factors"]["nucleus_texture"] == 0.2
+    changed = np.abs(data(tex.qsm) - data(base.qsm)) > 0.01
+    assert changed.any()
+    # only in and around the deep nuclei (their centroids, in the T2w world)
+    where = np.argwhere(changed) @ tex.qsm.affine[:3, :3].T + tex.qsm.affine[:3, 3]
+    centres = np.array(list(tex.params["nucleus_centroids_t2_mm"].values()))
+    t2_to_swi = np.linalg.inv(tex.swi_to_t2)
+    centres = centres @ t2_to_swi[:3, :3].T + t2_to_swi[:3, 3]
+    near = np.linalg.norm(where[:, None] - centres[None], axis=2).min(1) < 25.0
+    assert near.mean() > 0.95
 
 
 @pytest.mark.parametrize("site", variability.CMB_SITES)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import InputError, atomic_path, save_nifti, write_json, write_tsv
+from .variability import RANDOMISED_PROFILES
 
 __all__ = ["write_bids_cohort", "write_subject", "sidecars"]
 
@@ -51,7 +52,7 @@ def sidecars(subject) -> dict:
            else {"TikhonovLambda": round(p["qsm_regularisation"], 4)}),
         "MaskErosionMM": round(p["qsm_mask_erosion_mm"], 3), "SusceptibilityReference": "CSF (0 ppm)",
     })
-    if p.get("profile") == "randomised":
+    if p.get("profile") in RANDOMISED_PROFILES:
         _randomised_sidecars(p, t2, swi, qsm)
     return {"t2": t2, "swi": swi, "qsm": qsm}
 
@@ -59,7 +60,7 @@ def sidecars(subject) -> dict:
 def _randomised_sidecars(p, t2, swi, qsm):
     """What the randomised profile varies beyond the default's fields (default sidecars unchanged)."""
     for side in (t2, swi, qsm):
-        side["SimulationProfile"] = "randomised"
+        side["SimulationProfile"] = p["profile"]
         side["SubjectAgeYears"] = round(p["age_years"], 1)
     if p["t2_variant"] != "TSE":
         t2.update({"SequenceName": f"simulated T2w {p['t2_variant']}", "ScanningSequence": ["SE", "IR"],
@@ -134,8 +135,8 @@ def write_bids_cohort(out_dir, n_subjects: int, seed: int, size: str = "full", s
                      "field_strength": subject.params["b0_tesla"],
                      "n_cmb": counts.get("cmb", 0), "n_iron": counts.get("iron", 0),
                      "n_calcification": counts.get("calcification", 0), "n_vein": counts.get("vein", 0)})
-        if subject.params.get("profile") == "randomised":
-            rows[-1].update(profile="randomised", age=round(subject.params["age_years"], 1))
+        if subject.params.get("profile") in RANDOMISED_PROFILES:
+            rows[-1].update(profile=subject.params["profile"], age=round(subject.params["age_years"], 1))
     _merge_participants(out_dir / "participants.tsv", pd.DataFrame(rows))
     gen = [{"Name": "deepmir simulate", "Version": __version__,
             "Description": "physics-based T2w/SWI/QSM simulator (dipole field, GRE dephasing, TKD/Tikhonov QSM)"}]

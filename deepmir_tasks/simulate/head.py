@@ -72,8 +72,26 @@ def build_anatomy(rng, head: dict, tissue: dict, vox: float, te_swi: float) -> d
     """The subject's anatomy grid: warped MNI maps plus tissue, chi, T2w and GRE maps."""
     anat = _anatomy_grid(mni_anatomy(), head["mni_to_t2"], head["warp"], vox, head["shell"])
     _tissue_images(rng, anat, tissue["chi"], tissue["nucleus_chi"], tissue["contrast"], te_swi,
-                   tissue.get("nucleus_heterogeneity", 0.0))
+                   tissue.get("nucleus_heterogeneity", 0.0), tissue.get("nucleus_texture"))
     return anat
+
+
+def _nucleus_texture(inside, vox: float, rel_sd: float, grain_mm: float, seed: int) -> np.ndarray:
+    """Multiplicative fine texture (float32, 1 outside ``inside``; inside, mean about 1 and relative
+    SD ``rel_sd``, floored at 0.2), computed on the box around ``inside`` only."""
+    from scipy import ndimage as ndi
+
+    out = np.ones(inside.shape, np.float32)
+    if not inside.any():
+        return out
+    pad = int(np.ceil(4 * grain_mm / vox))
+    idx = np.argwhere(inside)
+    box = tuple(slice(max(a - pad, 0), b + pad + 1) for a, b in zip(idx.min(0), idx.max(0)))
+    noise = np.random.default_rng(seed).standard_normal(out[box].shape, dtype=np.float32)
+    field = ndi.gaussian_filter(noise, grain_mm / vox)
+    sd = max(float(field[inside[box]].std()), 1e-6)
+    out[box] = np.maximum(1.0 + np.float32(rel_sd / sd) * field, np.float32(0.2))
+    return out
 
 
 def air_cavities(rng, anat, mni_to_t2, t2_to_swi, scale=(0.7, 1.3), gap_mm=2.0):
@@ -180,11 +198,14 @@ def _mni_codes():
             + 128 * mni.region.astype(np.uint16))
 
 
-def _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi, heterogeneity=0.0):
+def _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi, heterogeneity=0.0, texture=None):
     """Tissue fractions, susceptibility, T2w and GRE magnitude maps on the anatomy grid.
 
     ``heterogeneity`` > 0 varies each nucleus's level smoothly (wavelengths 10-30 mm) by up to
     that fraction, as iron gradients within normal nuclei do (none: the original simulator).
+    ``texture`` = ``(relative SD, grain mm, seed)`` adds fine-grained iron patches within the nuclei
+    (a Gaussian-smoothed noise field of that grain, from its own random stream so that every other
+    draw stays the same); the iron darkens T2w and the GRE magnitude where it is, as the level does.
     """
     from scipy import ndimage as ndi
 
@@ -215,6 +236,8 @@ def _tissue_images(rng, anat, chi_t, nucleus_chi, contrast, te_swi, heterogeneit
         centre = anat["affine"][:3, :3] @ (np.asarray(sd.shape) / 2.0) + anat["affine"][:3, 3]
         smooth = SmoothField(rng, centre, 8, (10.0, 30.0))(sd.shape, anat["affine"])
         chi_nuc = chi_nuc * (1.0 + np.float32(heterogeneity) * smooth)
+    if texture is not None and texture[0] > 0:
+        chi_nuc = chi_nuc * _nucleus_texture(lab > 0, vox, *texture)
     chi = gm * chi_t["gm"] + wm * chi_t["wm"] + csf * chi_t["csf"]
     chi = ((1 - w) * chi + w * chi_nuc * brain).astype(np.float32)
     chi *= (brain > 0) | (f_csf_out > 0)

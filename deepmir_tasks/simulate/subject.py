@@ -64,7 +64,7 @@ class SimulatedSubject:
     megre: dict | None = None  # megre=True: raw multi-echo GRE on the SWI grid (multiecho.echo_signals)
 
 
-PROFILES = ("default", "randomised")
+PROFILES = ("default", *variability.RANDOMISED_PROFILES)
 
 
 def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | None = None,
@@ -82,8 +82,10 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
         profile: ``"default"`` (the original simulator, unchanged for existing seeds) or
             ``"randomised"``: age-dependent physiology, lesions at every site and acquisition over
             the ranges of :data:`~.variability.FACTORS` (1.5/3/7 T, 0.5-6 mm voxels, minIP,
-            FLAIR-like T2w, residual background fields...), each stage on its own random stream.
-        factors: randomised profile only: pin factors, e.g. ``{"age_years": 85, "b0_tesla": 7.0}``
+            FLAIR-like T2w, residual background fields...), each stage on its own random stream;
+            ``"randomised2"``: the same subject with fine iron texture within the normal nuclei
+            added (:data:`~.variability.V2_FACTORS`), a hard negative for iron deposits.
+        factors: randomised profiles only: pin factors, e.g. ``{"age_years": 85, "b0_tesla": 7.0}``
             (keys of the ``params["factors"]`` it records); the other draws stay the same.
         megre: also simulate the raw multi-echo GRE (magnitude and wrapped phase per echo,
             :mod:`~.multiecho`) of the same head, on the SWI grid, as ``megre``; its draws have their
@@ -101,7 +103,7 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
     else:
         st = dict(zip(("factors", "head", "grid", "lesions", "t2w", "gre", "recon"),
                       (np.random.default_rng(s) for s in np.random.SeedSequence([int(seed), 12]).spawn(7))))
-        plan = _randomised_plan(st["factors"], seed, size, pre, lesion_counts, lesion_ranges, factors)
+        plan = _randomised_plan(st["factors"], seed, size, pre, lesion_counts, lesion_ranges, factors, profile)
     p, f, b0, te_swi = plan["params"], plan["factors"], plan["b0"], plan["te_swi"]
     t2_vox, swi_vox = plan["t2_vox"], plan["swi_vox"]
 
@@ -161,8 +163,8 @@ def _check_args(size, lesion_counts, lesion_ranges, profile, factors):
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     if profile not in PROFILES:
         raise ValueError(f"profile must be one of {list(PROFILES)}, got {profile!r}")
-    if factors and profile != "randomised":
-        raise ValueError("factors can only be pinned with profile='randomised'")
+    if factors and profile not in variability.RANDOMISED_PROFILES:
+        raise ValueError(f"factors can only be pinned with a randomised profile ({', '.join(variability.RANDOMISED_PROFILES)})")
     resolve_counts(np.random.default_rng(0), lesion_counts)
     for key, value in (lesion_ranges or {}).items():
         if key not in DEFAULT_RANGES:
@@ -188,11 +190,11 @@ def _default_plan(rng, seed, size, pre, lesion_counts, lesion_ranges) -> dict:
             "counts": lesion_counts, "ranges": lesion_ranges, "placement": None}
 
 
-def _randomised_plan(rng, seed, size, pre, lesion_counts, lesion_ranges, pins) -> dict:
-    """The randomised profile's factors (recorded whole in ``params["factors"]``)."""
-    f = variability.draw_factors(rng, pins)
+def _randomised_plan(rng, seed, size, pre, lesion_counts, lesion_ranges, pins, profile="randomised") -> dict:
+    """A randomised profile's factors (recorded whole in ``params["factors"]``)."""
+    f = variability.draw_factors(rng, pins, variability.RANDOMISED_PROFILES[profile])
     t2_vox, swi_vox = variability.voxel_sizes(f, pre, native=size == "full")
-    p = {"seed": int(seed), "size": size, "profile": "randomised", "factors": f, "age_years": f["age_years"]}
+    p = {"seed": int(seed), "size": size, "profile": profile, "factors": f, "age_years": f["age_years"]}
     p.update({k: f[k] for k in ("b0_tesla", "swi_echo_time_s", "swi_repetition_time_s", "swi_flip_angle_deg",
                                 "t2_echo_time_s", "t2_repetition_time_s", "t2_variant", "t2_inversion_time_s")})
     return {"params": p, "factors": f, "b0": f["b0_tesla"], "te_swi": f["swi_echo_time_s"], "t2_vox": t2_vox,

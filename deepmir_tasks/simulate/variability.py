@@ -18,7 +18,7 @@ import numpy as np
 from .anatomy import NUCLEI
 from .lesions import DEFAULT_COUNTS, DEFAULT_RANGES, Placement
 
-__all__ = ["Factor", "FACTORS", "NUCLEUS_LIFESPAN", "nucleus_chi_at_age", "draw_factors", "apply_physiology",
+__all__ = ["Factor", "FACTORS", "NUCLEUS_LIFESPAN", "RANDOMISED_PROFILES", "V2_FACTORS", "nucleus_chi_at_age", "draw_factors", "apply_physiology",
            "voxel_sizes", "lesion_ranges", "lesion_counts", "placement", "CMB_SITES", "IRON_NUCLEI"]
 
 
@@ -38,6 +38,16 @@ FACTORS = {
     "nucleus_heterogeneity": Factor(0.0, 0.3, "fraction", "smooth iron gradients within normal nuclei "
                                     "(e.g. posterior putamen, medial pallidum): Deistung et al. 2013; Haacke "
                                     "et al. 2005 Magn Reson Imaging 23:1 (iron stores)"),
+    # profile randomised2 only (V2_FACTORS): fine-grained iron within normal nuclei, patches at the
+    # scale of a focal iron deposit that are not deposits: healthy adults' nuclei hold "regional high
+    # iron" sub-regions that grow with age (Li Y et al. 2021, Front Neurosci 14:607705, 623 subjects
+    # 20-90 years), and uneven iron within nuclei shows in QSM histograms (Lancione et al. 2022,
+    # NeuroImage Clin 34:102989). Range wider than typical on purpose: hard negatives.
+    "nucleus_texture": Factor(0.0, 0.2, "fraction", "relative SD of the fine iron texture within normal "
+                              "nuclei; Li Y et al. 2021 Front Neurosci 14:607705; Lancione et al. 2022 "
+                              "NeuroImage Clin 34:102989"),
+    "nucleus_texture_mm": Factor(1.0, 3.0, "mm", "grain (Gaussian smoothing) of that texture: from the "
+                                 "voxel scale of 3 T QSM to sub-nuclear patches; same sources"),
     "gm_chi_ppm": Factor(0.0, 0.035, "ppm", "cortex re CSF; Deistung et al. 2013 NeuroImage 65:299; " + _LI14),
     "wm_chi_ppm": Factor(-0.06, -0.01, "ppm", "white matter re CSF; " + _LI14),
     "ventricle_expansion": Factor(-0.05, 0.25, "fraction", "ventricles grow, faster after 60: Scahill et al. "
@@ -134,6 +144,13 @@ IRON_NUCLEI = ("caudate", "putamen", "globus", "thalamus", "dentate")
 COUNTS = dict(DEFAULT_COUNTS, cmb=(0, 20), iron=(0, 5), vein=(4, 20))
 
 
+#: the randomised profiles and their versions: ``randomised2`` draws every factor of ``randomised``
+#: exactly as it does, then ``V2_FACTORS`` (and the seed of the texture's own random stream), so a
+#: ``randomised2`` subject is the ``randomised`` subject of the same seed with these factors added
+RANDOMISED_PROFILES = {"randomised": 1, "randomised2": 2}
+V2_FACTORS = ("nucleus_texture", "nucleus_texture_mm")
+
+
 def nucleus_chi_at_age(prefix: str, age: float) -> float:
     """Population-mean susceptibility (ppm) of a nucleus (``NUCLEUS_LIFESPAN`` key) at ``age``."""
     lo, hi, tau = NUCLEUS_LIFESPAN[prefix]
@@ -146,9 +163,12 @@ def _u(rng, name):
     return float(rng.uniform(f.low, f.high))
 
 
-def draw_factors(rng, pins: dict | None = None) -> dict:
-    """One subject's factors. The number of draws is fixed, so a pin changes only its factor
-    (and the factors derived from it, e.g. echo time from field strength)."""
+def draw_factors(rng, pins: dict | None = None, version: int = 1) -> dict:
+    """One subject's factors (``version`` 2: ``randomised2``, with ``V2_FACTORS`` drawn last). The
+    number of draws is fixed, so a pin changes only its factor (and the factors derived from it,
+    e.g. echo time from field strength)."""
+    if version not in RANDOMISED_PROFILES.values():
+        raise ValueError(f"unknown randomised profile version {version!r}")
     pins = dict(pins or {})
     out: dict = {}
 
@@ -158,6 +178,10 @@ def draw_factors(rng, pins: dict | None = None) -> dict:
 
     _draw_physiology(rng, put)
     _draw_acquisition(rng, put)
+    if version >= 2:
+        for name in V2_FACTORS:
+            put(name, _u(rng, name))
+        put("nucleus_texture_seed", int(rng.integers(2 ** 31)))
     if pins:
         raise ValueError(f"unknown factor(s) {sorted(pins)}; expected some of {sorted(out)}")
     return out
@@ -237,6 +261,9 @@ def apply_physiology(head: dict, tissue: dict, f: dict) -> None:
     tissue["chi"].update(gm=float(f["gm_chi_ppm"]), wm=float(f["wm_chi_ppm"]))
     tissue["nucleus_chi"] = {k: float(v) for k, v in f["nucleus_chi_ppm"].items()}
     tissue["nucleus_heterogeneity"] = float(f["nucleus_heterogeneity"])
+    if float(f.get("nucleus_texture", 0.0)) > 0:
+        tissue["nucleus_texture"] = (float(f["nucleus_texture"]), float(f["nucleus_texture_mm"]),
+                                     int(f["nucleus_texture_seed"]))
     if f["t2_variant"] != "TSE":
         tissue["contrast"]["t2"]["csf"] = float(f["flair_csf_signal"])
 

@@ -12,10 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed (default 0)")
     parser.add_argument("--size", choices=("full", "small"), default="full",
                         help="full resolution or a small, fast test size (default full)")
-    parser.add_argument("--profile", choices=("default", "randomised"), default="default",
+    parser.add_argument("--profile", choices=("default", "randomised", "randomised2"), default="default",
                         help="default: the original simulator (seeds reproduce); randomised: age, lesion "
                              "sites and acquisition (1.5/3/7 T, voxels, minIP, FLAIR-like, QSM method) "
-                             "over their real-world ranges")
+                             "over their real-world ranges; randomised2: the same subjects with fine iron "
+                             "texture within the normal nuclei")
     parser.add_argument("--megre", action="store_true",
                         help="also write the raw multi-echo GRE of each head (4 echoes, magnitude and phase: "
                              "sub-X_echo-N_part-mag|phase_MEGRE.nii.gz), for QSM and SWI computed by deepmir run")
