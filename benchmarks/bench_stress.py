@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_stress.py [--conditions default 7T ...] [--subjects 3]
         [--work DIR] [--model FILE] [--subset t2 swi] [--seed-offset 100000] [--nucleus-texture 0]
+        [--nucleus-r2s-scale 5]
         [--markdown]
 
 For each condition (``default`` first: the independent generator's headline row) it writes a
@@ -15,9 +16,11 @@ dilated by 2 mm); and the fraction of true CMBs and iron deposits inside the pip
 mask. Steps already done under ``--work`` are reused (the cohort if complete, the pipeline from
 its cache), so one command rebuilds the table. ``--subset`` runs the pipeline on some of the
 modalities only (links to the cohort without the others; its own ``deriv_<subset>`` and
-``evaluation_<subset>`` folders), as a site without QSM would. ``--nucleus-texture`` overrides the
-generator's fine texture of nuclear iron on the same seeds (its own ``<cond>_texture<X>`` folder):
-``0`` gives the same subjects with uniform nuclei, an ablation of what provokes false iron calls.
+``evaluation_<subset>`` folders), as a site without QSM would. ``--nucleus-texture`` and
+``--nucleus-r2s-scale`` (the generator's ``ABLATIONS``) change one field of the generator on the same
+seeds (own folders ``<cond>_texture<X>``, ``<cond>_r2s<Y>``): ``--nucleus-texture 0`` gives the same
+subjects with uniform nuclei, ``--nucleus-r2s-scale 5`` with nuclei as dark on the GRE magnitude as
+DEEPMIR's simulator makes them; ablations of what provokes false iron calls.
 
 DEEPMIR runs from a clean export of a commit (``--code``, default HEAD, via ``git archive``), so
 edits to the working tree during a run of an hour neither break pydra's hash checks nor mix two
@@ -42,6 +45,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.independent_sim import CONDITIONS, SEED_BASE  # noqa: E402
+from benchmarks.independent_sim.conditions import ABLATIONS, check_ablations  # noqa: E402
 
 TOLERANCE_MM = 5.0
 COLUMNS = ["condition", "subjects", "cmb_sens", "cmb_prec", "cmb_fp_per_subj", "iron_sens", "iron_prec",
@@ -127,22 +131,24 @@ def condition_seed(cond: str, seed_offset: int = 0) -> int:
 
 
 def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="debug", code_dir=REPO,
-                  subset=None, seed_offset: int = 0, nucleus_texture=None) -> Path:
+                  subset=None, seed_offset: int = 0, ablations=None) -> Path:
     """Generate, run (DEEPMIR imported from ``code_dir``, on the images of ``subset`` only when
     given) and evaluate one condition; return its folder (``<cond>``, or ``<cond>_seed<first seed>``
-    with a ``seed_offset``; ``_texture<X>`` added with a ``nucleus_texture``)."""
+    with a ``seed_offset``; ``_<tag><value>`` added per generator field changed in ``ablations``,
+    e.g. ``_texture0``)."""
+    ablations = ablations or {}
     seed = condition_seed(cond, seed_offset)
     root = work / ((cond if not seed_offset else f"{cond}_seed{seed}")
-                   + ("" if nucleus_texture is None else f"_texture{nucleus_texture:g}"))
+                   + "".join(f"_{ABLATIONS[k][0]}{v:g}" for k, v in ablations.items()))
     tag = subset_tag(subset)
     bids, deriv = root / "bids", root / f"deriv{tag}"
     root.mkdir(parents=True, exist_ok=True)
     log = root / "log.txt"
     if not _cohort_complete(bids, n_subjects):
         shutil.rmtree(bids, ignore_errors=True)
-        texture = [] if nucleus_texture is None else ["--nucleus-texture", nucleus_texture]
+        flags = [x for k, v in ablations.items() for x in ("--" + k.replace("_", "-"), v)]
         _run([sys.executable, "-m", "benchmarks.independent_sim", bids, "--subjects", n_subjects,
-              "--seed", seed, "--condition", cond, *texture], log)
+              "--seed", seed, "--condition", cond, *flags], log)
     source = subset_view(bids, root / f"bids{tag}", subset) if tag else bids
     cmd = _deepmir() + ["run", source, deriv, "participant", "--worker", worker, "--n-procs", 1, "--no-report"]
     if model is not None:
@@ -236,13 +242,14 @@ def main(argv=None) -> int:
                     help="run on these modalities only (with T2w among them), e.g. --subset t2 swi")
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="added to every condition's seeds (100000: the unseen default cohort, seeds 7400000-)")
-    ap.add_argument("--nucleus-texture", type=float, default=None,
-                    help="the generator's fine texture of nuclear iron (relative SD; default: the "
-                         "condition's, 0.12; 0: the same subjects with uniform nuclei)")
+    for name, (_, text) in ABLATIONS.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=text)
     ap.add_argument("--markdown", action="store_true", help="print a README-ready Markdown table")
     args = ap.parse_args(argv)
-    if args.nucleus_texture is not None and not args.nucleus_texture >= 0:
-        raise SystemExit(f"bench_stress: --nucleus-texture must be at least 0, got {args.nucleus_texture}")
+    try:
+        ablations = check_ablations({k: getattr(args, k) for k in ABLATIONS if getattr(args, k) is not None})
+    except ValueError as err:
+        raise SystemExit(f"bench_stress: {err}") from None
     if args.subset is not None and "t2" not in args.subset:
         raise SystemExit("bench_stress: --subset must include t2 (the truth is scored in the T2w's world)")
     if args.model is not None and not args.model.is_file():
@@ -253,11 +260,11 @@ def main(argv=None) -> int:
     rows = []
     for cond in args.conditions:
         root = run_condition(cond, args.subjects, work, args.model, args.worker, code_dir, args.subset,
-                             args.seed_offset, args.nucleus_texture)
+                             args.seed_offset, ablations)
         row = score_condition(root, args.subset)
         rows.append(row)
         print(f"{cond}: " + "; ".join(f"{k} {v}" for k, v in row["_counts"].items()), flush=True)
-    texture = "" if args.nucleus_texture is None else f", nuclear texture {args.nucleus_texture:g}"
+    texture = "".join(f", {k} {v:g}" for k, v in ablations.items())
     print(f"\nStress benchmark: DEEPMIR {code}, {args.subjects} subjects per condition (seed offset "
           f"{args.seed_offset}{texture}), lesion-wise, "
           f"{TOLERANCE_MM:g} mm; work folder {work}")

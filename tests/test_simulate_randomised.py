@@ -427,3 +427,40 @@ def test_bids_cohort_and_pydra_task_take_the_profile(tmp_path):
                                                                              cache_root=tmp_path / "cache")
     params = json.loads(Path(out.xfm).with_name("sub-02_desc-simulation_params.json").read_text())
     assert params["profile"] == "randomised" and "age_years" in params["factors"]
+
+
+# ---- randomised3: how dark a nucleus's iron makes it on SWI and T2w is drawn, weak to strong ----
+
+def test_randomised3_draws_the_randomised2_factors_then_the_nuclear_darkening():
+    for seed in range(50):
+        v2 = draw_factors(np.random.default_rng(seed), version=2)
+        v3 = draw_factors(np.random.default_rng(seed), version=3)
+        assert {k: v3[k] for k in v2} == v2                      # the randomised2 subject ...
+        for name in variability.V3_FACTORS:                       # ... plus its nuclei's darkening
+            assert FACTORS[name].low <= v3[name] <= FACTORS[name].high, name
+    for name in variability.V3_FACTORS:
+        vals = np.array([draw_factors(np.random.default_rng(s), version=3)[name] for s in SEEDS])
+        assert np.ptp(vals) > 0.9 * (FACTORS[name].high - FACTORS[name].low), name
+    with pytest.raises(ValueError, match="unknown factor"):      # not a factor of version 2
+        draw_factors(np.random.default_rng(0), {"nucleus_r2s_per_ppm": 100.0}, version=2)
+
+
+def test_nuclear_darkening_sets_how_dark_iron_rich_nuclei_are_on_swi_and_t2w_not_their_qsm():
+    pins = dict(BASE, age_years=85.0, b0_tesla=3.0, nucleus_texture=0.0)
+
+    def head(r2s, k):
+        return simulate_subject(3, size="small", profile="randomised3", lesion_counts=NO_LESIONS,
+                                factors=dict(pins, nucleus_r2s_per_ppm=r2s, nucleus_t2_per_ppm=k))
+
+    weak, strong = head(25.0, 0.5), head(250.0, 4.0)
+    assert strong.params["factors"]["nucleus_r2s_per_ppm"] == 250.0
+    # the same susceptibility: QSM differs by noise only (its noise follows the magnitude)
+    assert np.corrcoef(data(weak.qsm).ravel(), data(strong.qsm).ravel())[0, 1] > 0.97
+    t2_to_swi = np.linalg.inv(strong.swi_to_t2)
+    for name in ("globus-pallidus-R", "globus-pallidus-L"):
+        c_t2 = np.asarray(strong.params["nucleus_centroids_t2_mm"][name])
+        c_swi = c_t2 @ t2_to_swi[:3, :3].T + t2_to_swi[:3, 3]
+        med = lambda img, c: float(np.median(neighbourhood(img, c, 3.0)[0]))  # noqa: E731
+        assert med(strong.swi, c_swi) < 0.8 * med(weak.swi, c_swi), name     # darker on SWI ...
+        assert med(strong.t2, c_t2) < 0.9 * med(weak.t2, c_t2), name         # ... and on T2w
+        assert abs(med(strong.qsm, c_swi) - med(weak.qsm, c_swi)) < 0.03, name  # same iron on QSM

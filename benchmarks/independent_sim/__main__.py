@@ -1,4 +1,5 @@
-"""``python -m benchmarks.independent_sim OUT --subjects N --seed S --condition NAME [--nucleus-texture X]``."""
+"""``python -m benchmarks.independent_sim OUT --subjects N --seed S --condition NAME [--nucleus-texture X]
+[--nucleus-r2s-scale Y]`` (the ablations of ``conditions.ABLATIONS``: the same seeds, one field changed)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 
 from .bids import SEED_BASE, write_cohort
-from .conditions import CONDITIONS
+from .conditions import ABLATIONS, CONDITIONS
 
 
 def main(argv=None) -> int:
@@ -18,11 +19,10 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", type=int, default=3)
     ap.add_argument("--seed", type=int, default=SEED_BASE, help=f"first subject's seed (default {SEED_BASE})")
     ap.add_argument("--condition", default="default", choices=sorted(CONDITIONS))
-    ap.add_argument("--nucleus-texture", type=float, default=None,
-                    help="relative SD of the fine texture of nuclear iron (default: the condition's; "
-                         "0 gives the same subjects with uniform nuclei)")
+    for name, (_, text) in ABLATIONS.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=text)
     args = ap.parse_args(argv)
-    overrides = {} if args.nucleus_texture is None else {"nucleus_texture": args.nucleus_texture}
+    overrides = {k: getattr(args, k) for k in ABLATIONS if getattr(args, k) is not None}
     t0 = time.perf_counter()
     try:
         labels = write_cohort(args.out, args.subjects, args.seed, args.condition, overrides=overrides)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["Condition", "CONDITIONS", "get_condition", "draw_protocol"]
+__all__ = ["ABLATIONS", "Condition", "check_ablations", "CONDITIONS", "get_condition", "draw_protocol"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class Condition:
     # pallidum are typical of in vivo ROI reports). Not drawn, so 0 (``--nucleus-texture 0``)
     # gives the same subjects with uniform nuclei: an ablation.
     nucleus_texture: float = 0.12
+    # R2* of the nuclei's iron as a multiple of this generator's law for paramagnetic tissue
+    # (physics._R2S_PER_PPM_3T); lesions keep the law. Not drawn: another value gives the same
+    # subjects with darker (> 1) nuclei on the GRE magnitude and SWI, an ablation.
+    nucleus_r2s_scale: float = 1.0
     # QSM reconstruction: fraction of the background field left after background removal,
     # amplitude (ppm) of a smooth polynomial residual, TKD threshold
     residual_background: tuple = (0.0, 0.0)
@@ -51,6 +55,15 @@ class Condition:
     # SWI phase-mask power: 4 is the common choice (Haacke et al. 2004 MRM 52:612)
     phase_mask_power: tuple = (3, 4, 5)
 
+
+#: fields of a condition that are not drawn and can be changed on the same seeds (the same heads and
+#: lesions): name -> (folder tag, help); every value must be at least 0
+ABLATIONS = {
+    "nucleus_texture": ("texture", "relative SD of the fine texture of nuclear iron (default: the condition's, "
+                        "0.12; 0 gives the same subjects with uniform nuclei)"),
+    "nucleus_r2s_scale": ("r2s", "R2* of nuclear iron as a multiple of the generator's law (default 1, 28 /s per ppm "
+                          "at 3 T; 5 gives 140, nuclei much darker on the GRE magnitude and SWI)"),
+}
 
 _DEFAULT = Condition("default")
 
@@ -83,6 +96,17 @@ def get_condition(name: str) -> Condition:
         raise ValueError(f"unknown condition {name!r}; choose one of {', '.join(CONDITIONS)}") from None
 
 
+def check_ablations(overrides: dict) -> dict:
+    """``overrides`` (name -> value) if every name is in :data:`ABLATIONS` and every value at least 0;
+    a ValueError naming the first that is not."""
+    for name, value in overrides.items():
+        if name not in ABLATIONS:
+            raise ValueError(f"{name!r} cannot be overridden; choose among {', '.join(ABLATIONS)}")
+        if not float(value) >= 0:
+            raise ValueError(f"{name} must be at least 0, got {value}")
+    return overrides
+
+
 def draw_protocol(cond: Condition, rng: np.random.Generator) -> dict:
     """One subject's acquisition and population values, drawn from ``cond``'s ranges."""
     u = lambda pair: float(rng.uniform(*pair))  # noqa: E731
@@ -101,6 +125,7 @@ def draw_protocol(cond: Condition, rng: np.random.Generator) -> dict:
         "age_years": u(cond.age_years),
         "nuclear_iron_factor": u(cond.nuclear_iron_factor),
         "nucleus_texture": float(cond.nucleus_texture),
+        "nucleus_r2s_scale": float(cond.nucleus_r2s_scale),
         "residual_background": u(cond.residual_background),
         "residual_poly_ppm": u(cond.residual_poly_ppm),
         "qsm_method": method,

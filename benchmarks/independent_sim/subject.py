@@ -53,6 +53,8 @@ def susceptibility_map(head, proto, rng, counts=None):
     vein_occ = paint_veins(chi, head, rng)
     lesions = place_lesions(head, rng, vein_occ, counts)
     r2s_extra = np.zeros_like(chi)
+    if proto["nucleus_r2s_scale"] != 1.0:   # the nuclei's own R2*, beyond relaxation()'s law
+        r2s_extra += (proto["nucleus_r2s_scale"] - 1.0) * physics._R2S_PER_PPM_3T * np.clip(weight * nuc, 0.0, 0.5)
     paint_lesions(chi, lesions, r2s_extra)
     chi[head.bone], chi[head.scalp], chi[head.air] = _CHI_BONE, _CHI_SCALP, _CHI_AIR
     return chi, r2s_extra, lesions, levels
@@ -105,15 +107,15 @@ def _gre_images(head, chi, maps, proto, pose, rng):
 def simulate_subject(seed: int, condition: str = "default", crop=None, counts=None, overrides=None) -> Subject:
     """Simulate one subject of ``condition`` (see conditions.CONDITIONS); ``crop`` (slices of the
     template grid) makes small test volumes; ``counts`` fixes the number of lesions per kind;
-    ``overrides`` replaces fields of the condition (e.g. ``{"nucleus_texture": 0.0}``) without
+    ``overrides`` replaces fields of the condition named in ``conditions.ABLATIONS`` (e.g.
+    ``{"nucleus_texture": 0.0}``) without
     changing the random draws, so the same seed gives the same subject otherwise."""
     from dataclasses import replace
 
+    from .conditions import check_ablations
     from .truth import truth_on_grid
 
-    cond = replace(get_condition(condition), **(overrides or {}))
-    if not cond.nucleus_texture >= 0:
-        raise ValueError(f"nucleus_texture must be at least 0, got {cond.nucleus_texture}")
+    cond = replace(get_condition(condition), **check_ablations(dict(overrides or {})))
     rng = np.random.default_rng(seed)
     proto = draw_protocol(cond, rng)
     head = build_head(crop)

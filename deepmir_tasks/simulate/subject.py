@@ -84,7 +84,9 @@ def simulate_subject(seed: int, size: str = "full", *, lesion_counts: dict | Non
             the ranges of :data:`~.variability.FACTORS` (1.5/3/7 T, 0.5-6 mm voxels, minIP,
             FLAIR-like T2w, residual background fields...), each stage on its own random stream;
             ``"randomised2"``: the same subject with fine iron texture within the normal nuclei
-            added (:data:`~.variability.V2_FACTORS`), a hard negative for iron deposits.
+            added (:data:`~.variability.V2_FACTORS`), a hard negative for iron deposits;
+            ``"randomised3"``: that subject with the nuclei's darkening on SWI and T2w per ppm of
+            iron drawn (:data:`~.variability.V3_FACTORS`), weak to strong.
         factors: randomised profiles only: pin factors, e.g. ``{"age_years": 85, "b0_tesla": 7.0}``
             (keys of the ``params["factors"]`` it records); the other draws stay the same.
         megre: also simulate the raw multi-echo GRE (magnitude and wrapped phase per echo,

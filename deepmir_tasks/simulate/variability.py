@@ -18,7 +18,7 @@ import numpy as np
 from .anatomy import NUCLEI
 from .lesions import DEFAULT_COUNTS, DEFAULT_RANGES, Placement
 
-__all__ = ["Factor", "FACTORS", "NUCLEUS_LIFESPAN", "RANDOMISED_PROFILES", "V2_FACTORS", "nucleus_chi_at_age", "draw_factors", "apply_physiology",
+__all__ = ["Factor", "FACTORS", "NUCLEUS_LIFESPAN", "RANDOMISED_PROFILES", "V2_FACTORS", "V3_FACTORS", "nucleus_chi_at_age", "draw_factors", "apply_physiology",
            "voxel_sizes", "lesion_ranges", "lesion_counts", "placement", "CMB_SITES", "IRON_NUCLEI"]
 
 
@@ -48,6 +48,21 @@ FACTORS = {
                               "NeuroImage Clin 34:102989"),
     "nucleus_texture_mm": Factor(1.0, 3.0, "mm", "grain (Gaussian smoothing) of that texture: from the "
                                  "voxel scale of 3 T QSM to sub-nuclear patches; same sources"),
+    # profile randomised3 only (V3_FACTORS): how dark a nucleus's iron makes it on the GRE magnitude
+    # (R2*, at 3 T; scaled with B0) and on T2w, per ppm of its susceptibility. The default profile draws
+    # 150-250 /s and 2.5-4 per ppm, so a bright-QSM nucleus is always dark on SWI and T2w, while a
+    # focal deposit (a separate, milder darkening) is not; real scans do not hold to one slope. The
+    # R2*-susceptibility slope of deep grey matter differs between reports by several fold, from
+    # ~30 /s per ppm (ratio of the post-mortem iron slopes of R2* and of susceptibility, Langkammer et
+    # al. 2010 Radiology 257:455 and 2012 NeuroImage 62:1593, as another simulator reads them) to
+    # ~200 in vivo at 3 T (pallidum against cortex); T2 shortening by iron is weaker than R2*'s and
+    # sequence-dependent (Gelman et al. 1999 Radiology 210:759). Design choice: the whole span, so that
+    # a nucleus's level cannot be read off its SWI or T2w darkness (hard negatives for iron deposits).
+    "nucleus_r2s_per_ppm": Factor(25.0, 250.0, "1/s per ppm at 3 T", "R2* of nuclear iron; Langkammer et "
+                                  "al. 2010 Radiology 257:455; Langkammer et al. 2012 NeuroImage 62:1593; "
+                                  "design choice (whole span of reported slopes)"),
+    "nucleus_t2_per_ppm": Factor(0.5, 4.0, "per ppm", "T2w darkening of nuclear iron, exp(-k chi); Gelman et "
+                                 "al. 1999 Radiology 210:759; design choice (weak to the default profile's)"),
     "gm_chi_ppm": Factor(0.0, 0.035, "ppm", "cortex re CSF; Deistung et al. 2013 NeuroImage 65:299; " + _LI14),
     "wm_chi_ppm": Factor(-0.06, -0.01, "ppm", "white matter re CSF; " + _LI14),
     "ventricle_expansion": Factor(-0.05, 0.25, "fraction", "ventricles grow, faster after 60: Scahill et al. "
@@ -146,9 +161,13 @@ COUNTS = dict(DEFAULT_COUNTS, cmb=(0, 20), iron=(0, 5), vein=(4, 20))
 
 #: the randomised profiles and their versions: ``randomised2`` draws every factor of ``randomised``
 #: exactly as it does, then ``V2_FACTORS`` (and the seed of the texture's own random stream), so a
-#: ``randomised2`` subject is the ``randomised`` subject of the same seed with these factors added
-RANDOMISED_PROFILES = {"randomised": 1, "randomised2": 2}
+#: ``randomised2`` subject is the ``randomised`` subject of the same seed with these factors added;
+#: ``randomised3`` likewise adds ``V3_FACTORS`` to ``randomised2``
+RANDOMISED_PROFILES = {"randomised": 1, "randomised2": 2, "randomised3": 3}
 V2_FACTORS = ("nucleus_texture", "nucleus_texture_mm")
+#: drawn after ``V2_FACTORS`` by ``randomised3``: the ``randomised2`` subject of the same seed whose
+#: nuclei are as dark on SWI and T2w per ppm as these factors say
+V3_FACTORS = ("nucleus_r2s_per_ppm", "nucleus_t2_per_ppm")
 
 
 def nucleus_chi_at_age(prefix: str, age: float) -> float:
@@ -164,7 +183,8 @@ def _u(rng, name):
 
 
 def draw_factors(rng, pins: dict | None = None, version: int = 1) -> dict:
-    """One subject's factors (``version`` 2: ``randomised2``, with ``V2_FACTORS`` drawn last). The
+    """One subject's factors (``version`` 2: ``randomised2``, with ``V2_FACTORS`` drawn last; 3:
+    ``randomised3``, ``V3_FACTORS`` after those). The
     number of draws is fixed, so a pin changes only its factor (and the factors derived from it,
     e.g. echo time from field strength)."""
     if version not in RANDOMISED_PROFILES.values():
@@ -182,6 +202,9 @@ def draw_factors(rng, pins: dict | None = None, version: int = 1) -> dict:
         for name in V2_FACTORS:
             put(name, _u(rng, name))
         put("nucleus_texture_seed", int(rng.integers(2 ** 31)))
+    if version >= 3:
+        for name in V3_FACTORS:
+            put(name, _u(rng, name))
     if pins:
         raise ValueError(f"unknown factor(s) {sorted(pins)}; expected some of {sorted(out)}")
     return out
@@ -264,6 +287,9 @@ def apply_physiology(head: dict, tissue: dict, f: dict) -> None:
     if float(f.get("nucleus_texture", 0.0)) > 0:
         tissue["nucleus_texture"] = (float(f["nucleus_texture"]), float(f["nucleus_texture_mm"]),
                                      int(f["nucleus_texture_seed"]))
+    if "nucleus_r2s_per_ppm" in f:
+        tissue["contrast"]["r2s"]["iron_per_ppm"] = float(f["nucleus_r2s_per_ppm"]) * float(f["b0_tesla"]) / 3.0
+        tissue["contrast"]["t2"]["iron_k_per_ppm"] = float(f["nucleus_t2_per_ppm"])
     if f["t2_variant"] != "TSE":
         tissue["contrast"]["t2"]["csf"] = float(f["flair_csf_signal"])
 
