@@ -191,6 +191,32 @@ def test_nucleus_texture_is_an_ablation_on_the_same_subject():
         simulate_subject(1, "default", crop=CROP, overrides={"nucleus_texture": -0.1})
 
 
+def test_nucleus_r2s_scale_darkens_the_nuclei_only_and_keeps_their_susceptibility():
+    """``nucleus_r2s_scale`` adds R2* to the nuclei's iron alone: the same chi and lesions, R2* up only
+    in and around the nuclei; unknown or negative ablations are refused."""
+    from scipy import ndimage
+
+    from benchmarks.independent_sim.anatomy import build_head
+    from benchmarks.independent_sim.subject import susceptibility_map
+
+    head = build_head(CROP)
+    proto = draw_protocol(get_condition("default"), np.random.default_rng(0))
+    assert proto["nucleus_r2s_scale"] == 1.0
+    none = {"cmb": 0, "iron": 0, "calcification": 0}
+    law = susceptibility_map(head, proto, np.random.default_rng(5), none)
+    dark = susceptibility_map(head, dict(proto, nucleus_r2s_scale=5.0), np.random.default_rng(5), none)
+    assert np.array_equal(law[0], dark[0])                        # the same susceptibility
+    gp = ndimage.binary_erosion(head.nuclei == nucleus_names().index("globus_pallidus_R") + 1, iterations=2)
+    extra = dark[1] - law[1]
+    assert np.median(extra[gp]) > 4 * 28.0 * 0.05                # 4 x 28 /s per ppm of a >= 0.05 ppm nucleus
+    outside = ~ndimage.binary_dilation(head.nuclei > 0, iterations=4)
+    assert np.abs(extra[outside]).max() < 0.05                    # /s: the nuclei's blurred edge only
+    with pytest.raises(ValueError, match="cannot be overridden"):
+        simulate_subject(1, "default", crop=CROP, overrides={"age_years": 50.0})
+    with pytest.raises(ValueError, match="nucleus_r2s_scale"):
+        simulate_subject(1, "default", crop=CROP, overrides={"nucleus_r2s_scale": -1.0})
+
+
 def test_dipole_field_of_a_sphere_matches_the_analytic_solution():
     n, a, chi0 = 64, 6.0, 1.0
     g = np.indices((n, n, n)) - n // 2
