@@ -209,7 +209,8 @@ def main(argv=None) -> int:
                    help="the model's inputs, in order (default: t2 swi qsm)")
     p.add_argument("--classes", nargs="+", default=["cmb", "iron"], choices=["cmb", "iron"],
                    help="the lesion classes the model learns (default: cmb iron; one of them: a single-class model)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate of a new schedule (default 2e-3)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate of the schedule (default 2e-3); on --resume replaces the checkpoint's, "
+                        "so that a stretched schedule can continue at the rate the checkpoint was at")
     for name in ("lesion_fraction", "mimic_fraction", "hard_fraction", "bright_fraction", "modality_dropout"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None,
                        help="patch mix; on --resume replaces the checkpoint's value")
@@ -283,7 +284,7 @@ def main(argv=None) -> int:
             cohorts = dict(cohorts, train=ready_view(cohorts["train"], cache, work / "train_ready"))
         train(cohorts["train"], cohorts["train"] / "derivatives" / "annotations", args.out, config,
               cache_dir=cache, resume=args.resume, threads=args.threads, device=args.device,
-              progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides=mix,
+              progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides={**mix, **lr},
               init=args.init)
     if "evaluate" in stages:
         evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules,

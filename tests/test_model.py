@@ -554,3 +554,22 @@ def test_small_cmb_labels_grow_to_cover_an_offset_dot_and_large_ones_do_not():
     assert [len(v) for v in lesions[1]] == [1, 64]                     # lesion lists stay the annotation's
     plain, _ = class_labels(dseg, ("cmb", "iron"))
     assert int((plain == 1).sum()) == 65
+
+
+def test_resumed_schedule_keeps_the_stored_rate_unless_overridden(tmp_path):
+    """A stretched schedule on resume keeps the checkpoint's peak rate; an ``lr`` override replaces it,
+    so the rate can continue where the checkpoint's schedule was."""
+    import dataclasses
+
+    from deepmir_tasks.model.train import TrainConfig, _resume_config, learning_rate
+
+    stored = TrainConfig(steps=24000, lr=2e-3)
+    path = tmp_path / "m.ckpt.pt"
+    torch.save({"model": {}, "optimizer": {}, "step": 22500, "numpy_rng": {},
+                "config": json.dumps(dataclasses.asdict(stored))}, str(path))
+    kept, _ = _resume_config(TrainConfig(steps=25500), path, path, {})
+    lowered, _ = _resume_config(TrainConfig(steps=25500), path, path, {"lr": 1.5e-3})
+    assert kept.lr == 2e-3 and lowered.lr == 1.5e-3 and kept.steps == lowered.steps == 25500
+    at_stop = learning_rate(stored, 22500)
+    assert learning_rate(kept, 22500) > 1.3 * at_stop                   # stretching alone raises it
+    assert abs(learning_rate(lowered, 22500) - at_stop) < 0.1 * at_stop  # the override keeps it
