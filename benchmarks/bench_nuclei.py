@@ -63,6 +63,7 @@ def subject_rows(deriv: Path, bids: Path, sub: str, radius_mm: float) -> list:
     swi, t2 = load("desc-preproc_swi").get_fdata(), load("desc-preproc_T2w").get_fdata()
     brain = np.asarray(load("desc-brain_mask").dataobj) > 0
     xyz = np.indices(qsm.shape).reshape(3, -1).T @ aff[:3, :3].T + aff[:3, 3]
+    swi_brain, t2_brain = float(np.median(swi[brain])), float(np.median(t2[brain]))
     rows = []
     for name, centre in nucleus_centres(bids, sub).items():
         ball = (np.linalg.norm(xyz - np.asarray(centre), axis=1) <= radius_mm).reshape(qsm.shape) & brain
@@ -70,8 +71,8 @@ def subject_rows(deriv: Path, bids: Path, sub: str, radius_mm: float) -> list:
             continue
         rows.append({"folder": str(deriv), "participant_id": sub, "nucleus": name,
                      "qsm_ppm": float(np.median(qsm[ball])),
-                     "swi_z": float(np.median(swi[ball]) - np.median(swi[brain])),
-                     "t2w_z": float(np.median(t2[ball]) - np.median(t2[brain]))})
+                     "swi_z": float(np.median(swi[ball])) - swi_brain,
+                     "t2w_z": float(np.median(t2[ball])) - t2_brain})
     return rows
 
 

@@ -45,7 +45,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.independent_sim import CONDITIONS, SEED_BASE  # noqa: E402
-from benchmarks.independent_sim.conditions import ABLATIONS, check_ablations  # noqa: E402
+from benchmarks.independent_sim.conditions import (ABLATIONS, ablation_flags, ablation_overrides,  # noqa: E402
+                                                   add_ablation_arguments, check_ablations)
 
 TOLERANCE_MM = 5.0
 COLUMNS = ["condition", "subjects", "cmb_sens", "cmb_prec", "cmb_fp_per_subj", "iron_sens", "iron_prec",
@@ -146,9 +147,8 @@ def run_condition(cond: str, n_subjects: int, work: Path, model=None, worker="de
     log = root / "log.txt"
     if not _cohort_complete(bids, n_subjects):
         shutil.rmtree(bids, ignore_errors=True)
-        flags = [x for k, v in ablations.items() for x in ("--" + k.replace("_", "-"), v)]
         _run([sys.executable, "-m", "benchmarks.independent_sim", bids, "--subjects", n_subjects,
-              "--seed", seed, "--condition", cond, *flags], log)
+              "--seed", seed, "--condition", cond, *ablation_flags(ablations)], log)
     source = subset_view(bids, root / f"bids{tag}", subset) if tag else bids
     cmd = _deepmir() + ["run", source, deriv, "participant", "--worker", worker, "--n-procs", 1, "--no-report"]
     if model is not None:
@@ -242,12 +242,11 @@ def main(argv=None) -> int:
                     help="run on these modalities only (with T2w among them), e.g. --subset t2 swi")
     ap.add_argument("--seed-offset", type=int, default=0,
                     help="added to every condition's seeds (100000: the unseen default cohort, seeds 7400000-)")
-    for name, (_, text) in ABLATIONS.items():
-        ap.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=text)
+    add_ablation_arguments(ap)
     ap.add_argument("--markdown", action="store_true", help="print a README-ready Markdown table")
     args = ap.parse_args(argv)
     try:
-        ablations = check_ablations({k: getattr(args, k) for k in ABLATIONS if getattr(args, k) is not None})
+        ablations = check_ablations(ablation_overrides(args))
     except ValueError as err:
         raise SystemExit(f"bench_stress: {err}") from None
     if args.subset is not None and "t2" not in args.subset:
@@ -264,9 +263,9 @@ def main(argv=None) -> int:
         row = score_condition(root, args.subset)
         rows.append(row)
         print(f"{cond}: " + "; ".join(f"{k} {v}" for k, v in row["_counts"].items()), flush=True)
-    texture = "".join(f", {k} {v:g}" for k, v in ablations.items())
+    changed = "".join(f", {k} {v:g}" for k, v in ablations.items())
     print(f"\nStress benchmark: DEEPMIR {code}, {args.subjects} subjects per condition (seed offset "
-          f"{args.seed_offset}{texture}), lesion-wise, "
+          f"{args.seed_offset}{changed}), lesion-wise, "
           f"{TOLERANCE_MM:g} mm; work folder {work}")
     print(format_table(rows, args.markdown))
     return 0

@@ -12,7 +12,7 @@ import pytest
 
 from deepmir_tasks.simulate import simulate_subject, variability
 from deepmir_tasks.simulate.variability import FACTORS, NUCLEUS_LIFESPAN, draw_factors, nucleus_chi_at_age
-from helpers.simulate import data, neighbourhood, sample, swi_point
+from helpers.simulate import data, neighbourhood, sample, swi_point, to_swi
 
 SEEDS = range(300)
 
@@ -260,9 +260,7 @@ def test_randomised2_subject_is_the_randomised_one_with_textured_nuclei():
     assert changed.any()
     # only in and around the deep nuclei (their centroids, in the T2w world)
     where = np.argwhere(changed) @ tex.qsm.affine[:3, :3].T + tex.qsm.affine[:3, 3]
-    centres = np.array(list(tex.params["nucleus_centroids_t2_mm"].values()))
-    t2_to_swi = np.linalg.inv(tex.swi_to_t2)
-    centres = centres @ t2_to_swi[:3, :3].T + t2_to_swi[:3, 3]
+    centres = to_swi(tex, list(tex.params["nucleus_centroids_t2_mm"].values()))
     near = np.linalg.norm(where[:, None] - centres[None], axis=2).min(1) < 25.0
     assert near.mean() > 0.95
 
@@ -456,10 +454,9 @@ def test_nuclear_darkening_sets_how_dark_iron_rich_nuclei_are_on_swi_and_t2w_not
     assert strong.params["factors"]["nucleus_r2s_per_ppm"] == 250.0
     # the same susceptibility: QSM differs by noise only (its noise follows the magnitude)
     assert np.corrcoef(data(weak.qsm).ravel(), data(strong.qsm).ravel())[0, 1] > 0.97
-    t2_to_swi = np.linalg.inv(strong.swi_to_t2)
     for name in ("globus-pallidus-R", "globus-pallidus-L"):
         c_t2 = np.asarray(strong.params["nucleus_centroids_t2_mm"][name])
-        c_swi = c_t2 @ t2_to_swi[:3, :3].T + t2_to_swi[:3, 3]
+        c_swi = to_swi(strong, c_t2)
         med = lambda img, c: float(np.median(neighbourhood(img, c, 3.0)[0]))  # noqa: E731
         assert med(strong.swi, c_swi) < 0.8 * med(weak.swi, c_swi), name     # darker on SWI ...
         assert med(strong.t2, c_t2) < 0.9 * med(weak.t2, c_t2), name         # ... and on T2w

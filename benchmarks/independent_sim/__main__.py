@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .bids import SEED_BASE, write_cohort
-from .conditions import ABLATIONS, CONDITIONS
+from .conditions import CONDITIONS, ablation_overrides, add_ablation_arguments
 
 
 def main(argv=None) -> int:
@@ -19,10 +19,9 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", type=int, default=3)
     ap.add_argument("--seed", type=int, default=SEED_BASE, help=f"first subject's seed (default {SEED_BASE})")
     ap.add_argument("--condition", default="default", choices=sorted(CONDITIONS))
-    for name, (_, text) in ABLATIONS.items():
-        ap.add_argument("--" + name.replace("_", "-"), type=float, default=None, help=text)
+    add_ablation_arguments(ap)
     args = ap.parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ABLATIONS if getattr(args, k) is not None}
+    overrides = ablation_overrides(args)
     t0 = time.perf_counter()
     try:
         labels = write_cohort(args.out, args.subjects, args.seed, args.condition, overrides=overrides)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["ABLATIONS", "Condition", "check_ablations", "CONDITIONS", "get_condition", "draw_protocol"]
+__all__ = ["ABLATIONS", "Condition", "add_ablation_arguments", "ablation_flags", "ablation_overrides", "check_ablations", "CONDITIONS", "get_condition", "draw_protocol"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,26 @@ def check_ablations(overrides: dict) -> dict:
         if not float(value) >= 0:
             raise ValueError(f"{name} must be at least 0, got {value}")
     return overrides
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_ablation_arguments(parser) -> None:
+    """One ``--<field>`` option per :data:`ABLATIONS` entry (default None: the condition's value)."""
+    for name, (_, text) in ABLATIONS.items():
+        parser.add_argument(_flag(name), type=float, default=None, help=text)
+
+
+def ablation_overrides(args) -> dict:
+    """The ablations given on the command line parsed by :func:`add_ablation_arguments`."""
+    return {k: getattr(args, k) for k in ABLATIONS if getattr(args, k) is not None}
+
+
+def ablation_flags(overrides: dict) -> list:
+    """``overrides`` as command-line arguments of ``python -m benchmarks.independent_sim``."""
+    return [x for k, v in overrides.items() for x in (_flag(k), v)]
 
 
 def draw_protocol(cond: Condition, rng: np.random.Generator) -> dict:

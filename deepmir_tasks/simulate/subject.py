@@ -192,7 +192,7 @@ def _default_plan(rng, seed, size, pre, lesion_counts, lesion_ranges) -> dict:
             "counts": lesion_counts, "ranges": lesion_ranges, "placement": None}
 
 
-def _randomised_plan(rng, seed, size, pre, lesion_counts, lesion_ranges, pins, profile="randomised") -> dict:
+def _randomised_plan(rng, seed, size, pre, lesion_counts, lesion_ranges, pins, profile) -> dict:
     """A randomised profile's factors (recorded whole in ``params["factors"]``)."""
     f = variability.draw_factors(rng, pins, variability.RANDOMISED_PROFILES[profile])
     t2_vox, swi_vox = variability.voxel_sizes(f, pre, native=size == "full")

@@ -23,7 +23,7 @@ class SimulateSubject(python.Task["SimulateSubject.Outputs"]):
         label: participant label without 'sub-'
         n_cmb_min: lowest number of microbleeds (with n_cmb_max; both None = simulator default)
         n_cmb_max: highest number of microbleeds
-        profile: "default", "randomised" or "randomised2" (see ``simulate_subject``)
+        profile: one of ``subject.PROFILES`` ("default", "randomised", ...; see ``simulate_subject``)
         version: package version, so that a new release is a new cache entry
     """
 

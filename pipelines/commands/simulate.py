@@ -7,15 +7,13 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from deepmir_tasks.simulate.variability import RANDOMISED_PROFILES
-
-    profiles = ("default", *RANDOMISED_PROFILES)
+    from deepmir_tasks.simulate.subject import PROFILES
     parser.add_argument("out_dir", metavar="OUT", type=Path, help="BIDS folder to write (created)")
     parser.add_argument("--subjects", type=int, default=1, metavar="N", help="number of subjects (default 1)")
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="base seed (default 0)")
     parser.add_argument("--size", choices=("full", "small"), default="full",
                         help="full resolution or a small, fast test size (default full)")
-    parser.add_argument("--profile", choices=profiles, default="default",
+    parser.add_argument("--profile", choices=PROFILES, default="default",
                         help="default: the original simulator (seeds reproduce); randomised: age, lesion "
                              "sites and acquisition (1.5/3/7 T, voxels, minIP, FLAIR-like, QSM method) "
                              "over their real-world ranges; randomised2: the same subjects with fine iron "

@@ -49,11 +49,15 @@ def ring_median(img, xyz, r_in: float, r_out: float, within=None) -> float:
     return float(np.median(vals[keep]))
 
 
+def to_swi(subject, xyz) -> np.ndarray:
+    """T2w-session world points ``xyz`` (3,) or (n, 3) mapped into the SWI session with ``swi_to_t2``."""
+    t2_to_swi = np.linalg.inv(subject.swi_to_t2)
+    return np.asarray(xyz, float) @ t2_to_swi[:3, :3].T + t2_to_swi[:3, 3]
+
+
 def swi_point(subject, row) -> np.ndarray:
     """A lesion's truth centre (T2w world) mapped into the SWI session with ``swi_to_t2``."""
-    t2_to_swi = np.linalg.inv(subject.swi_to_t2)
-    c = np.array([row.x_mm, row.y_mm, row.z_mm, 1.0])
-    return (t2_to_swi @ c)[:3]
+    return to_swi(subject, [row.x_mm, row.y_mm, row.z_mm])
 
 
 def t2_point(row) -> np.ndarray:
