@@ -25,6 +25,12 @@ Stages (``--stage``, default ``all``; each is cached on disk, so a stopped run c
 4. ``test``: the model as it is (rules from its record) on one more held-out cohort (use another
    ``--work`` and ``--test-seed``, after its ``data`` stage with ``--n-train 0 --n-val 0``), added
    to the record with the figures pooled over every test cohort.
+
+``batchnorm`` (not part of ``all``; training already does it at every export) recomputes the
+BatchNorm statistics of the model file ``--out`` on brain-centred crops of the training cohort
+(:mod:`deepmir_tasks.model.batchnorm`) and writes it back with the cohort in its record, for a model
+exported before training did so; run ``evaluate`` after it, since its lesion rules were calibrated on
+the old statistics.
 """
 
 from __future__ import annotations
@@ -197,7 +203,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("work_tmp/bundled"))
     p.add_argument("--out", type=Path, default=Path("deepmir_tasks/models/deepmir_default.safetensors"))
-    p.add_argument("--stage", default="all", choices=["all", "data", "train", "mine", "evaluate", "test"])
+    p.add_argument("--stage", default="all", choices=["all", "data", "train", "mine", "batchnorm", "evaluate", "test"])
     p.add_argument("--jobs", type=int, default=2, help="subjects simulated/preprocessed in parallel")
     p.add_argument("--profile", default=None, help="simulator profile of every cohort (e.g. randomised)")
     for k, v in DEFAULTS.items():
@@ -286,12 +292,38 @@ def main(argv=None) -> int:
               cache_dir=cache, resume=args.resume, threads=args.threads, device=args.device,
               progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides={**mix, **lr},
               init=args.init)
+    if "batchnorm" in stages:
+        recompute_model_batchnorm(args.out, cohorts["train"], cache, config, info["data"]["train_cohort"],
+                                  progress=not args.no_progress)
     if "evaluate" in stages:
         evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules,
                          min_precision=args.min_precision, tta=args.tta)
     if "test" in stages:
         test_bundled(args.out, cohorts["test"], cohort_cache(cache, "test"), config, info["data"]["test_cohort"])
     return 0
+
+
+def recompute_model_batchnorm(out: Path, bids: Path, cache: Path, config, cohort: dict, progress: bool = True) -> dict:
+    """Recompute the BatchNorm statistics of the model file ``out`` on the training cohort ``bids``
+    (prepared in ``cache``) and write it back; its record says how and on which cohort
+    (``training.batchnorm``). Returns that entry."""
+    import dataclasses
+
+    from deepmir_tasks.model.batchnorm import describe, recompute_batchnorm
+    from deepmir_tasks.model.modelfile import load_model, save_model
+    from workflows.train import load_subjects
+
+    net, rec = load_model(out)
+    config = dataclasses.replace(config, modalities=tuple(rec["modalities"]),
+                                 classes=tuple(c for c in rec["classes"] if c != "background"))
+    subs = load_subjects(bids, bids / "derivatives" / "annotations", cache, config, rec["normalization"],
+                         progress=progress)
+    recompute_batchnorm(net, subs, seed=config.seed)
+    entry = dict(describe(seed=config.seed), cohort=cohort, bids_dir=str(bids))
+    rec["training"] = dict(rec.get("training", {}), batchnorm=entry)
+    save_model(net, out, rec)
+    log.info("BatchNorm statistics of %s recomputed on %d subjects of %s", out, len(subs), bids)
+    return entry
 
 
 #: the record's ``validation`` entries :func:`evaluate_bundled` writes; the others (figures measured

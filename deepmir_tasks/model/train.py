@@ -170,17 +170,46 @@ def _init_model(config: TrainConfig, normalization, dev, ckpt):
 
 
 def _validate(net, config: TrainConfig, normalization, dev, val_subs, step: int) -> dict:
-    """Lesion-wise figures of the network as it is on the validation subjects."""
+    """Lesion-wise figures of ``net`` (the inference copy of the training network) on the validation subjects."""
     from deepmir_tasks.model.predictor import Predictor
 
-    net.eval()
     pred = Predictor(net, build_record(config, normalization, {}, {}), device=str(dev))
     t0 = time.perf_counter()
     summary = evaluate_predictor(pred, val_subs)
     summary["step"] = step
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    net.train()
     return summary
+
+
+class _Exporter:
+    """Writes the model file of the training network at a step: a copy of it with its BatchNorm
+    statistics recomputed on the training subjects (:mod:`deepmir_tasks.model.batchnorm`), the
+    network that training goes on with left as it is. The copy is made once per step and is also
+    what validation measures."""
+
+    def __init__(self, net, train_subs, config, normalization, training, out, dev):
+        self.net, self.subjects, self.config, self.normalization = net, train_subs, config, normalization
+        self.training, self.out, self.dev = training, out, dev
+        self._copy = None  # (step, network) of the last copy
+
+    def inference_net(self, step: int):
+        import copy
+
+        from deepmir_tasks.model.batchnorm import recompute_batchnorm
+
+        if self._copy is None or self._copy[0] != step:
+            net = recompute_batchnorm(copy.deepcopy(self.net), self.subjects, seed=self.config.seed, device=self.dev)
+            self._copy = (step, net)
+        return self._copy[1]
+
+    def __call__(self, validation, step_now):
+        from deepmir_tasks.model.batchnorm import describe
+        from deepmir_tasks.model.modelfile import save_model
+
+        record = build_record(self.config, self.normalization,
+                              dict(self.training, steps_done=step_now, batchnorm=describe(seed=self.config.seed)),
+                              validation)
+        return save_model(self.inference_net(step_now), self.out, record)
 
 
 def _checkpoint_due(config: TrainConfig, step: int) -> bool:
@@ -189,13 +218,14 @@ def _checkpoint_due(config: TrainConfig, step: int) -> bool:
 
 def _evaluate_and_export(net, config, normalization, dev, val_subs, step, losses, state, export, bar) -> None:
     """At a validation step: record the figures (or the training loss without a validation fold)
-    and export the model when it is the best so far (always, without a validation fold)."""
+    and export the model when it is the best so far (always, without a validation fold). Both use
+    ``net`` as ``export`` would write it (BatchNorm statistics recomputed), never its moving averages."""
     train_loss = round(float(np.mean(losses[-config.validate_every:])), 5)
     if not val_subs:
         state["history"].append({"step": step, "train_loss": train_loss})
         export({"note": "no validation fold (folds <= 1)", "train_loss": train_loss}, step)
         return
-    summary = dict(_validate(net, config, normalization, dev, val_subs, step), train_loss=train_loss)
+    summary = dict(_validate(export.inference_net(step), config, normalization, dev, val_subs, step), train_loss=train_loss)
     state["history"].append(summary)
     score = _score(summary, config.classes)
     log.info("step %d validation %s", step, json.dumps(summary))
@@ -336,7 +366,7 @@ def fit(run: RunStart, train_subs: list, val_subs: list, training_info: dict | N
     import torch
     from tqdm import tqdm
 
-    from deepmir_tasks.model.modelfile import record_path, save_model
+    from deepmir_tasks.model.modelfile import record_path
 
     config, normalization, out, ckpt_file = run.config, run.normalization, run.out, run.checkpoint
     if threads:
@@ -349,9 +379,7 @@ def fit(run: RunStart, train_subs: list, val_subs: list, training_info: dict | N
     weights = _class_weights(config)
     training = {"config": config.to_json(), "device": str(dev), **training_info}
 
-    def export(validation, step_now):
-        record = build_record(config, normalization, dict(training, steps_done=step_now), validation)
-        return save_model(net, out, record)
+    export = _Exporter(net, train_subs, config, normalization, training, out, dev)
 
     last_ckpt, losses = time.monotonic(), []
     net.train()
