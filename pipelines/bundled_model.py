@@ -294,7 +294,7 @@ def main(argv=None) -> int:
               init=args.init)
     if "batchnorm" in stages:
         recompute_model_batchnorm(args.out, cohorts["train"], cache, config, info["data"]["train_cohort"],
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, source=info["data"]["source"])
     if "evaluate" in stages:
         evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules,
                          min_precision=args.min_precision, tta=args.tta)
@@ -303,7 +303,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def recompute_model_batchnorm(out: Path, bids: Path, cache: Path, config, cohort: dict, progress: bool = True) -> dict:
+def recompute_model_batchnorm(out: Path, bids: Path, cache: Path, config, cohort: dict, progress: bool = True,
+                              source: str | None = None) -> dict:
     """Recompute the BatchNorm statistics of the model file ``out`` on the training cohort ``bids``
     (prepared in ``cache``) and write it back; its record says how and on which cohort
     (``training.batchnorm``). Returns that entry."""
@@ -320,6 +321,8 @@ def recompute_model_batchnorm(out: Path, bids: Path, cache: Path, config, cohort
                          progress=progress)
     recompute_batchnorm(net, subs, seed=config.seed)
     entry = dict(describe(seed=config.seed), cohort=cohort, bids_dir=str(bids))
+    if source:
+        entry["source"] = source
     rec["training"] = dict(rec.get("training", {}), batchnorm=entry)
     save_model(net, out, rec)
     log.info("BatchNorm statistics of %s recomputed on %d subjects of %s", out, len(subs), bids)
@@ -372,8 +375,8 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
         hold = {k: v for k, v in calibrated.items() if k in CALIBRATED_RULES} if keep_rules else None
         rules, figures = calibrate_rules(val, predict_subjects(pred, val), hold, classes=pred.classes[1:],
                                          min_precision=min_precision)
-        calib = {"subjects": len(val), "rules": rules, "figures": figures, "held": sorted(hold or {}),
-                 "min_precision": min_precision}
+        calib = {"subjects": len(val), "cohort": dict(info["data"]["calibration_cohort"], source=info["data"]["source"]),
+                 "rules": rules, "figures": figures, "held": sorted(hold or {}), "min_precision": min_precision}
         log.info("calibrated lesion rules %s: %s", rules, json.dumps(figures))
         del val
     ann = cohorts["test"] / "derivatives" / "annotations"
@@ -397,7 +400,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
                 "greedily by distance; on_calcification / on_vein count kept lesions within 5 mm of a "
                 "simulated calcification / vein",
         "calibration_cohort": calib,
-        "held_out_test": {"cohort": info["data"]["test_cohort"], "as_shipped": shipped,
+        "held_out_test": {"cohort": dict(info["data"]["test_cohort"], source=info["data"]["source"]), "as_shipped": shipped,
                           "without_vein_rule": no_vein, "network_only": argmax,
                           "seconds_per_subject_predict": round(t_pred, 1)},
         "training_history": history,
