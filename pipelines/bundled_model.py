@@ -337,9 +337,14 @@ _EVALUATED = ("rule", "calibration_cohort", "held_out_test", "training_history",
 def measured_elsewhere(rec: dict) -> dict:
     """The entries of a record's ``validation`` that :func:`evaluate_bundled` does not recompute
     (figures measured elsewhere, e.g. the independent generator's), with the ``inference`` they were
-    measured with; empty when there are none."""
-    before = {k: v for k, v in (rec.get("validation") or {}).items() if k not in _EVALUATED}
-    return {"inference": rec.get("inference"), **before} if before else {}
+    measured with, and the record's own earlier ``before_this_evaluation`` nested inside, so that no
+    evaluation loses what an older one kept; empty when there are none."""
+    validation = rec.get("validation") or {}
+    before = {k: v for k, v in validation.items() if k not in _EVALUATED}
+    earlier = validation.get("before_this_evaluation")
+    if not before:
+        return earlier or {}
+    return {"inference": rec.get("inference"), **before, **({"before_this_evaluation": earlier} if earlier else {})}
 
 
 def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, keep_rules: bool = False,

@@ -149,3 +149,12 @@ def test_a_new_evaluation_keeps_figures_measured_elsewhere_with_the_rules_they_h
     assert set(before) == {"inference", "independent_generator", "modality_table"}
     assert before["inference"]["lesions"]["min_prob_cmb"] == 0.9999
     assert measured_elsewhere({"validation": {"rule": "r", "held_out_test": {}}}) == {}
+    # a second evaluation keeps the first one's earlier figures, nested
+    again = {"inference": {"lesions": {"min_prob_cmb": 0.5}},
+             "validation": {"rule": "r", "held_out_test": {}, "before_this_evaluation": before,
+                            "independent_generator": {"default": {"cmb": {"tp": 9}}}}}
+    twice = measured_elsewhere(again)
+    assert twice["independent_generator"]["default"]["cmb"]["tp"] == 9 and twice["inference"]["lesions"]["min_prob_cmb"] == 0.5
+    assert twice["before_this_evaluation"] == before
+    # nothing new measured since: the earlier figures stay as they were
+    assert measured_elsewhere({"validation": {"rule": "r", "before_this_evaluation": before}}) == before
