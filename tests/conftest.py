@@ -20,6 +20,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (small volumes gain nothing from more), restored after."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def small_subject():
     """One small simulated subject (``deepmir_tasks.simulate.SimulatedSubject``), seed 11."""

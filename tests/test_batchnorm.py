@@ -14,12 +14,7 @@ from deepmir_tasks.model.unet import UNet
 from helpers.model import train_subject
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _net(seed=0):

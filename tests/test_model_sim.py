@@ -12,12 +12,7 @@ import torch
 from helpers.model import simulated_on_t2_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_subject_from_sim(sim):
