@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_batchnorm.py WORK [--model FILE] [--subjects 4] [--crops 128]
 
 WORK is a ``pipelines.bundled_model --work`` folder whose training cohort is prepared (``WORK/train_bids``,
-``WORK/prepared``). Prints the seconds to load the subjects and to recompute the statistics, and the
+``WORK/prepared``). Prints the seconds to load the model and the subjects and to recompute the statistics, and the
 largest change of a running mean or variance against the model's own, relative to its norm.
 """
 
@@ -32,24 +32,20 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from deepmir_tasks.model.batchnorm import recompute_batchnorm
-    from deepmir_tasks.model.modelfile import load_model
     from deepmir_tasks.model.train import TrainConfig
-    from workflows.train import load_subjects
+    from pipelines.bundled_model import model_and_cohort
 
-    net, rec = load_model(args.model)
-    before = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k}
-    bids = args.work / "train_bids"
     t0 = time.perf_counter()
-    config = TrainConfig(modalities=tuple(rec["modalities"]), classes=tuple(c for c in rec["classes"] if c != "background"))
-    subs = load_subjects(bids, bids / "derivatives" / "annotations", args.work / "prepared", config,
-                         rec["normalization"], progress=False)[: args.subjects]
+    net, rec, subs = model_and_cohort(args.model, args.work / "train_bids", args.work / "prepared", TrainConfig(),
+                                      args.subjects, progress=False)
     t1 = time.perf_counter()
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k}
     recompute_batchnorm(net, subs, crops=args.crops)
     t2 = time.perf_counter()
     after = net.state_dict()
     change = max(float((after[k] - v).norm() / max(float(v.norm()), 1e-12)) for k, v in before.items())
     print(f"machine: {os.cpu_count()} cores, {args.threads} threads; subjects {len(subs)}, crops {args.crops}")
-    print(f"load subjects: {t1 - t0:.1f} s; recompute statistics: {t2 - t1:.1f} s")
+    print(f"load model and subjects: {t1 - t0:.1f} s; recompute statistics: {t2 - t1:.1f} s")
     print(f"largest relative change of a running statistic: {change:.2f}")
     return 0
 

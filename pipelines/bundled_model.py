@@ -293,8 +293,8 @@ def main(argv=None) -> int:
               progress=not args.no_progress, training_info=info, stop_at=args.stop_at, overrides={**mix, **lr},
               init=args.init)
     if "batchnorm" in stages:
-        recompute_model_batchnorm(args.out, cohorts["train"], cache, config, info["data"]["train_cohort"],
-                                  progress=not args.no_progress, source=info["data"]["source"])
+        recompute_model_batchnorm(args.out, cohorts["train"], cache, config, described_cohort(info, "train_cohort"),
+                                  progress=not args.no_progress)
     if "evaluate" in stages:
         evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules,
                          min_precision=args.min_precision, tta=args.tta)
@@ -303,26 +303,38 @@ def main(argv=None) -> int:
     return 0
 
 
-def recompute_model_batchnorm(out: Path, bids: Path, cache: Path, config, cohort: dict, progress: bool = True,
-                              source: str | None = None) -> dict:
-    """Recompute the BatchNorm statistics of the model file ``out`` on the training cohort ``bids``
-    (prepared in ``cache``) and write it back; its record says how and on which cohort
-    (``training.batchnorm``). Returns that entry."""
+def described_cohort(info: dict, name: str) -> dict:
+    """The record's description of one cohort of the run (``info["data"][name]``) with the simulator it
+    came from."""
+    return dict(info["data"][name], source=info["data"]["source"])
+
+
+def model_and_cohort(model, bids: Path, cache: Path, config, n_subjects: int | None = None, progress: bool = True):
+    """``(network, record, subjects)``: the model file and the first ``n_subjects`` (default all) of the
+    cohort ``bids`` (prepared in ``cache``), loaded for the model's modalities, classes and normalisation."""
     import dataclasses
 
-    from deepmir_tasks.model.batchnorm import describe, recompute_batchnorm
-    from deepmir_tasks.model.modelfile import load_model, save_model
+    from deepmir_tasks.model.data import find_subjects
+    from deepmir_tasks.model.modelfile import load_model
     from workflows.train import load_subjects
 
-    net, rec = load_model(out)
-    config = dataclasses.replace(config, modalities=tuple(rec["modalities"]),
-                                 classes=tuple(c for c in rec["classes"] if c != "background"))
-    subs = load_subjects(bids, bids / "derivatives" / "annotations", cache, config, rec["normalization"],
-                         progress=progress)
+    net, rec = load_model(model)
+    config = dataclasses.replace(config, modalities=tuple(rec["modalities"]), classes=tuple(rec["classes"][1:]))
+    ann = bids / "derivatives" / "annotations"
+    keys = [s.key for s in find_subjects(bids, ann, config.modalities)][:n_subjects]
+    return net, rec, load_subjects(bids, ann, cache, config, rec["normalization"], keys, progress=progress)
+
+
+def recompute_model_batchnorm(out: Path, bids: Path, cache: Path, config, cohort: dict, progress: bool = True) -> dict:
+    """Recompute the BatchNorm statistics of the model file ``out`` on the training cohort ``bids``
+    (prepared in ``cache``; described in the record by ``cohort``) and write it back; its record says
+    how and on which cohort (``training.batchnorm``). Returns that entry."""
+    from deepmir_tasks.model.batchnorm import describe, recompute_batchnorm
+    from deepmir_tasks.model.modelfile import save_model
+
+    net, rec, subs = model_and_cohort(out, bids, cache, config, progress=progress)
     recompute_batchnorm(net, subs, seed=config.seed)
     entry = dict(describe(seed=config.seed), cohort=cohort, bids_dir=str(bids))
-    if source:
-        entry["source"] = source
     rec["training"] = dict(rec.get("training", {}), batchnorm=entry)
     save_model(net, out, rec)
     log.info("BatchNorm statistics of %s recomputed on %d subjects of %s", out, len(subs), bids)
@@ -380,7 +392,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
         hold = {k: v for k, v in calibrated.items() if k in CALIBRATED_RULES} if keep_rules else None
         rules, figures = calibrate_rules(val, predict_subjects(pred, val), hold, classes=pred.classes[1:],
                                          min_precision=min_precision)
-        calib = {"subjects": len(val), "cohort": dict(info["data"]["calibration_cohort"], source=info["data"]["source"]),
+        calib = {"subjects": len(val), "cohort": described_cohort(info, "calibration_cohort"),
                  "rules": rules, "figures": figures, "held": sorted(hold or {}), "min_precision": min_precision}
         log.info("calibrated lesion rules %s: %s", rules, json.dumps(figures))
         del val
@@ -405,7 +417,7 @@ def evaluate_bundled(out: Path, cohorts: dict, cache: Path, config, info: dict, 
                 "greedily by distance; on_calcification / on_vein count kept lesions within 5 mm of a "
                 "simulated calcification / vein",
         "calibration_cohort": calib,
-        "held_out_test": {"cohort": dict(info["data"]["test_cohort"], source=info["data"]["source"]), "as_shipped": shipped,
+        "held_out_test": {"cohort": described_cohort(info, "test_cohort"), "as_shipped": shipped,
                           "without_vein_rule": no_vein, "network_only": argmax,
                           "seconds_per_subject_predict": round(t_pred, 1)},
         "training_history": history,

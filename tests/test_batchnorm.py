@@ -65,8 +65,6 @@ def test_crops_lie_in_the_volume_are_centred_on_brain_and_shrink_to_fit():
 
 
 def test_training_exports_recomputed_statistics_and_keeps_its_own_in_the_checkpoint(tmp_path, monkeypatch):
-    import dataclasses
-
     import workflows.train as tr
     from deepmir_tasks.model.normalize import DEFAULT_NORMALIZATION
     from deepmir_tasks.model.train import TrainConfig, checkpoint_path
@@ -102,7 +100,7 @@ def test_training_exports_recomputed_statistics_and_keeps_its_own_in_the_checkpo
 
     save_model(exported, tmp_path / "old.safetensors", {k: v for k, v in rec.items() if k != "training"})
     entry = recompute_model_batchnorm(tmp_path / "old.safetensors", bids, tmp_path / "cache",
-                                      dataclasses.replace(config), {"n": 2}, progress=False)
+                                      config, {"n": 2}, progress=False)
     fixed, fixed_rec = load_model(tmp_path / "old.safetensors")
     assert fixed_rec["training"]["batchnorm"] == json.loads(json.dumps(entry))
     assert json.loads(record_path(tmp_path / "old.safetensors").read_text())["weights_sha256"] == fixed_rec["weights_sha256"]

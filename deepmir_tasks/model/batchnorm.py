@@ -27,15 +27,15 @@ DEFAULT_CROP_SIZE = 64
 
 def brain_crops(subjects, n: int, size: int, multiple: int = 1, seed: int = 0):
     """Yield ``n`` crops ``(C, s, s, s)`` float32 of the subjects' normalised images, each centred on a
-    random brain voxel (subject drawn uniformly) and shifted to lie inside the volume; ``s`` is
-    ``size`` or, for a smaller volume, the largest multiple of ``multiple`` that fits."""
+    random one of a subject's ``brain_voxels`` (as the patch sampler draws them; subject drawn
+    uniformly) and shifted to lie inside the volume; ``s`` is ``size`` or, for a smaller volume, the
+    largest multiple of ``multiple`` that fits."""
     rng = np.random.default_rng(seed)
     for _ in range(int(n)):
         s = subjects[int(rng.integers(len(subjects)))]
         shape = np.array(s.image.shape[1:])
         edge = np.minimum(size, np.maximum(shape // multiple * multiple, multiple))
-        voxels = s.brain_voxels if s.brain_voxels is not None and len(s.brain_voxels) else np.argwhere(s.mask)
-        centre = voxels[int(rng.integers(len(voxels)))].astype(int)
+        centre = s.brain_voxels[int(rng.integers(len(s.brain_voxels)))].astype(int)
         lo = np.clip(centre - edge // 2, 0, np.maximum(shape - edge, 0))
         crop = np.zeros((s.image.shape[0],) + tuple(int(e) for e in edge), np.float32)
         src = np.asarray(s.image[(slice(None),) + tuple(slice(a, a + e) for a, e in zip(lo, edge))], np.float32)
