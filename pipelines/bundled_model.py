@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         evaluate_bundled(args.out, cohorts, cache, config, info, keep_rules=args.keep_rules,
                          min_precision=args.min_precision, tta=args.tta)
     if "test" in stages:
-        test_bundled(args.out, cohorts["test"], cohort_cache(cache, "test"), config, info["data"]["test_cohort"])
+        test_bundled(args.out, cohorts["test"], cohort_cache(cache, "test"), config, described_cohort(info, "test_cohort"))
     return 0
 
 
