@@ -106,3 +106,31 @@ def test_training_exports_recomputed_statistics_and_keeps_its_own_in_the_checkpo
     assert json.loads(record_path(tmp_path / "old.safetensors").read_text())["weights_sha256"] == fixed_rec["weights_sha256"]
     for k, v in net.state_dict().items():
         assert torch.allclose(fixed.state_dict()[k].float(), v.float(), atol=1e-5), k
+
+
+def test_without_a_validation_fold_the_model_is_exported_once_where_the_run_ends(tmp_path, monkeypatch):
+    """Recomputing the statistics costs minutes on a full cohort: a run without a validation fold
+    exports at its last step only (or where it stops early), not at every validation step."""
+    import deepmir_tasks.model.batchnorm as bn
+    import workflows.train as tr
+    from deepmir_tasks.model.train import TrainConfig
+    from helpers.model import identity_prepare, write_synthetic_bids
+
+    monkeypatch.setattr("workflows.train.prepare_subject", identity_prepare)
+    calls = []
+    real = bn.recompute_batchnorm
+    monkeypatch.setattr(bn, "recompute_batchnorm", lambda net, *a, **k: calls.append(1) or real(net, *a, **k))
+    bids, ann = write_synthetic_bids(tmp_path / "bids", [33, 34])
+    config = TrainConfig(levels=3, base=8, max_width=32, patch=16, batch=2, steps=6, folds=1, fold=0,
+                         validate_every=2, seed=5, checkpoint_seconds=1e9)
+    out = tr.train(bids, ann, tmp_path / "m.safetensors", config, progress=False, threads=1, device="cpu")
+    rec = load_model(out["model"])[1]
+    assert len(calls) == 1 and rec["training"]["steps_done"] == 6
+    assert [h["step"] for h in out["history"]] == [2, 4, 6]  # the loss is still recorded at each of them
+
+    # stopped early: exported once, at the step where it stopped; resumed to the end: once more
+    calls.clear()
+    stopped = tr.train(bids, ann, tmp_path / "s.safetensors", config, progress=False, threads=1, device="cpu", stop_at=3)
+    assert len(calls) == 1 and load_model(stopped["model"])[1]["training"]["steps_done"] == 3
+    tr.train(bids, ann, tmp_path / "s.safetensors", config, progress=False, threads=1, device="cpu", resume=True)
+    assert len(calls) == 2 and load_model(stopped["model"])[1]["training"]["steps_done"] == 6

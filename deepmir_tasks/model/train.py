@@ -191,6 +191,7 @@ class _Exporter:
         self.net, self.subjects, self.config, self.normalization = net, train_subs, config, normalization
         self.training, self.out, self.dev = training, out, dev
         self._copy = None  # (step, network) of the last copy
+        self.written = None  # the step of the last model file written
 
     def inference_net(self, step: int):
         import copy
@@ -209,21 +210,31 @@ class _Exporter:
         record = build_record(self.config, self.normalization,
                               dict(self.training, steps_done=step_now, batchnorm=describe(seed=self.config.seed)),
                               validation)
-        return save_model(self.inference_net(step_now), self.out, record)
+        path = save_model(self.inference_net(step_now), self.out, record)
+        self.written = step_now
+        return path
 
 
 def _checkpoint_due(config: TrainConfig, step: int) -> bool:
     return step % config.validate_every == 0 or step == config.steps
 
 
+def _no_fold(train_loss) -> dict:
+    return {"note": "no validation fold (folds <= 1)", "train_loss": train_loss}
+
+
 def _evaluate_and_export(net, config, normalization, dev, val_subs, step, losses, state, export, bar) -> None:
     """At a validation step: record the figures (or the training loss without a validation fold)
-    and export the model when it is the best so far (always, without a validation fold). Both use
-    ``net`` as ``export`` would write it (BatchNorm statistics recomputed), never its moving averages."""
+    and export the model when it is the best so far. Both use ``net`` as ``export`` would write it
+    (BatchNorm statistics recomputed), never its moving averages. Without a validation fold there is
+    nothing to choose by, so the model is exported once, at the last step (or where the run stops:
+    :func:`fit`), not at every validation step: recomputing the statistics takes as long as a few
+    hundred training steps on a CPU, and the checkpoint already keeps the progress."""
     train_loss = round(float(np.mean(losses[-config.validate_every:])), 5)
     if not val_subs:
         state["history"].append({"step": step, "train_loss": train_loss})
-        export({"note": "no validation fold (folds <= 1)", "train_loss": train_loss}, step)
+        if step == config.steps:
+            export(_no_fold(train_loss), step)
         return
     summary = dict(_validate(export.inference_net(step), config, normalization, dev, val_subs, step), train_loss=train_loss)
     state["history"].append(summary)
@@ -357,8 +368,8 @@ def fit(run: RunStart, train_subs: list, val_subs: list, training_info: dict | N
         stop_at: int | None = None, max_seconds: float | None = None) -> dict:
     """Train on loaded subjects (:class:`TrainSubject`) and write the model to ``run.out``.
 
-    The best weights by lesion-wise validation on ``val_subs`` are exported (each validation step
-    without them); ``training_info`` goes into the record's ``training``. ``stop_at`` /
+    The best weights by lesion-wise validation on ``val_subs`` are exported (without them, the
+    weights where the run ends or stops); ``training_info`` goes into the record's ``training``. ``stop_at`` /
     ``max_seconds`` end this run early (after that step / that much time) with a checkpoint,
     without changing the schedule, so a later resume continues exactly.
     Returns a dict with ``model``, ``record``, ``checkpoint``, ``step`` and ``validation``.
@@ -410,6 +421,8 @@ def fit(run: RunStart, train_subs: list, val_subs: list, training_info: dict | N
             save_checkpoint(ckpt_file, net, opt, step, rng, config, state)
             last_ckpt = time.monotonic()
     bar.close()
+    if not val_subs and export.written != step:
+        export(_no_fold(round(float(np.mean(losses[-config.validate_every:])), 5) if losses else None), step)
     if not out.exists():
         export({"note": "not validated", "train_loss": float(np.mean(losses[-50:])) if losses else None}, step)
     return {"model": out, "record": record_path(out), "checkpoint": ckpt_file, "step": step,
