@@ -350,8 +350,12 @@ def measured_elsewhere(rec: dict) -> dict:
     """The entries of a record's ``validation`` that :func:`evaluate_bundled` does not recompute
     (figures measured elsewhere, e.g. the independent generator's), with the ``inference`` they were
     measured with, and the record's own earlier ``before_this_evaluation`` nested inside, so that no
-    evaluation loses what an older one kept; empty when there are none."""
+    evaluation loses what an older one kept; empty when there are none. A record straight from
+    training (no evaluation's ``rule`` yet) holds only the training's own figures, which
+    ``training_history`` keeps: nothing was measured elsewhere."""
     validation = rec.get("validation") or {}
+    if "rule" not in validation:
+        return validation.get("before_this_evaluation") or {}
     before = {k: v for k, v in validation.items() if k not in _EVALUATED}
     earlier = validation.get("before_this_evaluation")
     if not before:

@@ -149,6 +149,9 @@ def test_a_new_evaluation_keeps_figures_measured_elsewhere_with_the_rules_they_h
     assert set(before) == {"inference", "independent_generator", "modality_table"}
     assert before["inference"]["lesions"]["min_prob_cmb"] == 0.9999
     assert measured_elsewhere({"validation": {"rule": "r", "held_out_test": {}}}) == {}
+    # straight from training: its last export's figures are training history, not measured elsewhere
+    assert measured_elsewhere({"inference": {}, "validation": {"note": "no validation fold (folds <= 1)",
+                                                               "train_loss": 0.5}}) == {}
     # a second evaluation keeps the first one's earlier figures, nested
     again = {"inference": {"lesions": {"min_prob_cmb": 0.5}},
              "validation": {"rule": "r", "held_out_test": {}, "before_this_evaluation": before,
