@@ -227,14 +227,11 @@ def _evaluate_and_export(net, config, normalization, dev, val_subs, step, losses
     """At a validation step: record the figures (or the training loss without a validation fold)
     and export the model when it is the best so far. Both use ``net`` as ``export`` would write it
     (BatchNorm statistics recomputed), never its moving averages. Without a validation fold there is
-    nothing to choose by, so the model is exported once, at the last step (or where the run stops:
-    :func:`fit`), not at every validation step: recomputing the statistics takes as long as a few
+    nothing to choose by, so :func:`fit` exports the model once, where the run ends or stops, not at every validation step: recomputing the statistics takes as long as a few
     hundred training steps on a CPU, and the checkpoint already keeps the progress."""
     train_loss = round(float(np.mean(losses[-config.validate_every:])), 5)
     if not val_subs:
         state["history"].append({"step": step, "train_loss": train_loss})
-        if step == config.steps:
-            export(_no_fold(train_loss), step)
         return
     summary = dict(_validate(export.inference_net(step), config, normalization, dev, val_subs, step), train_loss=train_loss)
     state["history"].append(summary)
